@@ -1,0 +1,242 @@
+"""The SANA-WM stage-1 transformer (parameter-compatible with the official checkpoints).
+
+Three ways to run it over latent video ``(B, C, T, H, W)`` with per-frame timesteps ``(B, T)``:
+
+- ``forward(..., mode="bidirectional")``: every frame sees every frame (the release model).
+- ``forward(..., mode="chunk_causal")``: frames see their own chunk and all earlier chunks
+  (chunks of ``chunk_size`` latent frames after a first chunk of ``first_chunk_size``).
+- ``forward_stream(chunk, ..., cache)``: one chunk at a time, carrying a :class:`StreamCache`;
+  with an unbounded softmax window this equals the chunk-causal forward exactly.
+
+Camera inputs are a :class:`world_model.camera.CameraInputs` (relative OpenCV camera-to-world per latent
+frame + latent-scale intrinsics, and the packed Plücker map). Text is optional: ``text (B, L,
+caption_channels)`` features with ``text_mask (B, L)``; a text model given no text uses its learned
+null caption. The model predicts the flow velocity ``v = noise - x0``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.utils.checkpoint
+
+from .cache import StreamCache
+from .config import ModelConfig, get_config
+from .layers.attention import AttentionContext, CameraTransforms
+from .layers.block import Block
+from .layers.common import CaptionEmbedder, FinalLayer, PatchEmbed3D, RMSNorm, TimestepEmbedder
+from .layers.positional import rope_freqs, se3_inverse_matrices, slice_rope_for_camera, ucpe_ray_matrices
+
+Mode = Literal["bidirectional", "chunk_causal"]
+
+
+class SanaWMTransformer(nn.Module):
+    def __init__(self, config: ModelConfig | str) -> None:
+        super().__init__()
+        config = get_config(config)
+        self.config = config
+        c, patch = config.hidden_size, config.patch_size
+        self.x_embedder = PatchEmbed3D(config.in_channels, c, patch)
+        self.plucker_embedder = PatchEmbed3D(config.plucker_channels, c, patch)
+        self.raymap_embedder = PatchEmbed3D(3, c, patch)  # absolute UCPE map: unused upstream, kept for loading
+        for emb in (self.plucker_embedder, self.raymap_embedder):
+            nn.init.zeros_(emb.proj.weight)
+            nn.init.zeros_(emb.proj.bias)
+        self.t_embedder = TimestepEmbedder(c)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(c, 6 * c))
+        if config.has_text:
+            self.y_embedder = CaptionEmbedder(config.caption_channels, c, config.text_max_length)
+            self.attention_y_norm = RMSNorm(c, eps=1e-5, init=0.01)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
+        self.final_layer = FinalLayer(c, config.in_channels * math.prod(patch))
+        self.gradient_checkpointing = False
+
+    # ------------------------------------------------------------------------------------------
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x_embedder.proj.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x_embedder.proj.weight.device
+
+    def new_cache(self, *, window_chunks: int | None | str = "config", sink_chunks: int | None = None) -> StreamCache:
+        """An empty streaming cache (softmax retention from the config unless given; ``None`` window = keep all)."""
+        cfg = self.config
+        window = cfg.stream_window_chunks if window_chunks == "config" else window_chunks
+        sink = cfg.stream_sink_chunks if sink_chunks is None else sink_chunks
+        return StreamCache.empty(cfg.depth, sink_chunks=sink, window_chunks=window)
+
+    def forward(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        *,
+        camera=None,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        mode: Mode = "bidirectional",
+    ) -> torch.Tensor:
+        """Velocity prediction for a whole clip ``latents (B, C, T, H, W)``, ``timestep (B, T)`` in [0, 1000]."""
+        if mode not in ("bidirectional", "chunk_causal"):
+            raise ValueError(f"mode must be 'bidirectional' or 'chunk_causal', got {mode!r}")
+        t = self._check_latents(latents)
+        bounds = [(0, t)] if mode == "bidirectional" else self.config.chunk_bounds(t)
+        out, _ = self._run(latents, timestep, camera, text, text_mask, bounds=bounds, causal=mode == "chunk_causal")
+        return out
+
+    def forward_stream(
+        self,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        *,
+        cache: StreamCache,
+        camera=None,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        write_cache: bool = False,
+    ) -> tuple[torch.Tensor, StreamCache | None]:
+        """Velocity for the next chunk given the cache of earlier chunks.
+
+        With ``write_cache`` the updated cache (this chunk appended) is returned; otherwise ``None`` and the
+        given cache stays valid for another call on the same chunk (e.g. the next denoising step).
+        """
+        if not isinstance(cache, StreamCache):
+            raise ValueError(f"cache must be a StreamCache (model.new_cache()), got {type(cache).__name__}")
+        if cache.partial:
+            raise ValueError("cache ends with a partial chunk; no further chunk can follow it")
+        if len(cache.blocks) != self.config.depth:
+            raise ValueError(f"cache has {len(cache.blocks)} blocks, the model {self.config.depth}")
+        t = self._check_latents(latents)
+        expected = self.config.first_chunk_size if cache.num_chunks == 0 else self.config.chunk_size
+        if t > expected:
+            raise ValueError(
+                f"latents has {t} frames but chunk {cache.num_chunks} takes {expected} "
+                f"(first chunk {self.config.first_chunk_size}, then {self.config.chunk_size})"
+            )
+        out, states = self._run(
+            latents, timestep, camera, text, text_mask,
+            bounds=[(0, t)], causal=True, cache=cache, write_state=write_cache,
+        )
+        if not write_cache:
+            return out, None
+        new_cache = dataclasses.replace(
+            cache, blocks=tuple(states), next_frame=cache.next_frame + t,
+            num_chunks=cache.num_chunks + 1, partial=t < expected,
+        )
+        return out, new_cache
+
+    # ------------------------------------------------------------------------------------------
+    def _check_latents(self, latents: torch.Tensor) -> int:
+        cfg = self.config
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 5 or latents.shape[1] != cfg.in_channels:
+            shape = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"latents must have shape (B, {cfg.in_channels}, T, H, W), got {shape}")
+        _, ph, pw = cfg.patch_size
+        if latents.shape[3] % ph or latents.shape[4] % pw:
+            raise ValueError(f"latents H, W must be multiples of the patch size {cfg.patch_size[1:]}")
+        if latents.shape[2] < 1:
+            raise ValueError("latents must have at least one frame")
+        return latents.shape[2]
+
+    def _check_timestep(self, timestep: torch.Tensor, b: int, t: int) -> torch.Tensor:
+        if not isinstance(timestep, torch.Tensor):
+            raise ValueError(f"timestep must be a tensor of shape ({b}, {t})")
+        if timestep.ndim == 3 and timestep.shape[1] == 1:
+            timestep = timestep[:, 0]
+        if tuple(timestep.shape) != (b, t):
+            raise ValueError(
+                f"timestep must have shape (B, T) = ({b}, {t}) (one per latent frame), got {tuple(timestep.shape)}"
+            )
+        if not torch.isfinite(timestep).all() or (timestep < 0).any() or (timestep > 1000).any():
+            raise ValueError("timestep values must be finite and in [0, 1000]")
+        return timestep
+
+    def _camera_context(self, camera, b: int, t: int, grid_hw, rope: torch.Tensor):
+        if camera is None:
+            return None, None
+        cfg = self.config
+        cond, pl = camera.conditions, camera.plucker
+        if tuple(cond.shape) != (b, t, 20):
+            raise ValueError(f"camera.conditions must have shape ({b}, {t}, 20), got {tuple(cond.shape)}")
+        lat_hw = (grid_hw[0] * cfg.patch_size[1], grid_hw[1] * cfg.patch_size[2])
+        if tuple(pl.shape) != (b, cfg.plucker_channels, t, *lat_hw):
+            raise ValueError(
+                f"camera.plucker must have shape ({b}, {cfg.plucker_channels}, {t}, {lat_hw[0]}, {lat_hw[1]}), "
+                f"got {tuple(pl.shape)}"
+            )
+        mats = ucpe_ray_matrices(cond.float(), grid_hw, cfg.patch_size[1:])
+        transforms = CameraTransforms(
+            P=mats, P_T=mats.transpose(-1, -2), P_inv=se3_inverse_matrices(mats),
+            freqs=slice_rope_for_camera(rope, cfg.head_dim),
+        )
+        plucker = self.plucker_embedder(pl).flatten(2, 3).to(self.dtype)
+        return transforms, plucker
+
+    def _text(self, text, text_mask, b: int):
+        cfg = self.config
+        if not cfg.has_text:
+            if text is not None:
+                raise ValueError("this model has no text cross-attention (caption_channels=0); pass text=None")
+            return None, None
+        if text is None:  # learned null caption
+            text = self.y_embedder.y_embedding[None].expand(b, -1, -1)
+            text_mask = None
+        if text.ndim == 4 and text.shape[1] == 1:
+            text = text[:, 0]
+        if text.ndim != 3 or text.shape[0] != b or text.shape[2] != cfg.caption_channels:
+            raise ValueError(f"text must have shape ({b}, L, {cfg.caption_channels}), got {tuple(text.shape)}")
+        if text_mask is not None and tuple(text_mask.shape) != tuple(text.shape[:2]):
+            raise ValueError(f"text_mask must have shape {tuple(text.shape[:2])}, got {tuple(text_mask.shape)}")
+        return self.attention_y_norm(self.y_embedder(text)), text_mask
+
+    def _run(self, latents, timestep, camera, text, text_mask, *, bounds, causal, cache=None, write_state=False):
+        cfg = self.config
+        b, _, t, hgt, wid = latents.shape
+        grid_hw = (hgt // cfg.patch_size[1], wid // cfg.patch_size[2])
+        s = grid_hw[0] * grid_hw[1]
+        timestep = self._check_timestep(timestep, b, t)
+        offset = 0 if cache is None else cache.next_frame
+
+        x = self.x_embedder(latents).reshape(b, t, s, cfg.hidden_size)
+        t_emb = self.t_embedder(timestep.long().flatten()).reshape(b, t, -1)  # integer timesteps, as upstream
+        modulation = self.t_block(t_emb).reshape(b, t, 6, cfg.hidden_size)
+        rope = rope_freqs(cfg.head_dim, t, *grid_hw, frame_offset=offset, theta=cfg.rope_theta, device=x.device)
+        cam, plucker = self._camera_context(camera, b, t, grid_hw, rope)
+        text, text_mask = self._text(text, text_mask, b)
+        ctx = AttentionContext(
+            bounds=bounds, rope=rope, camera=cam, causal=causal, streaming=cache is not None,
+            chunk_index=0 if cache is None else cache.num_chunks,
+            sink_chunks=0 if cache is None else cache.sink_chunks,
+            window_chunks=None if cache is None else cache.window_chunks,
+        )
+        states = []
+        for i, block in enumerate(self.blocks):
+            kwargs = dict(
+                text=text, text_mask=text_mask, plucker=plucker,
+                state=None if cache is None else cache.blocks[i], write_state=write_state,
+            )
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                x, st = torch.utils.checkpoint.checkpoint(
+                    lambda x_, blk=block, kw=kwargs: blk(x_, modulation, ctx, grid_hw, **kw), x, use_reentrant=False
+                )
+            else:
+                x, st = block(x, modulation, ctx, grid_hw, **kwargs)
+            states.append(st)
+        out = self.final_layer(x, t_emb)  # (B, T, S, p*p*C)
+        return self._unpatchify(out, t, grid_hw), states
+
+    def _unpatchify(self, x: torch.Tensor, t: int, grid_hw) -> torch.Tensor:
+        cfg = self.config
+        _, ph, pw = cfg.patch_size
+        h, w = grid_hw
+        b = x.shape[0]
+        x = x.reshape(b, t, h, w, ph, pw, cfg.in_channels)
+        return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, cfg.in_channels, t, h * ph, w * pw)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
