@@ -1,0 +1,35 @@
+"""SANA-WM world model: the transformer, camera maths, samplers, generators, codecs and checkpoints.
+
+Knows nothing of Gymnasium or ROS. Conventions: camera poses are OpenCV camera-to-world 4x4
+(+x right, +y down, +z forward), metres and radians; intrinsics are ``[fx, fy, cx, cy]`` in pixels.
+"""
+
+from .cache import StreamCache
+from .camera import CameraInputs, camera_inputs_from_world, prepare_camera
+from .codecs import LatentCodec, LTX2Codec, PatchCodec, build_codec
+from .config import PRESETS, ModelConfig, get_config
+from .generators import BidirectionalGenerator, ChunkCausalGenerator, GeneratorState, StreamingGenerator
+from .sampling import DISTILLED_TIMESTEPS, distilled_sigmas, flow_sigmas
+from .transformer import SanaWMTransformer
+
+__all__ = [
+    "DISTILLED_TIMESTEPS",
+    "PRESETS",
+    "BidirectionalGenerator",
+    "CameraInputs",
+    "ChunkCausalGenerator",
+    "GeneratorState",
+    "LTX2Codec",
+    "LatentCodec",
+    "ModelConfig",
+    "PatchCodec",
+    "SanaWMTransformer",
+    "StreamCache",
+    "StreamingGenerator",
+    "build_codec",
+    "camera_inputs_from_world",
+    "distilled_sigmas",
+    "flow_sigmas",
+    "get_config",
+    "prepare_camera",
+]

@@ -1,0 +1,397 @@
+"""Generators: a first frame and a camera path in, video out — behind one batched interface.
+
+    state = gen.start(image, intrinsics, c2w=first_pose, seed=[0, 1])   # image (B, 3, H, W) in [-1, 1]
+    frames, state = gen.step(state, c2w_next)                         # c2w_next (B, n, 4, 4) world poses
+    imagined, _ = gen.step(state.fork(), other_path)                  # forks never touch the original
+
+Poses are OpenCV camera-to-world 4x4 (metres) in any world frame; the model sees them relative to the
+first frame's pose. ``intrinsics`` are ``[fx, fy, cx, cy]`` in pixels of ``image``. A step takes exactly
+``gen.frames_per_step(state)`` poses (one chunk: ``chunk_size`` latent frames times the codec's temporal
+stride) and returns that many new frames ``(B, n, 3, H, W)`` in [-1, 1].
+
+- :class:`StreamingGenerator`: the distilled few-step student (default 4 steps [1000, 960, 889, 727], no
+  CFG); softmax blocks keep a sink chunk + a window of recent chunks, so memory is flat in video length.
+- :class:`ChunkCausalGenerator`: the chunk-causal teacher — many Euler steps with CFG, chunk after chunk,
+  attending to every earlier chunk (exact chunk-causal context; memory grows with the video).
+- :class:`BidirectionalGenerator`: the offline release model — samples the whole clip jointly; ``step``
+  re-samples everything so far (earlier frames may change), ``generate`` is the natural entry point.
+
+Each chunk's noise depends only on (seed of the batch element, chunk index): same seed and same poses
+give the same frames, alone or batched.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .cache import StreamCache
+from .camera import camera_inputs_from_world, validate_c2w, validate_intrinsics
+from .codecs.base import DecodeStreamState, LatentCodec
+from .sampling import distilled_sigmas, euler_step, flow_sigmas, guide, seeded_noise
+from .transformer import SanaWMTransformer
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class GeneratorState:
+    """Everything a generator carries between steps. Immutable: :meth:`fork` is a cheap copy."""
+
+    image_hw: tuple[int, int]
+    latent_hw: tuple[int, int]
+    intrinsics: torch.Tensor  # (B, 4) pixels
+    reference_c2w: torch.Tensor  # (B, 4, 4) world pose of frame 0
+    seeds: tuple[int, ...]
+    first_latent: torch.Tensor  # (B, C, 1, h, w)
+    text: torch.Tensor | None
+    text_mask: torch.Tensor | None
+    uncond_text: torch.Tensor | None
+    uncond_text_mask: torch.Tensor | None
+    cache: StreamCache | None = None
+    uncond_cache: StreamCache | None = None
+    decode: DecodeStreamState | None = None
+    chunk_index: int = 0  # chunks generated so far
+    frames_done: int = 1  # pixel frames so far, frame 0 included
+    last_c2w: torch.Tensor | None = None  # (B, 4, 4) world pose of the last frame
+    history_c2w: torch.Tensor | None = None  # bidirectional only: all poses so far (B, F, 4, 4)
+
+    @property
+    def batch_size(self) -> int:
+        return self.intrinsics.shape[0]
+
+    def fork(self) -> GeneratorState:
+        return dataclasses.replace(self)
+
+    def nbytes(self) -> int:
+        caches = [c for c in (self.cache, self.uncond_cache) if c is not None]
+        return sum(c.nbytes() for c in caches)
+
+
+def _seeds(seed: int | Sequence[int], batch: int) -> tuple[int, ...]:
+    seeds = (seed,) * batch if isinstance(seed, int) else tuple(int(s) for s in seed)
+    if len(seeds) != batch:
+        raise ValueError(f"seed must be an int or one int per batch element ({batch}), got {len(seeds)} seeds")
+    return seeds
+
+
+class _Generator(abc.ABC):
+    def __init__(
+        self,
+        transformer: SanaWMTransformer,
+        codec: LatentCodec,
+        *,
+        sigmas: torch.Tensor,
+        guidance_scale: float,
+    ) -> None:
+        cfg = transformer.config
+        if codec.latent_channels != cfg.in_channels:
+            raise ValueError(
+                f"codec has {codec.latent_channels} latent channels but the transformer expects {cfg.in_channels}"
+            )
+        if codec.temporal_stride != cfg.temporal_stride:
+            raise ValueError(
+                f"codec temporal stride {codec.temporal_stride} does not match the transformer's Plücker packing "
+                f"({cfg.plucker_channels} channels = 6 x {cfg.temporal_stride})"
+            )
+        if guidance_scale != 1.0 and not cfg.has_text:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a text model; this model has no text (use 1.0)")
+        self.transformer = transformer
+        self.codec = codec
+        self.sigmas = sigmas
+        self.guidance_scale = float(guidance_scale)
+
+    @property
+    def config(self):
+        return self.transformer.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.transformer.device
+
+    # -- starting ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def start(
+        self,
+        image: torch.Tensor,
+        intrinsics,
+        *,
+        c2w=None,
+        text: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
+        negative_text: torch.Tensor | None = None,
+        negative_text_mask: torch.Tensor | None = None,
+        seed: int | Sequence[int] = 0,
+    ) -> GeneratorState:
+        """Begin an episode from ``image (B, 3, H, W)`` in [-1, 1] with ``intrinsics`` ((4,) or (B, 4) pixels).
+
+        ``c2w``: world pose of the first frame ((4, 4) or (B, 4, 4); identity if omitted). ``text``: optional
+        prompt features ``(B, L, caption_channels)``; without it a text model uses its learned null caption,
+        which is also the unconditional branch of CFG unless ``negative_text`` is given.
+        """
+        if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
+            got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+            raise ValueError(f"image must be a float tensor (B, 3, H, W) in [-1, 1], got {got}")
+        b, _, h, w = image.shape
+        k = validate_intrinsics(intrinsics, "intrinsics").float()
+        if k.shape == (4,):
+            k = k.expand(b, 4)
+        if tuple(k.shape) != (b, 4):
+            raise ValueError(f"intrinsics must have shape (4,) or ({b}, 4), got {tuple(k.shape)}")
+        if c2w is None:
+            ref = torch.eye(4).expand(b, 4, 4)
+        else:
+            ref = validate_c2w(c2w, "c2w").float()
+            ref = ref.expand(b, 4, 4) if ref.shape == (4, 4) else ref
+            if tuple(ref.shape) != (b, 4, 4):
+                raise ValueError(f"c2w must have shape (4, 4) or ({b}, 4, 4), got {tuple(ref.shape)}")
+        if text is not None and text.shape[0] != b:
+            raise ValueError(f"text must have batch size {b}, got {tuple(text.shape)}")
+        latent_hw = self.codec.latent_hw((h, w))
+        first = self.codec.encode_image(image.to(self.device, torch.float32)).to(self.transformer.dtype)
+        state = GeneratorState(
+            image_hw=(h, w), latent_hw=latent_hw, intrinsics=k.clone(), reference_c2w=ref.clone(),
+            seeds=_seeds(seed, b), first_latent=first, text=text, text_mask=text_mask,
+            uncond_text=negative_text, uncond_text_mask=negative_text_mask, last_c2w=ref.clone(),
+        )
+        return self._init_state(state)
+
+    def _init_state(self, state: GeneratorState) -> GeneratorState:
+        return state
+
+    def frames_per_step(self, state: GeneratorState) -> int:
+        cfg, s = self.config, self.codec.temporal_stride
+        return (cfg.first_chunk_size - 1) * s if state.chunk_index == 0 else cfg.chunk_size * s
+
+    def _check_step_poses(self, state: GeneratorState, c2w) -> torch.Tensor:
+        n = self.frames_per_step(state)
+        poses = validate_c2w(c2w, "c2w").float()
+        if tuple(poses.shape) != (state.batch_size, n, 4, 4):
+            raise ValueError(
+                f"c2w must hold the next {n} frames' poses, shape ({state.batch_size}, {n}, 4, 4); "
+                f"got {tuple(poses.shape)}"
+            )
+        return poses
+
+    def _camera(self, state: GeneratorState, poses: torch.Tensor, first: bool):
+        if first:
+            poses = torch.cat([state.reference_c2w[:, None], poses], dim=1)
+        cam = camera_inputs_from_world(
+            poses, state.intrinsics, state.image_hw, state.latent_hw, self.codec.temporal_stride,
+            reference_c2w=state.reference_c2w, starts_at_first_frame=first,
+        )
+        return cam.to(self.device, torch.float32)
+
+    def _velocity(self, x, t, *, camera, state: GeneratorState, fn) -> torch.Tensor:
+        v = fn(x, t, camera=camera, text=state.text, text_mask=state.text_mask)
+        if self.guidance_scale != 1.0:
+            v_u = fn(x, t, camera=camera, text=state.uncond_text, text_mask=state.uncond_text_mask, uncond=True)
+            v = guide(v, v_u, self.guidance_scale)
+        return v
+
+    def generate(
+        self,
+        image: torch.Tensor,
+        intrinsics,
+        c2w,
+        *,
+        progress: ProgressFn | None = None,
+        **start_kwargs,
+    ) -> torch.Tensor:
+        """The whole clip for world poses ``c2w (B, F, 4, 4)`` (frame 0 = ``image``): ``(B, F, 3, H, W)``."""
+        poses = self._check_clip_poses(c2w)
+        state = self.start(image, intrinsics, c2w=poses[:, 0], **start_kwargs)
+        frames, done, total = [image.float().clamp(-1, 1)[:, None].cpu()], 1, poses.shape[1]
+        while done < total:
+            n = self.frames_per_step(state)
+            out, state = self.step(state, poses[:, done : done + n])
+            frames.append(out.cpu())
+            done += n
+            if progress is not None:
+                progress(done, total)
+        return torch.cat(frames, dim=1)
+
+    @abc.abstractmethod
+    def step(self, state: GeneratorState, c2w) -> tuple[torch.Tensor, GeneratorState]:
+        """Generate the next chunk for world poses ``c2w (B, n, 4, 4)``: ``(frames (B, n, 3, H, W), new_state)``."""
+
+    def valid_num_frames(self, num_chunks: int) -> int:
+        """Pixel frames of a clip of ``num_chunks`` steps (frame 0 included)."""
+        cfg, s = self.config, self.codec.temporal_stride
+        return 1 + (cfg.first_chunk_size - 1) * s + max(0, num_chunks - 1) * cfg.chunk_size * s
+
+    def _check_clip_poses(self, c2w) -> torch.Tensor:
+        poses = validate_c2w(c2w, "c2w").float()
+        if poses.ndim != 4:
+            raise ValueError(f"c2w must have shape (B, F, 4, 4), got {tuple(poses.shape)}")
+        f = poses.shape[1]
+        valid = [self.valid_num_frames(k) for k in range(1, 2 + (f // max(1, self.config.chunk_size)))]
+        if f not in valid:
+            near = [v for v in valid if abs(v - f) == min(abs(v - f) for v in valid)]
+            raise ValueError(
+                f"c2w has {f} frames; a clip must have 1 + {valid[0] - 1} + k * "
+                f"{self.config.chunk_size * self.codec.temporal_stride} frames (nearest valid: {near})"
+            )
+        return poses
+
+
+class _CausalGenerator(_Generator):
+    """Chunk-by-chunk sampling on the streaming transformer (shared by the teacher and the student)."""
+
+    window_chunks: int | None | str = "config"
+
+    def _init_state(self, state: GeneratorState) -> GeneratorState:
+        cache = self.transformer.new_cache(window_chunks=self.window_chunks)
+        uncond = cache if self.guidance_scale != 1.0 else None
+        return dataclasses.replace(state, cache=cache, uncond_cache=uncond, decode=self.codec.decode_stream_start())
+
+    @torch.no_grad()
+    def step(self, state: GeneratorState, c2w) -> tuple[torch.Tensor, GeneratorState]:
+        """Generate the next chunk for ``c2w (B, n, 4, 4)``; returns ``(frames (B, n, 3, H, W), new_state)``."""
+        if not isinstance(state, GeneratorState) or state.cache is None:
+            raise ValueError("state must come from this generator's start() or step()")
+        poses = self._check_step_poses(state, c2w)
+        first = state.chunk_index == 0
+        camera = self._camera(state, poses, first)
+        model, dtype = self.transformer, self.transformer.dtype
+        b, t = state.batch_size, camera.num_frames
+        x = seeded_noise((b, model.config.in_channels, t, *state.latent_hw), state.seeds, state.chunk_index,
+                         dtype=dtype, device=self.device)
+        if first:
+            x[:, :, :1] = state.first_latent
+
+        def forward(x_, t_, *, camera, text, text_mask, uncond=False):
+            cache = state.uncond_cache if uncond else state.cache
+            v, _ = model.forward_stream(x_, t_, cache=cache, camera=camera, text=text, text_mask=text_mask)
+            return v
+
+        sig = self.sigmas.tolist()
+        for i in range(len(sig) - 1):
+            t_frames = torch.full((b, t), sig[i] * 1000.0, device=self.device)
+            if first:
+                t_frames[:, 0] = 0.0
+            v = self._velocity(x, t_frames, camera=camera, state=state, fn=forward)
+            x = euler_step(x, v.to(dtype), sig[i], sig[i + 1])
+            if first:
+                x[:, :, :1] = state.first_latent  # the condition frame stays clean
+        zeros = torch.zeros(b, t, device=self.device)
+        _, cache = model.forward_stream(x, zeros, cache=state.cache, camera=camera, text=state.text,
+                                        text_mask=state.text_mask, write_cache=True)
+        uncond_cache = None
+        if state.uncond_cache is not None:
+            _, uncond_cache = model.forward_stream(x, zeros, cache=state.uncond_cache, camera=camera,
+                                                   text=state.uncond_text, text_mask=state.uncond_text_mask,
+                                                   write_cache=True)
+        video, decode = self.codec.decode_chunk(x.float(), state.decode)  # (B, 3, F, H, W)
+        if first:
+            video = video[:, :, 1:]  # frame 0 is the given image
+        frames = video.permute(0, 2, 1, 3, 4)
+        new_state = dataclasses.replace(
+            state, cache=cache, uncond_cache=uncond_cache, decode=decode, chunk_index=state.chunk_index + 1,
+            frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(),
+        )
+        return frames, new_state
+
+
+class StreamingGenerator(_CausalGenerator):
+    """Distilled few-step streaming generator (constant memory in video length)."""
+
+    def __init__(
+        self,
+        transformer: SanaWMTransformer,
+        codec: LatentCodec,
+        *,
+        sigmas: torch.Tensor | None = None,
+        guidance_scale: float = 1.0,
+        window_chunks: int | None | str = "config",
+    ) -> None:
+        super().__init__(transformer, codec, sigmas=distilled_sigmas() if sigmas is None else sigmas,
+                         guidance_scale=guidance_scale)
+        self.window_chunks = window_chunks
+
+
+class ChunkCausalGenerator(_CausalGenerator):
+    """Chunk-causal teacher: ``num_steps`` shifted Euler steps with CFG, full causal context."""
+
+    def __init__(
+        self,
+        transformer: SanaWMTransformer,
+        codec: LatentCodec,
+        *,
+        num_steps: int = 50,
+        shift: float = 8.0,
+        guidance_scale: float | None = None,
+    ) -> None:
+        if guidance_scale is None:
+            guidance_scale = 5.0 if transformer.config.has_text else 1.0
+        super().__init__(transformer, codec, sigmas=flow_sigmas(num_steps, shift), guidance_scale=guidance_scale)
+        self.window_chunks = None
+
+
+class BidirectionalGenerator(_Generator):
+    """Offline whole-clip sampler on the bidirectional model."""
+
+    def __init__(
+        self,
+        transformer: SanaWMTransformer,
+        codec: LatentCodec,
+        *,
+        num_steps: int = 60,
+        shift: float = 8.0,
+        guidance_scale: float | None = None,
+    ) -> None:
+        if guidance_scale is None:
+            guidance_scale = 5.0 if transformer.config.has_text else 1.0
+        super().__init__(transformer, codec, sigmas=flow_sigmas(num_steps, shift), guidance_scale=guidance_scale)
+
+    def _init_state(self, state: GeneratorState) -> GeneratorState:
+        return dataclasses.replace(state, history_c2w=state.reference_c2w[:, None].clone())
+
+    @torch.no_grad()
+    def sample(self, state: GeneratorState, poses: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
+        """Jointly sample every frame for world poses ``poses (B, F, 4, 4)`` (frame 0 = the start image)."""
+        camera = self._camera(state, poses[:, 1:], first=True)
+        model, dtype = self.transformer, self.transformer.dtype
+        b, t = state.batch_size, camera.num_frames
+        x = seeded_noise((b, model.config.in_channels, t, *state.latent_hw), state.seeds, 0,
+                         dtype=dtype, device=self.device)
+        x[:, :, :1] = state.first_latent
+
+        def forward(x_, t_, *, camera, text, text_mask, uncond=False):
+            return model(x_, t_, camera=camera, text=text, text_mask=text_mask, mode="bidirectional")
+
+        sig = self.sigmas.tolist()
+        for i in range(len(sig) - 1):
+            t_frames = torch.full((b, t), sig[i] * 1000.0, device=self.device)
+            t_frames[:, 0] = 0.0
+            v = self._velocity(x, t_frames, camera=camera, state=state, fn=forward)
+            x = euler_step(x, v.to(dtype), sig[i], sig[i + 1])
+            x[:, :, :1] = state.first_latent
+            if progress is not None:
+                progress(i + 1, len(sig) - 1)
+        return self.codec.decode(x.float()).permute(0, 2, 1, 3, 4)
+
+    def generate(self, image, intrinsics, c2w, *, progress: ProgressFn | None = None, **start_kwargs) -> torch.Tensor:
+        """Sample the whole clip for ``c2w (B, F, 4, 4)`` jointly; frame 0 is ``image``."""
+        poses = self._check_clip_poses(c2w)
+        state = self.start(image, intrinsics, c2w=poses[:, 0], **start_kwargs)
+        video = self.sample(state, poses, progress=progress)
+        return torch.cat([image.float().clamp(-1, 1)[:, None].cpu(), video[:, 1:].cpu()], dim=1)
+
+    def step(self, state: GeneratorState, c2w) -> tuple[torch.Tensor, GeneratorState]:
+        """Append one chunk of poses and re-sample the whole clip; returns the new frames only."""
+        if not isinstance(state, GeneratorState) or state.history_c2w is None:
+            raise ValueError("state must come from this generator's start() or step()")
+        poses = self._check_step_poses(state, c2w)
+        history = torch.cat([state.history_c2w, poses], dim=1)
+        video = self.sample(state, history)
+        n = poses.shape[1]
+        new_state = dataclasses.replace(
+            state, history_c2w=history, chunk_index=state.chunk_index + 1,
+            frames_done=state.frames_done + n, last_c2w=poses[:, -1].clone(),
+        )
+        return video[:, -n:], new_state
