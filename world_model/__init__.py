@@ -6,6 +6,13 @@ Knows nothing of Gymnasium or ROS. Conventions: camera poses are OpenCV camera-t
 
 from .cache import StreamCache
 from .camera import CameraInputs, camera_inputs_from_world, prepare_camera
+from .checkpoints import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    build_transformer,
+    load_transformer,
+    save_transformer,
+)
 from .codecs import LatentCodec, LTX2Codec, PatchCodec, build_codec
 from .config import PRESETS, ModelConfig, get_config
 from .generators import BidirectionalGenerator, ChunkCausalGenerator, GeneratorState, StreamingGenerator
@@ -17,6 +24,8 @@ __all__ = [
     "PRESETS",
     "BidirectionalGenerator",
     "CameraInputs",
+    "CheckpointError",
+    "CheckpointNotFoundError",
     "ChunkCausalGenerator",
     "GeneratorState",
     "LTX2Codec",
@@ -27,9 +36,12 @@ __all__ = [
     "StreamCache",
     "StreamingGenerator",
     "build_codec",
+    "build_transformer",
     "camera_inputs_from_world",
     "distilled_sigmas",
     "flow_sigmas",
     "get_config",
+    "load_transformer",
     "prepare_camera",
+    "save_transformer",
 ]

@@ -1,0 +1,48 @@
+"""Frames <-> files: model frames in [-1, 1] to uint8, and mp4/gif writing through imageio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """``(..., 3, H, W)`` floats in [-1, 1] -> ``(..., H, W, 3)`` uint8 (values outside are clipped)."""
+    x = torch.as_tensor(frames).detach().float().cpu()
+    if x.ndim < 3 or x.shape[-3] != 3:
+        raise ValueError(f"frames must have shape (..., 3, H, W), got {tuple(x.shape)}")
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()
+
+
+def from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``(..., H, W, 3)`` uint8 -> ``(..., 3, H, W)`` float32 in [-1, 1]."""
+    x = torch.as_tensor(np.array(images, copy=True))
+    if x.dtype != torch.uint8 or x.ndim < 3 or x.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 with shape (..., H, W, 3), got {x.dtype} {tuple(x.shape)}")
+    return x.movedim(-1, -3).float() / 127.5 - 1.0
+
+
+def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
+    """Write ``(F, H, W, 3)`` uint8 frames as mp4 (libx264) or gif, chosen by the suffix."""
+    import imageio.v3 as iio
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 (F, H, W, 3), got {frames.dtype} {frames.shape}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        iio.imwrite(path, frames, duration=1000.0 / fps, loop=0)
+    elif path.suffix.lower() == ".mp4":
+        # libx264 with yuv420p needs even sizes; pad by edge replication rather than resampling
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+    else:
+        raise ValueError(f"unsupported video suffix {path.suffix!r}; use .mp4 or .gif")
+    return path
+
