@@ -142,3 +142,30 @@ def test_bad_inputs(model, codec):
         StreamingGenerator(model, codec, guidance_scale=3.0)
     with pytest.raises(ValueError, match="latent channels"):
         StreamingGenerator(model, PatchCodec(patch_size=4, temporal_stride=1))
+
+
+def test_streaming_with_ltx2_codec_and_stride_8_packing():
+    """The official-style pipeline: LTX-2 VAE (spatial 32, temporal 8, causal decoder), text model with
+    48-channel Plücker groups; 24 frames per step, the first step's camera spans frames 0..24."""
+    from diffusers import AutoencoderKLLTX2Video
+
+    from world_model.codecs import LTX2Codec
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLLTX2Video(
+        latent_channels=16, block_out_channels=(8, 16, 32, 32), decoder_block_out_channels=(8, 16, 32),
+        layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1), decoder_inject_noise=False,
+        decoder_causal=True,
+    )
+    codec = LTX2Codec(vae)
+    model = SanaWMTransformer(PRESETS["tiny-text"]).eval()
+    gen = StreamingGenerator(model, codec)
+    img = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    text = torch.randn(1, 6, 32)
+    st = gen.start(img, torch.tensor([50.0, 50.0, 32.0, 32.0]), text=text, seed=5)
+    assert gen.frames_per_step(st) == 24
+    frames, st2 = gen.step(st, forward_path(1, 24, 1, speed=0.02))
+    again, _ = gen.step(st, forward_path(1, 24, 1, speed=0.02))
+    assert frames.shape == (1, 24, 3, 64, 64) and torch.equal(frames, again)
+    nxt, st3 = gen.step(st2, forward_path(1, 24, 25, speed=0.02))
+    assert nxt.shape == (1, 24, 3, 64, 64) and st3.frames_done == 49 and st3.cache.next_frame == 7
