@@ -86,9 +86,11 @@ class _Generator(abc.ABC):
         codec: LatentCodec,
         *,
         sigmas: torch.Tensor,
-        guidance_scale: float,
+        guidance_scale: float | None,
     ) -> None:
         cfg = transformer.config
+        if guidance_scale is None:  # upstream CFG 5.0 for text models; a text-free model has nothing to guide
+            guidance_scale = 5.0 if cfg.has_text else 1.0
         if codec.latent_channels != cfg.in_channels:
             raise ValueError(
                 f"codec has {codec.latent_channels} latent channels but the transformer expects {cfg.in_channels}"
@@ -326,8 +328,6 @@ class ChunkCausalGenerator(_CausalGenerator):
         shift: float = 8.0,
         guidance_scale: float | None = None,
     ) -> None:
-        if guidance_scale is None:
-            guidance_scale = 5.0 if transformer.config.has_text else 1.0
         super().__init__(transformer, codec, sigmas=flow_sigmas(num_steps, shift), guidance_scale=guidance_scale)
         self.window_chunks = None
 
@@ -344,8 +344,6 @@ class BidirectionalGenerator(_Generator):
         shift: float = 8.0,
         guidance_scale: float | None = None,
     ) -> None:
-        if guidance_scale is None:
-            guidance_scale = 5.0 if transformer.config.has_text else 1.0
         super().__init__(transformer, codec, sigmas=flow_sigmas(num_steps, shift), guidance_scale=guidance_scale)
 
     def _init_state(self, state: GeneratorState) -> GeneratorState:

@@ -1,0 +1,231 @@
+"""Write twin-world training clips: rendered frames + exact metric camera poses, intrinsics and optional depth.
+
+Dataset format ``sana-wm-twin/1`` (a directory):
+
+``dataset.json``
+    ``{"format": "sana-wm-twin/1", "clips": N, "frames": F, "height": H, "width": W, "fps": 16.0,
+    "scenes": ["rooms", ...], "motions": ["drone", ...], "split": "train"|"eval", "seed": S, "depth": bool,
+    "fov_deg": [lo, hi], "revisit_fraction": p, "clearance": 0.2}`` - everything needed to regenerate
+    any clip (clip ``i`` depends only on these settings and ``i``).
+``clips/<i:06d>.npz`` (one per clip, written atomically, so an interrupted run resumes where it stopped)
+    ``rgb``          uint8   (F, H, W, 3)
+    ``c2w``          float64 (F, 4, 4)  OpenCV camera-to-world (+x right, +y down, +z forward), metres, in the
+                                         scene's world frame (z up); use ``relative_to_first`` for model input
+    ``intrinsics``   float32 (F, 4)     [fx, fy, cx, cy] in pixels of the stored frames (pixel centres at
+                                         integer coordinates)
+    ``timestamps``   float64 (F,)       seconds from the first frame (``i / fps``)
+    ``depth``        float16 (F, H, W)  z-depth in metres, 0 where no surface (sky); only with ``depth: true``
+    ``family`` (str), ``scene_seed`` (int), ``motion`` (str), ``revisit`` (bool),
+    ``loop_period_frames`` (int; frames i and i+period share a pose, -1 if not a loop), ``traj_seed`` (int)
+
+Scene seeds come from ``TRAIN_SEEDS`` for ``split="train"`` and from the reserved ``EVAL_SEEDS`` for
+``split="eval"``, so evaluation worlds are never trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, TRAIN_SEEDS, make_scene
+from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
+
+FORMAT = "sana-wm-twin/1"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Settings of a twin dataset (stored as ``dataset.json``)."""
+
+    clips: int
+    frames: int
+    height: int
+    width: int
+    fps: float = 16.0
+    scenes: tuple[str, ...] = FAMILIES
+    motions: tuple[str, ...] = MOTIONS
+    split: str = "train"
+    seed: int = 0
+    depth: bool = False
+    fov_deg: tuple[float, float] = (60.0, 90.0)
+    revisit_fraction: float = 0.0
+    clearance: float = 0.2
+    format: str = field(default=FORMAT)
+
+    def __post_init__(self) -> None:
+        for name in ("clips", "frames", "height", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < (2 if name == "frames" else 1):
+                raise ValueError(f"{name} must be a positive int{' >= 2' if name == 'frames' else ''}, got {v!r}")
+        if not np.isfinite(self.fps) or self.fps <= 0:
+            raise ValueError(f"fps must be a positive number, got {self.fps!r}")
+        if not self.scenes or any(s not in FAMILIES for s in self.scenes):
+            raise ValueError(f"scenes must be a non-empty subset of {', '.join(FAMILIES)}; got {list(self.scenes)}")
+        if not self.motions or any(m not in MOTIONS for m in self.motions):
+            raise ValueError(f"motions must be a non-empty subset of {', '.join(MOTIONS)}; got {list(self.motions)}")
+        if self.split not in ("train", "eval"):
+            raise ValueError(f"split must be 'train' or 'eval', got {self.split!r}")
+        lo, hi = self.fov_deg
+        if not 0 < lo <= hi < 180:
+            raise ValueError(f"fov_deg must be (lo, hi) degrees with 0 < lo <= hi < 180, got {self.fov_deg}")
+        if not 0.0 <= self.revisit_fraction <= 1.0:
+            raise ValueError(f"revisit_fraction must be in [0, 1], got {self.revisit_fraction}")
+        if self.revisit_fraction > 0:
+            need = max(min_revisit_seconds(make_scene(f, 100), m) for f in self.scenes for m in self.motions)
+            if (self.frames - 1) / self.fps < need:
+                raise ValueError(
+                    f"frames: revisit clips need at least {int(np.ceil(need * self.fps)) + 1} frames at "
+                    f"{self.fps:g} fps; got {self.frames} (use --revisit-fraction 0 or longer clips)"
+                )
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["scenes"], d["motions"], d["fov_deg"] = list(self.scenes), list(self.motions), list(self.fov_deg)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> DatasetSpec:
+        if d.get("format") != FORMAT:
+            raise ValueError(f"dataset.json: format must be {FORMAT!r}, got {d.get('format')!r}")
+        d = dict(d)
+        d["scenes"], d["motions"], d["fov_deg"] = tuple(d["scenes"]), tuple(d["motions"]), tuple(d["fov_deg"])
+        return cls(**d)
+
+
+def clip_path(root: Path, index: int) -> Path:
+    return Path(root) / "clips" / f"{index:06d}.npz"
+
+
+def clip_plan(spec: DatasetSpec, index: int) -> dict:
+    """What clip ``index`` shows (family, scene seed, motion, revisit, fov, trajectory seed): deterministic."""
+    rng = np.random.default_rng([spec.seed, index])
+    seeds = TRAIN_SEEDS if spec.split == "train" else EVAL_SEEDS
+    return dict(
+        family=spec.scenes[index % len(spec.scenes)],
+        scene_seed=int(seeds[int(rng.integers(len(seeds)))]),
+        motion=spec.motions[int(rng.integers(len(spec.motions)))],
+        revisit=bool(rng.random() < spec.revisit_fraction),
+        fov=float(rng.uniform(*spec.fov_deg)),
+        traj_seed=int(rng.integers(2**31)),
+    )
+
+
+def make_clip(spec: DatasetSpec, index: int) -> dict[str, np.ndarray]:
+    """Render clip ``index`` of ``spec`` (arrays as stored in its ``.npz``)."""
+    from sana_wm_env.scenes import SceneRenderer
+    from world_model.camera import fov_to_intrinsics
+
+    plan = clip_plan(spec, index)
+    scene = make_scene(plan["family"], plan["scene_seed"])
+    traj = None
+    for k in range(5):  # a scene can be too cramped for a path; the retries are deterministic too
+        try:
+            traj = generate(scene, plan["motion"], spec.frames, spec.fps, seed=[plan["traj_seed"], k],
+                            revisit=plan["revisit"], clearance=spec.clearance)
+            break
+        except RuntimeError:
+            seeds = TRAIN_SEEDS if spec.split == "train" else EVAL_SEEDS
+            scene = make_scene(plan["family"], int(seeds[(seeds.index(plan["scene_seed"]) + k + 1) % len(seeds)]))
+    if traj is None:
+        raise RuntimeError(f"clip {index}: no valid trajectory found ({plan})")
+    k4 = fov_to_intrinsics(plan["fov"], spec.height, spec.width).double().numpy()
+    renderer = SceneRenderer(scene, spec.height, spec.width, depth=spec.depth)
+    rgb = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
+    depth = np.empty((spec.frames, spec.height, spec.width), np.float16) if spec.depth else None
+    for i, pose in enumerate(traj.poses):
+        img, d = renderer.render(pose, k4)
+        rgb[i] = img
+        if depth is not None:
+            depth[i] = d
+    renderer.close()
+    out = dict(
+        rgb=rgb, c2w=traj.poses, intrinsics=np.tile(k4.astype(np.float32), (spec.frames, 1)),
+        timestamps=traj.timestamps - traj.timestamps[0], family=np.array(scene.family),
+        scene_seed=np.array(scene.seed), motion=np.array(plan["motion"]), revisit=np.array(plan["revisit"]),
+        loop_period_frames=np.array(traj.metadata.get("loop_period_frames", -1)),
+        traj_seed=np.array(plan["traj_seed"]),
+    )
+    if depth is not None:
+        out["depth"] = depth
+    return out
+
+
+def write_clip(spec: DatasetSpec, root: Path, index: int) -> int:
+    """Render and atomically write clip ``index``; returns the number of frames written (0 if it existed)."""
+    path = clip_path(root, index)
+    if path.exists():
+        return 0
+    arrays = make_clip(spec, index)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return spec.frames
+
+
+def prepare(root: Path, spec: DatasetSpec) -> list[int]:
+    """Create ``root`` (or check that an existing one has the same settings); return the missing clip ids."""
+    root = Path(root)
+    meta = root / "dataset.json"
+    if meta.exists():
+        old = DatasetSpec.from_json(json.loads(meta.read_text()))
+        if old != spec:
+            diff = {k: (v, spec.to_json()[k]) for k, v in old.to_json().items() if spec.to_json()[k] != v}
+            raise ValueError(f"out: {root} holds a dataset with other settings (existing, requested): {diff}")
+    else:
+        (root / "clips").mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+    (root / "clips").mkdir(exist_ok=True)
+    for stale in (root / "clips").glob(".*.tmp.npz"):
+        stale.unlink()
+    return [i for i in range(spec.clips) if not clip_path(root, i).exists()]
+
+
+def _worker(args: tuple[DatasetSpec, str, int]) -> int:
+    spec, root, index = args
+    return write_clip(spec, Path(root), index)
+
+
+def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = True) -> dict:
+    """Write every missing clip of ``spec`` under ``root`` using ``workers`` processes (resumable).
+
+    Returns {"written": clips written now, "skipped": already present, "seconds": wall time,
+    "clips_per_s", "frames_per_s"}.
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from sana_wm_env.scenes.gl import select_backend
+
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
+    root = Path(root)
+    todo = prepare(root, spec)
+    select_backend()  # probe once here; workers inherit MUJOCO_GL
+    t0 = time.perf_counter()
+    frames = 0
+    bar = tqdm(total=spec.clips, initial=spec.clips - len(todo), unit="clip", disable=not progress,
+               desc=f"dataset {root.name}")
+    jobs = [(spec, str(root), i) for i in todo]
+    if workers == 1 or len(todo) <= 1:
+        for job in jobs:
+            frames += _worker(job)
+            bar.update(1)
+    else:
+        import multiprocessing as mp
+
+        # Not "fork": a parent that has rendered holds a GL context, and forked children of it can hang.
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers) as pool:
+            for n in pool.imap_unordered(_worker, jobs):
+                frames += n
+                bar.update(1)
+    bar.close()
+    dt = time.perf_counter() - t0
+    written = len(todo)
+    return dict(written=written, skipped=spec.clips - written, seconds=dt,
+                clips_per_s=written / dt if dt > 0 else 0.0, frames_per_s=frames / dt if dt > 0 else 0.0)

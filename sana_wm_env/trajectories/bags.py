@@ -1,0 +1,223 @@
+"""ROS 2 bag reader (MCAP or sqlite3 storage) through the pure-Python ``rosbags`` package (no ROS install).
+
+Pose topics: ``geometry_msgs/msg/PoseStamped``, ``PoseWithCovarianceStamped``, ``TransformStamped`` and
+``nav_msgs/msg/Odometry`` (stamp = ``header.stamp``). TF: ``tf2_msgs/msg/TFMessage`` on ``/tf`` and
+``/tf_static``; ``parent_frame -> child_frame`` is looked up through the TF tree (chains through any common
+ancestor). Output stamps are those of the most frequent dynamic edge on the chain, within the time span all
+dynamic edges cover; the other dynamic edges are interpolated there (linear translation, slerp rotation).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from sana_wm_env.trajectories.io import _check_convention, _quat_poses
+from sana_wm_env.trajectories.trajectory import Trajectory, clean_rows
+from world_model import camera as cam
+
+POSE_TYPES: tuple[str, ...] = (
+    "geometry_msgs/msg/PoseStamped",
+    "geometry_msgs/msg/PoseWithCovarianceStamped",
+    "geometry_msgs/msg/TransformStamped",
+    "nav_msgs/msg/Odometry",
+)
+TF_TYPE = "tf2_msgs/msg/TFMessage"
+
+
+def _stamp(h) -> float:
+    return h.stamp.sec + h.stamp.nanosec * 1e-9
+
+
+def _pose_of(msg, msgtype: str) -> tuple[np.ndarray, np.ndarray]:
+    if msgtype == "geometry_msgs/msg/PoseStamped":
+        p = msg.pose
+    elif msgtype == "geometry_msgs/msg/TransformStamped":
+        tr = msg.transform
+        return (np.array([tr.translation.x, tr.translation.y, tr.translation.z]),
+                np.array([tr.rotation.x, tr.rotation.y, tr.rotation.z, tr.rotation.w]))
+    else:  # PoseWithCovarianceStamped, Odometry
+        p = msg.pose.pose
+    return (np.array([p.position.x, p.position.y, p.position.z]),
+            np.array([p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w]))
+
+
+def _topics_str(connections) -> str:
+    seen = {}
+    for c in connections:
+        seen.setdefault(c.topic, c.msgtype)
+    return ", ".join(f"{t} ({ty})" for t, ty in sorted(seen.items()))
+
+
+def _open(path: Path):
+    try:
+        from rosbags.highlevel import AnyReader
+    except ImportError as err:  # pragma: no cover - dependency missing
+        raise RuntimeError("reading ROS 2 bags needs the 'rosbags' package (pip install rosbags)") from err
+    bag = path.parent if path.is_file() and path.suffix == ".db3" else path
+    return AnyReader([bag])
+
+
+def read_bag(path, topic: str | None = None, parent_frame: str | None = None, child_frame: str | None = None,
+             convention: str | None = None, on_invalid: str = "raise") -> Trajectory:
+    """Read one pose topic, or a TF chain ``parent_frame -> child_frame``, from a ROS 2 bag."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"path: no such bag: {p}")
+    conv = _check_convention(convention, "rep103")
+    with _open(p) as reader:
+        conns = list(reader.connections)
+        use_tf = topic is None and (parent_frame is not None or child_frame is not None)
+        if topic is not None:
+            sel = [c for c in conns if c.topic == topic]
+            if not sel:
+                raise ValueError(f"topic {topic!r} is not in {p}; topics: {_topics_str(conns)}")
+            if sel[0].msgtype == TF_TYPE:
+                use_tf = True
+            elif sel[0].msgtype not in POSE_TYPES:
+                raise ValueError(
+                    f"topic {topic!r} has type {sel[0].msgtype}; supported: {', '.join(POSE_TYPES + (TF_TYPE,))}"
+                )
+        elif not use_tf:
+            cands = sorted({c.topic for c in conns if c.msgtype in POSE_TYPES})
+            if len(cands) != 1:
+                raise ValueError(
+                    f"topic: {p} has {len(cands)} pose topics; pass topic= (or parent_frame= and child_frame= "
+                    f"for TF). Topics: {_topics_str(conns)}"
+                )
+            sel = [c for c in conns if c.topic == cands[0]]
+        if use_tf:
+            if parent_frame is None or child_frame is None:
+                raise ValueError("a TF lookup needs both parent_frame and child_frame")
+            tf_conns = [c for c in conns if c.msgtype == TF_TYPE]
+            if not tf_conns:
+                raise ValueError(f"{p} has no TF topics; topics: {_topics_str(conns)}")
+            return _read_tf(reader, tf_conns, p, parent_frame, child_frame, conv, on_invalid)
+        return _read_pose_topic(reader, sel, p, parent_frame, child_frame, conv, on_invalid)
+
+
+def _read_pose_topic(reader, sel, p: Path, parent_frame, child_frame, conv: str, on_invalid: str) -> Trajectory:
+    topic, msgtype = sel[0].topic, sel[0].msgtype
+    times, pos, quat, frames, children = [], [], [], set(), set()
+    for conn, _t, raw in reader.messages(connections=sel):
+        msg = reader.deserialize(raw, conn.msgtype)
+        times.append(_stamp(msg.header))
+        frames.add(msg.header.frame_id)
+        children.add(getattr(msg, "child_frame_id", ""))
+        x, q = _pose_of(msg, msgtype)
+        pos.append(x)
+        quat.append(q)
+    if not times:
+        raise ValueError(f"topic {topic!r} in {p} has no messages")
+    if parent_frame is not None and frames != {parent_frame}:
+        raise ValueError(f"parent_frame {parent_frame!r} does not match topic {topic!r} frame_id(s) {sorted(frames)}")
+    if child_frame is not None and children != {child_frame}:
+        raise ValueError(f"child_frame {child_frame!r} does not match topic {topic!r} child_frame_id(s) "
+                         f"{sorted(children)}")
+    t = np.asarray(times)
+    pos_a, quat_a = np.asarray(pos), np.asarray(quat)
+    where = [f"{p}:{topic}#{i}" for i in range(len(t))]
+    keep = clean_rows(t, np.isfinite(pos_a).all(1) & np.isfinite(quat_a).all(1), where, on_invalid, f"{p}:{topic}")
+    poses = _quat_poses(pos_a[keep], quat_a[keep], [where[i] for i in keep])
+    child = next(iter(children)) if len(children) == 1 and "" not in children else "body"
+    traj = Trajectory(timestamps=t[keep], poses=poses, convention=conv,
+                      frame_id=next(iter(frames)) if len(frames) == 1 else "world", child_frame_id=child)
+    traj.metadata.update(source=f"{p}:{topic}", dropped_rows=len(t) - len(keep), msgtype=msgtype)
+    return traj
+
+
+def _interp_edge(times: np.ndarray, mats: np.ndarray, at: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation, Slerp
+
+    if len(times) == 1:
+        return np.repeat(mats, len(at), axis=0)
+    rot = Slerp(times, Rotation.from_matrix(mats[:, :3, :3]))(at).as_matrix()
+    out = np.tile(np.eye(4), (len(at), 1, 1))
+    out[:, :3, :3] = rot
+    for i in range(3):
+        out[:, i, 3] = np.interp(at, times, mats[:, i, 3])
+    return out
+
+
+def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_invalid: str) -> Trajectory:
+    if parent == child:
+        raise ValueError(f"parent_frame and child_frame are both {parent!r}")
+    edges: dict[tuple[str, str], list] = defaultdict(list)  # (parent, child) -> [(t, pos, quat)]
+    static: dict[tuple[str, str], tuple] = {}
+    parent_of: dict[str, str] = {}
+    for conn, _t, raw in reader.messages(connections=tf_conns):
+        msg = reader.deserialize(raw, conn.msgtype)
+        is_static = "static" in conn.topic
+        for tr in msg.transforms:
+            key = (tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/"))
+            parent_of[key[1]] = key[0]
+            x, q = _pose_of(tr, "geometry_msgs/msg/TransformStamped")
+            if is_static:
+                static[key] = (x, q)
+            else:
+                edges[key].append((_stamp(tr.header), x, q))
+    frames = sorted(set(parent_of) | set(parent_of.values()))
+    for f, name in ((parent, "parent_frame"), (child, "child_frame")):
+        if f not in frames:
+            raise ValueError(f"{name} {f!r} is not in the TF tree of {p}; frames: {', '.join(frames)}")
+
+    def chain_to_root(f: str) -> list[str]:
+        out = [f]
+        while out[-1] in parent_of:
+            out.append(parent_of[out[-1]])
+            if len(out) > len(frames) + 1:
+                raise ValueError(f"{p}: the TF tree has a cycle through {f!r}")
+        return out
+
+    up_c, up_p = chain_to_root(child), chain_to_root(parent)
+    common = next((f for f in up_c if f in up_p), None)
+    if common is None:
+        raise ValueError(f"{parent!r} and {child!r} are in different TF trees of {p} (no common ancestor)")
+    path_c = up_c[: up_c.index(common)]  # frames from child up to (excluding) the common ancestor
+    path_p = up_p[: up_p.index(common)]
+    chain_edges = [(parent_of[f], f) for f in path_c + path_p]
+
+    # Per dynamic edge: sorted, cleaned time series.
+    series: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
+    dropped = 0
+    for key in chain_edges:
+        if key in static:
+            continue
+        samples = sorted(edges[key], key=lambda s: s[0])
+        t = np.array([s[0] for s in samples])
+        pos = np.array([s[1] for s in samples])
+        quat = np.array([s[2] for s in samples])
+        where = [f"{p}:tf {key[0]}->{key[1]} #{i}" for i in range(len(t))]
+        keep = clean_rows(t, np.isfinite(pos).all(1) & np.isfinite(quat).all(1), where, on_invalid,
+                          f"{p}:tf {key[0]}->{key[1]}")
+        dropped += len(t) - len(keep)
+        series[key] = (t[keep], _quat_poses(pos[keep], quat[keep], [where[i] for i in keep]))
+    if not series:
+        raise ValueError(f"the TF chain {parent!r} -> {child!r} in {p} is static (no timestamps to read)")
+    lo = max(s[0][0] for s in series.values())
+    hi = min(s[0][-1] for s in series.values())
+    ref = max(series, key=lambda k: len(series[k][0]))
+    times = series[ref][0]
+    times = times[(times >= lo) & (times <= hi)]
+    if len(times) == 0:
+        raise ValueError(f"the dynamic TF edges of {parent!r} -> {child!r} in {p} do not overlap in time")
+
+    def edge_at(key: tuple[str, str]) -> np.ndarray:
+        if key in static:
+            x, q = static[key]
+            return np.repeat(_quat_poses(x[None], q[None], [f"{p}:tf_static {key[0]}->{key[1]}"]), len(times), 0)
+        t, m = series[key]
+        return _interp_edge(t, m, times)
+
+    def root_to(path: list[str]) -> np.ndarray:
+        acc = np.tile(np.eye(4), (len(times), 1, 1))
+        for f in reversed(path):  # from the common ancestor down to the frame
+            acc = acc @ edge_at((parent_of[f], f))
+        return acc
+
+    poses = cam.se3_inverse(root_to(path_p)).numpy() @ root_to(path_c)
+    traj = Trajectory(timestamps=times, poses=poses, convention=conv, frame_id=parent, child_frame_id=child)
+    traj.metadata.update(source=f"{p}:tf", dropped_rows=dropped, tf_chain=[f"{a}->{b}" for a, b in chain_edges])
+    return traj
