@@ -4,6 +4,7 @@ Knows nothing of Gymnasium or ROS. Conventions: camera poses are OpenCV camera-t
 (+x right, +y down, +z forward), metres and radians; intrinsics are ``[fx, fy, cx, cy]`` in pixels.
 """
 
+from .bundles import WorldModel, load_world_model, save_world_model, untrained_world_model
 from .cache import StreamCache
 from .camera import CameraInputs, camera_inputs_from_world, prepare_camera
 from .checkpoints import (
@@ -35,6 +36,7 @@ __all__ = [
     "SanaWMTransformer",
     "StreamCache",
     "StreamingGenerator",
+    "WorldModel",
     "build_codec",
     "build_transformer",
     "camera_inputs_from_world",
@@ -42,6 +44,9 @@ __all__ = [
     "flow_sigmas",
     "get_config",
     "load_transformer",
+    "load_world_model",
     "prepare_camera",
     "save_transformer",
+    "save_world_model",
+    "untrained_world_model",
 ]

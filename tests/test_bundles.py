@@ -1,0 +1,48 @@
+"""World-model bundles: save/load round trip, shipped-name resolution and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from world_model.bundles import load_world_model, save_world_model, untrained_world_model
+from world_model.checkpoints import CheckpointNotFoundError
+
+
+def test_bundle_round_trip_generates_identical_frames(tmp_path):
+    wm = untrained_world_model("tiny-notext", seed=1, image_hw=(16, 16))
+    wm.teacher = untrained_world_model("tiny-notext", seed=2).student
+    save_world_model(wm, tmp_path / "b", card="# tiny\n")
+    loaded = load_world_model(tmp_path / "b")
+    assert loaded.name == "tiny-notext-untrained" and loaded.image_hw == (16, 16) and loaded.teacher is not None
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    k = torch.tensor([16.0, 16.0, 8.0, 8.0])
+    path = torch.eye(4).repeat(1, 3, 1, 1)
+    path[:, :, 2, 3] = torch.tensor([0.1, 0.2, 0.3])
+    outs = []
+    for model in (wm, loaded):
+        gen = model.streaming_generator()
+        frames, _ = gen.step(gen.start(image, k, seed=3), path)
+        outs.append(frames)
+    assert torch.equal(outs[0], outs[1])
+    teacher = loaded.teacher_generator(num_steps=2)
+    assert teacher.sigmas.shape == (3,)
+    assert (tmp_path / "b" / "MODEL_CARD.md").read_text() == "# tiny\n"
+
+
+def test_missing_and_bad_bundles(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="no world-model bundle"):
+        load_world_model(tmp_path / "nothing")
+    wm = untrained_world_model("tiny-notext")
+    save_world_model(wm, tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    meta["version"] = 7
+    (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="unsupported version 7"):
+        load_world_model(tmp_path / "b")
+    with pytest.raises(ValueError, match="latent channels"):
+        untrained_world_model("tiny-notext", patch_size=3)
+    with pytest.raises(ValueError, match="ships no teacher"):
+        wm.teacher_generator()
