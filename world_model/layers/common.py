@@ -54,7 +54,14 @@ class PatchEmbed3D(nn.Module):
         self.proj = nn.Conv3d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x.to(self.proj.weight.dtype)).permute(0, 2, 3, 4, 1)
+        # Non-overlapping patches: a linear map of each flattened patch (same weights as the Conv3d, and much
+        # faster on CPU than a 1x1x1 Conv3d).
+        weight, bias = self.proj.weight, self.proj.bias
+        _, ph, pw = self.proj.kernel_size
+        b, c, t, h, w = x.shape
+        patches = x.to(weight.dtype).reshape(b, c, t, h // ph, ph, w // pw, pw)
+        patches = patches.permute(0, 2, 3, 5, 1, 4, 6).reshape(b, t, h // ph, w // pw, c * ph * pw)
+        return F.linear(patches, weight.reshape(weight.shape[0], -1), bias)
 
 
 class CaptionEmbedder(nn.Module):

@@ -38,14 +38,19 @@ class GLUConvFFN(nn.Module):
     def forward(
         self, x: torch.Tensor, grid_hw: tuple[int, int], bounds, tail: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``x (B, T, S, C)`` -> ``(y (B, T, S, C), tail of the pre-temporal-conv activations)``."""
+        """``x (B, T, S, C)`` -> ``(y (B, T, S, C), tail of the pre-temporal-conv activations)``.
+
+        The 1x1 convs run as linear maps on channels-last tokens (same weights, faster on CPU).
+        """
         b, t, s, c = x.shape
         h, w = grid_hw
-        y = x.reshape(b * t, h, w, c).permute(0, 3, 1, 2)
-        y = self.depth_conv(F.silu(self.inverted_conv(y)))
-        value, gate = y.chunk(2, dim=1)
-        y = self.point_conv(value * F.silu(gate))  # (B*T, C, h, w)
-        y = y.reshape(b, t, c, s).permute(0, 2, 1, 3)  # (B, C, T, S)
+        inv = self.inverted_conv.conv
+        y = F.silu(F.linear(x, inv.weight.flatten(1), inv.bias))  # (B, T, S, 2h)
+        y = y.reshape(b * t, h, w, -1).permute(0, 3, 1, 2)
+        y = self.depth_conv(y).permute(0, 2, 3, 1)  # (B*T, h, w, 2h)
+        value, gate = y.chunk(2, dim=-1)
+        y = F.linear(value * F.silu(gate), self.point_conv.conv.weight.flatten(1))  # (B*T, h, w, C)
+        y = y.reshape(b, t, s, c).permute(0, 3, 1, 2)  # (B, C, T, S)
         conv, new_tail = chunked_temporal_conv(y, self.t_conv.weight, bounds=bounds, tail=tail)
         y = y + conv
         return y.permute(0, 2, 3, 1), new_tail
