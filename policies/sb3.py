@@ -1,0 +1,94 @@
+"""Stable-Baselines3 ``VecEnv`` adapter: SB3 models over N SANA-WM sub-envs stepped in one batched call.
+
+SB3 does not accept Gymnasium vector envs, so this adapter drives the same batched simulation as
+``WorldModelVectorEnv`` with SB3's conventions: sub-envs that finish are reset in the same step, their last
+observation goes to ``info["terminal_observation"]`` and truncations set ``info["TimeLimit.truncated"]``.
+
+>>> venv = make_sb3_vec_env("SanaWM-Nav-v0", num_envs=8, model=my_world_model)
+>>> PPO("MultiInputPolicy", venv).learn(10_000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+
+import sana_wm_env  # noqa: F401  (registers the ids)
+from sana_wm_env.envs.core import make_rngs
+from sana_wm_env.envs.vector import WorldModelVectorEnv
+
+
+class SB3VecEnv(VecEnv):
+    """An SB3 ``VecEnv`` over a ``WorldModelVectorEnv`` (or ``TwinVectorEnv``), with same-step autoreset."""
+
+    def __init__(self, venv: WorldModelVectorEnv) -> None:
+        if not isinstance(venv, WorldModelVectorEnv):
+            raise ValueError(f"venv must be a WorldModelVectorEnv or TwinVectorEnv, got {type(venv).__name__}")
+        self.venv, self.sim = venv, venv.sim
+        super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
+        self.render_mode = venv.render_mode
+        self._rngs = make_rngs(None, self.num_envs)
+        self._actions: np.ndarray | None = None
+
+    def _stack(self, obs: list) -> Any:
+        if isinstance(self.observation_space, gym.spaces.Dict):
+            return {k: np.stack([o[k] for o in obs]) for k in self.observation_space.spaces}
+        return np.stack(obs)
+
+    def reset(self):
+        idx = list(range(self.num_envs))
+        for i, s in enumerate(self._seeds):
+            if s is not None:
+                self._rngs[i] = make_rngs(int(s), 1)[0]
+        obs, infos = self.sim.reset(idx, self._rngs, [self._options[i] or None for i in idx])
+        self.reset_infos = infos
+        self._reset_seeds()
+        self._reset_options()
+        return self._stack(obs)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        a = np.asarray(actions)
+        if a.shape != (self.num_envs, 6):
+            raise ValueError(f"actions must have shape ({self.num_envs}, 6), got {a.shape}")
+        self._actions = a
+
+    def step_wait(self):
+        idx = list(range(self.num_envs))
+        obs, rewards, terms, truncs, infos = self.sim.step(idx, self._actions)
+        done = terms | truncs
+        if done.any():
+            done_idx = [int(i) for i in np.nonzero(done)[0]]
+            r_obs, _ = self.sim.reset(done_idx, [self._rngs[i] for i in done_idx], [None] * len(done_idx))
+            for i, o in zip(done_idx, r_obs):
+                infos[i] = {**infos[i], "terminal_observation": obs[i],
+                            "TimeLimit.truncated": bool(truncs[i] and not terms[i])}
+                obs[i] = o
+        return self._stack(obs), rewards.astype(np.float32), done, infos
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self.venv, attr_name) for _ in self._get_indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        return [getattr(self.venv, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False for _ in self._get_indices(indices)]
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [self.sim.rgb_frame(i) for i in range(self.num_envs)]
+
+
+def make_sb3_vec_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> SB3VecEnv:
+    """``gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point", **kwargs)`` wrapped for SB3."""
+    venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    return SB3VecEnv(venv)

@@ -1,0 +1,108 @@
+"""Vector envs: N sub-envs stepped in one batched generator call (``gym.make_vec(..., "vector_entry_point")``).
+
+Autoreset mode: ``NEXT_STEP`` (Gymnasium's default): the step after a sub-env terminates or truncates resets
+it (its action is ignored, reward 0, not done) and returns its first observation. Sub-env ``i`` of a vector
+env reset with seed ``s`` produces exactly the frames of a single env reset with seed ``s + i`` (per-element
+noise seeds; batch composition never changes an element's frames).
+
+Batching: sub-envs at the same chunk index share one generator call; after ``reset()`` all N do. A sub-env
+autoreset alone runs in its own phase group from then on (one extra call per distinct phase; see
+``sana_wm_env.envs.backends``); ``info["generator_calls"]`` reports the calls a step took.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
+
+from sana_wm_env.envs.core import CameraSim, make_rngs
+from world_model.bundles import WorldModel
+
+
+class WorldModelVectorEnv(VectorEnv):
+    """N world-model sub-envs (``source="world_model"``) or N twin sub-envs (``TwinVectorEnv``)."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 16, "autoreset_mode": AutoresetMode.NEXT_STEP}
+    source = "world_model"
+
+    def __init__(self, num_envs: int = 1, task: str = "nav", model: WorldModel | str | Path | None = "default", *,
+                 render_mode: str | None = None, **kwargs: Any) -> None:
+        if render_mode is not None and render_mode != "rgb_array":
+            raise ValueError(f"render_mode must be 'rgb_array' or None for a vector env, got {render_mode!r}")
+        if self.source == "twin" and model == "default":
+            model = None
+        self.sim = CameraSim(num_envs, task=task, source=self.source, model=model, **kwargs)
+        self.num_envs = num_envs
+        self.render_mode = render_mode
+        self.single_observation_space = self.sim.observation_space
+        self.single_action_space = self.sim.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.metadata = {**self.metadata, "render_fps": int(round(self.sim.fps))}
+        self._autoreset = np.zeros(num_envs, dtype=bool)
+        self._rngs = make_rngs(None, num_envs)
+
+    def _batch(self, obs: list) -> Any:
+        out = create_empty_array(self.single_observation_space, self.num_envs)
+        return concatenate(self.single_observation_space, obs, out)
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if options is not None and not isinstance(options, dict):
+            raise ValueError(f"options must be a dict or None, got {type(options).__name__}")
+        if seed is not None:
+            self._rngs = make_rngs(seed, self.num_envs)
+        idx = list(range(self.num_envs))
+        obs, infos = self.sim.reset(idx, self._rngs, [options] * self.num_envs)
+        self._autoreset[:] = False
+        merged: dict = {}
+        for i, info in enumerate(infos):
+            merged = self._add_info(merged, info, i)
+        return self._batch(obs), merged
+
+    def step(self, actions):
+        a = np.asarray(actions)
+        if a.shape != (self.num_envs, 6):
+            raise ValueError(f"actions must have shape ({self.num_envs}, 6), got {a.shape}")
+        reset_idx = [int(i) for i in np.nonzero(self._autoreset)[0]]
+        step_idx = [i for i in range(self.num_envs) if not self._autoreset[i]]
+        obs: list = [None] * self.num_envs
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terms = np.zeros(self.num_envs, dtype=bool)
+        truncs = np.zeros(self.num_envs, dtype=bool)
+        merged: dict = {}
+        if reset_idx:
+            r_obs, r_infos = self.sim.reset(reset_idx, [self._rngs[i] for i in reset_idx], [None] * len(reset_idx))
+            for i, o, info in zip(reset_idx, r_obs, r_infos):
+                obs[i] = o
+                merged = self._add_info(merged, info, i)
+        if step_idx:
+            calls = self.sim.backend.num_calls(step_idx)
+            s_obs, s_rew, s_term, s_trunc, s_infos = self.sim.step(step_idx, a[step_idx])
+            for row, i in enumerate(step_idx):
+                obs[i], rewards[i], terms[i], truncs[i] = s_obs[row], s_rew[row], s_term[row], s_trunc[row]
+                merged = self._add_info(merged, {**s_infos[row], "generator_calls": calls}, i)
+        self._autoreset = terms | truncs
+        return self._batch(obs), rewards, terms, truncs, merged
+
+    def imagine(self, index: int, actions, frames: bool = True) -> dict[str, np.ndarray]:
+        """K candidate futures (K, H, 6) of sub-env ``index`` in one batch; its state is left unchanged."""
+        return self.sim.imagine(index, actions, frames=frames)
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return tuple(self.sim.rgb_frame(i) for i in range(self.num_envs))
+
+    def close_extras(self, **kwargs: Any) -> None:
+        self.sim.close()
+
+
+class TwinVectorEnv(WorldModelVectorEnv):
+    """N MuJoCo twin sub-envs with the spaces, poses and rewards of ``WorldModelVectorEnv``."""
+
+    source = "twin"

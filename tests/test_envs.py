@@ -1,0 +1,399 @@
+"""Gymnasium envs: registration, checkers, actions and poses, determinism, tasks, twin parity, imagine, rendering."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-ce "human" rendering without a display
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import subprocess
+import sys
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from scipy.spatial.transform import Rotation
+
+import sana_wm_env
+from sana_wm_env.envs import env_ids
+from sana_wm_env.envs.batching import select_state
+from world_model.bundles import untrained_world_model
+from world_model.camera import se3_inverse, se3_log
+from world_model.checkpoints import CheckpointNotFoundError
+
+FWD = np.array([1.0, 0, 0, 0, 0, 0])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run fastest on one thread (and do not thrash a shared 2-core runner)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def wm():
+    return untrained_world_model("tiny-notext", image_hw=(16, 16))
+
+
+@pytest.fixture(scope="module")
+def wm36():
+    return untrained_world_model("tiny-notext", image_hw=(36, 36))
+
+
+def make(env_id, model, **kw):
+    return gym.make(env_id, model=model, **kw)
+
+
+def test_import_is_light_and_ids_register_without_import():
+    code = (
+        "import sys, sana_wm_env, gymnasium as gym\n"
+        "assert 'torch' not in sys.modules and 'mujoco' not in sys.modules, 'heavy import'\n"
+        "print(sorted(k for k in gym.registry if k.startswith('SanaWM')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(sorted(env_ids()))
+    code = (
+        "import gymnasium as gym\n"
+        "env = gym.make('sana_wm_env:SanaWM-TwinNav-v0', image_hw=(16, 16))\n"
+        "obs, info = env.reset(seed=0)\n"
+        "print(obs['image'].shape, obs['pose'].dtype)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(16, 16, 3) float32"
+
+
+def test_default_model_missing_raises_clearly():
+    with pytest.raises(CheckpointNotFoundError, match="sana-wm-twin-s"):
+        gym.make("SanaWM-Nav-v0")
+
+
+@pytest.mark.parametrize("env_id", env_ids())
+def test_gymnasium_check_env_without_warnings(env_id, wm):
+    env = make(env_id, wm)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gym_check_env(env.unwrapped)
+    assert [str(w.message) for w in caught] == []
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", env_ids())
+def test_sb3_check_env_without_warnings(env_id, wm36):
+    from stable_baselines3.common.env_checker import check_env
+
+    env = make(env_id, wm36)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped, warn=True, skip_render_check=True)
+    assert [str(w.message) for w in caught] == []
+    env.close()
+
+
+def test_same_seed_same_frames_and_other_seed_differs(wm):
+    actions = np.random.default_rng(0).uniform(-1, 1, (3, 6))
+
+    def run(seed):
+        env = make("SanaWM-Nav-v0", wm)
+        obs, info = env.reset(seed=seed)
+        frames, poses = [obs["image"]], [obs["pose"]]
+        for a in actions:
+            obs, *_ , info = env.step(a)
+            frames.append(obs["image"])
+            poses.append(obs["pose"])
+        return np.stack(frames), np.stack(poses), info["frames_c2w"]
+
+    f1, p1, c1 = run(7)
+    f2, p2, c2 = run(7)
+    f3, _, _ = run(8)
+    np.testing.assert_array_equal(f1, f2)
+    np.testing.assert_array_equal(p1, p2)
+    np.testing.assert_array_equal(c1, c2)
+    assert not np.array_equal(f1, f3)
+
+
+def test_actions_validated_clipped_and_counted(wm):
+    env = make("SanaWM-TwinNav-v0", None, image_hw=(16, 16))
+    env.reset(seed=1)
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([np.nan, 0, 0, 0, 0, 0]))
+    with pytest.raises(ValueError, match="finite"):
+        env.step(np.array([0, 0, np.inf, 0, 0, 0]))
+    with pytest.raises(ValueError, match=r"shape"):
+        env.step(np.zeros(5))
+    _, _, _, _, info = env.step(np.array([3.0, 0, -2.0, 0, 0, 0.5]))
+    assert info["action_clipped"] == 2 and info["action_clipped_total"] == 2
+    # clipped motion equals the motion of the clipped action
+    env2 = make("SanaWM-TwinNav-v0", None, image_hw=(16, 16))
+    env2.reset(seed=1)
+    _, _, _, _, info2 = env2.step(np.array([1.0, 0, -1.0, 0, 0, 0.5]))
+    np.testing.assert_allclose(info["c2w"], info2["c2w"])
+    assert info2["action_clipped"] == 0
+
+
+def test_rep103_actions_move_by_the_limits_on_the_geodesic(wm):
+    env = make("SanaWM-Nav-v0", wm).unwrapped
+    sim = env.sim
+    dt = sim.frames_per_step / sim.fps
+    obs, _ = env.reset(seed=3)
+    np.testing.assert_allclose(obs["pose"], [0, 0, 0, 0, 0, 0, 1], atol=1e-6)
+    obs, _, _, _, info = env.step(FWD)
+    np.testing.assert_allclose(obs["pose"][:3], [1.0 * dt, 0, 0], atol=1e-5)  # forward = body +x, 1 m/s default
+    n = sim.frames_per_step
+    assert info["frames_c2w"].shape == (n, 4, 4)
+    np.testing.assert_allclose(info["timestamps"], (1 + np.arange(n)) / sim.fps)
+    # yaw left + forward: frames equally spaced on the geodesic (constant twist between consecutive frames)
+    obs0 = obs
+    obs, _, _, _, info = env.step(np.array([1.0, 0, 0, 0, 0, 1.0]))
+    c = torch.as_tensor(info["frames_c2w"])
+    twists = se3_log(se3_inverse(c[:-1]) @ c[1:])
+    np.testing.assert_allclose(twists, twists[:1].expand_as(twists), atol=1e-6)
+    yaw0 = Rotation.from_quat(obs0["pose"][3:]).as_euler("ZYX")[0]
+    yaw1 = Rotation.from_quat(obs["pose"][3:]).as_euler("ZYX")[0]
+    assert yaw1 - yaw0 == pytest.approx(1.0 * dt, abs=1e-5)  # +yaw turns left at 1 rad/s
+    # pitch > 0 turns the nose (and the camera's optical axis) down
+    z_before = info["c2w"][2, 2]
+    _, _, _, _, info = env.step(np.array([0, 0, 0, 0, 1.0, 0]))
+    assert info["c2w"][2, 2] < z_before - 0.05
+
+
+def test_opencv_action_frame_moves_along_the_optical_axis(wm):
+    env = make("SanaWM-Nav-v0", wm, action_frame="opencv", action_limits={"linear": (0.5, 0.5, 2.0)}).unwrapped
+    _, info0 = env.reset(seed=3)
+    obs, _, _, _, info = env.step(np.array([0, 0, 1.0, 0, 0, 0]))
+    dt = env.sim.step_seconds
+    np.testing.assert_allclose(obs["pose"][:3], [0, 0, 2.0 * dt], atol=1e-5)  # camera +z = forward
+    np.testing.assert_allclose(info["c2w"][:3, 3] - info0["c2w"][:3, 3], info0["c2w"][:3, 2] * 2.0 * dt, atol=1e-6)
+    with pytest.raises(ValueError, match="action_frame"):
+        make("SanaWM-Nav-v0", wm, action_frame="ned")
+
+
+def test_twin_matches_world_model_spaces_poses_and_rewards(wm):
+    a = make("SanaWM-Nav-v0", wm)
+    b = make("SanaWM-TwinNav-v0", wm)  # the twin of this model: same geometry
+    assert a.observation_space == b.observation_space and a.action_space == b.action_space
+    oa, ia = a.reset(seed=11)
+    ob, ib = b.reset(seed=11)
+    np.testing.assert_array_equal(oa["image"], ob["image"])  # the first frame is the twin's render
+    np.testing.assert_array_equal(oa["goal"], ob["goal"])
+    assert ia["scene"] == ib["scene"]
+    for act in np.random.default_rng(1).uniform(-1, 1, (3, 6)):
+        ra = a.step(act)
+        rb = b.step(act)
+        np.testing.assert_array_equal(ra[0]["pose"], rb[0]["pose"])
+        assert ra[1:4] == rb[1:4]
+        np.testing.assert_array_equal(ra[4]["frames_c2w"], rb[4]["frames_c2w"])
+    # the twin renders what the scene shows at the pose
+    sim = b.unwrapped.sim
+    expect = sim._renderer(0).render(rb[4]["c2w"], sim.subs[0].intrinsics, check_inside=False)[0]
+    np.testing.assert_array_equal(rb[0]["image"], expect)
+
+
+def test_nav_success_terminates_and_step_after_end_raises():
+    env = make("SanaWM-TwinNav-v0", None, image_hw=(16, 16))
+    env.reset(seed=2, options={"goal": [0.6, 0, 0, 0, 0, 0, 1]})
+    rewards, info, term = [], {}, False
+    for _ in range(10):
+        _, r, term, trunc, info = env.step(FWD)
+        rewards.append(r)
+        if term or trunc:
+            break
+    assert term and info["is_success"] and info["distance"] < 0.3
+    assert all(r > 0 for r in rewards) and rewards[-1] > 1.0  # progress each step, +1 bonus at the end
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(FWD)
+
+
+def test_truncation_collision_and_explore_reward():
+    env = make("SanaWM-TwinExplore-v0", None, image_hw=(16, 16), task_config={"max_steps": 3})
+    env.reset(seed=4)
+    out = [env.step(np.array([0, 0, 0, 0, 0, 1.0])) for _ in range(3)]
+    assert [o[3] for o in out] == [False, False, True] and not any(o[2] for o in out)
+    assert out[-1][4]["views"] >= 2 and max(o[1] for o in out) > 0
+    # flying up through the ceiling of a room ends the episode with the collision penalty
+    env = make("SanaWM-TwinNav-v0", None, image_hw=(16, 16), task_config={"max_steps": 200})
+    env.reset(seed=4)
+    for _ in range(200):
+        _, r, term, trunc, info = env.step(np.array([0, 0, 1.0, 0, 0, 0]))
+        if term or trunc:
+            break
+    assert term and info["collision"] and r < -0.5
+
+
+def test_reset_from_image_and_intrinsics(wm, tmp_path):
+    from PIL import Image
+
+    env = make("SanaWM-Nav-v0", wm)
+    img = np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8)
+    k = [20.0, 20.0, 16.0, 12.0]
+    obs, info = env.reset(seed=0, options={"image": img, "intrinsics": k, "goal": [1, 0, 0, 0, 0, 0, 1]})
+    assert obs["image"].shape == (16, 16, 3) and info["scene"] == ""
+    # resized to 16 x 21 (cover), then 2 columns cropped on the left
+    np.testing.assert_allclose(info["intrinsics"], [20 * 21 / 32, 20 * 16 / 24, 16 * 21 / 32 - 2, 8.0], atol=1e-5)
+    np.testing.assert_allclose(obs["goal"], [1, 0, 0, 0, 0, 0, 1], atol=1e-6)
+    obs, *_ = env.step(FWD)
+    assert np.isfinite(obs["pose"]).all()
+    path = tmp_path / "start.png"
+    Image.fromarray(img).save(path)
+    obs2, _ = env.reset(seed=0, options={"image": str(path), "intrinsics": k, "goal": [1, 0, 0, 0, 0, 0, 1]})
+    np.testing.assert_array_equal(obs2["image"], make("SanaWM-Nav-v0", wm).reset(
+        seed=0, options={"image": img, "intrinsics": k, "goal": [1, 0, 0, 0, 0, 0, 1]})[0]["image"])
+    with pytest.raises(ValueError, match="intrinsics"):
+        env.reset(options={"image": img})
+    with pytest.raises(ValueError, match="image"):
+        env.reset(options={"image": np.zeros((8, 8), np.float32), "intrinsics": k})
+    with pytest.raises(ValueError, match="goal_image"):
+        make("SanaWM-ImageNav-v0", wm).reset(options={"image": img, "intrinsics": k, "goal": [1, 0, 0, 0, 0, 0, 1]})
+    with pytest.raises(ValueError, match="world-model"):
+        make("SanaWM-TwinNav-v0", None, image_hw=(16, 16)).reset(options={"image": img, "intrinsics": k})
+
+
+def test_obs_modes_and_imagenav_goal_image(wm):
+    env = make("SanaWM-Nav-v0", wm, obs_mode="image")
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (16, 16, 3) and env.observation_space.contains(obs)
+    env = make("SanaWM-Nav-v0", wm, obs_mode="frames")
+    obs, _ = env.reset(seed=0)
+    n = env.unwrapped.sim.frames_per_step
+    assert obs["image"].shape == (n, 16, 16, 3)
+    obs, *_ = env.step(FWD)
+    assert env.observation_space.contains(obs)
+    env = make("SanaWM-ImageNav-v0", wm)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"image", "goal"} and obs["goal"].shape == (16, 16, 3)
+    sim = env.unwrapped.sim
+    goal_c2w = sim.subs[0].episode.goal_body @ sim.mount
+    np.testing.assert_array_equal(obs["goal"], sim._render(0, goal_c2w))  # the goal view, rendered in the twin
+    with pytest.raises(ValueError, match="obs_mode"):
+        make("SanaWM-Nav-v0", wm, obs_mode="pixels")
+
+
+def test_imagine_leaves_state_unchanged_and_matches_real_rollout(wm):
+    env = make("SanaWM-Nav-v0", wm)
+    env.reset(seed=5)
+    env.step(FWD)
+    plan = np.random.default_rng(2).uniform(-1, 1, (3, 2, 6))
+    before = [(m, s) for m, s in env.unwrapped.sim.backend.groups]
+    out = env.unwrapped.imagine(plan)
+    n = env.unwrapped.sim.frames_per_step
+    assert out["frames"].shape == (3, 2 * n, 16, 16, 3) and out["pose"].shape == (3, 2, 7)
+    assert env.unwrapped.sim.backend.groups == before  # the same (immutable) states
+    frames = []
+    for h in range(2):
+        obs, r, *_ , info = env.step(plan[1, h])
+        frames.append(obs["image"])
+        assert r == pytest.approx(out["reward"][1, h])
+    np.testing.assert_array_equal(out["frames"][1, n - 1], frames[0])  # candidate 1 is what the env then does
+    np.testing.assert_array_equal(out["frames"][1, -1], frames[1])
+    np.testing.assert_allclose(out["pose"][1, -1], obs["pose"], atol=1e-6)
+    with pytest.raises(ValueError, match=r"\(K, H, 6\)"):
+        env.unwrapped.imagine(np.zeros((2, 6)))
+
+
+def test_select_state_repeats_and_subsets_exactly(wm):
+    gen = wm.streaming_generator()
+    img = torch.rand(2, 3, 16, 16) * 2 - 1
+    k = torch.tensor([10.0, 10.0, 8.0, 8.0])
+    st = gen.start(img, k, seed=[3, 4])
+    poses = torch.eye(4).expand(2, 3, 4, 4).clone()
+    poses[:, :, 0, 3] = torch.arange(1, 4) * 0.1
+    _, st = gen.step(st, poses)
+    both, _ = gen.step(st, poses)
+    one, _ = gen.step(select_state(st, [1, 1]), poses[[1, 1]])
+    # the same element's frames, up to float reassociation across batch sizes
+    torch.testing.assert_close(one[0], both[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(one[1], one[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="index"):
+        select_state(st, [2])
+
+
+def test_long_rollout_bounded_state_and_finite_poses(wm):
+    env = make("SanaWM-Explore-v0", wm, task_config={"max_steps": 10_000})
+    env.reset(seed=9)
+    rng = np.random.default_rng(0)
+    sizes = []
+    for _ in range(40):
+        a = rng.uniform(-1, 1, 6) * np.array([0.2, 0.2, 0.2, 0.2, 0.2, 1.0])
+        obs, r, term, trunc, info = env.step(a)
+        assert np.isfinite(obs["pose"]).all() and np.isfinite(r)
+        if term:  # a collision in the scene: start again
+            env.reset()
+        group_state = env.unwrapped.sim.backend.groups[0][1]
+        sizes.append(group_state.nbytes())
+        rot = info["c2w"][:3, :3]
+        np.testing.assert_allclose(rot @ rot.T, np.eye(3), atol=1e-9)
+    assert max(sizes[10:]) == min(sizes[10:])  # streaming cache is flat in episode length
+
+
+def test_rgb_array_hud_and_human_render(wm):
+    env = make("SanaWM-Nav-v0", wm, render_mode="rgb_array")
+    obs, _ = env.reset(seed=0)
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.shape[1] == 256 and frame.shape[0] > 256
+    np.testing.assert_array_equal(frame[:16:16, :16:16], obs["image"][:1, :1])  # enlarged frame on top
+    assert frame[256:].max() > 0  # the HUD text
+    env.step(FWD)
+    assert not np.array_equal(env.render()[256:], frame[256:])  # the HUD follows the step
+    human = make("SanaWM-TwinNav-v0", None, image_hw=(16, 16), render_mode="human")
+    human.reset(seed=0)
+    human.step(FWD)
+    assert human.render() is None
+    human.close()
+
+
+def test_package_exports_env_classes():
+    assert sana_wm_env.WorldModelEnv.__name__ == "WorldModelEnv"
+    assert sana_wm_env.TwinEnv.source == "twin"
+
+
+def test_play_loop_with_injected_keys(wm, tmp_path):
+    import imageio.v3 as iio
+    import pygame
+
+    from sana_wm_env.cli.play import keys_to_action, run_play
+
+    assert keys_to_action({"w", "left"}).tolist() == [1, 0, 0, 0, 0, 1]
+    assert keys_to_action({"w", "s", "up"}).tolist() == [0, 0, 0, 0, -1, 0]
+    env = gym.make("SanaWM-Nav-v0", model=wm, render_mode="human", task_config={"max_steps": 1000})
+
+    def inject(step):
+        if step == 0:
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_w))
+        if step == 3:
+            pygame.event.post(pygame.event.Event(pygame.KEYUP, key=pygame.K_w))
+        if step == 4:
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_ESCAPE))
+
+    poses = []
+    orig_step = env.unwrapped.step
+
+    def spy(action):
+        out = orig_step(action)
+        poses.append(out[0]["pose"].copy())
+        return out
+
+    env.unwrapped.step = spy
+    result = run_play(env, tmp_path / "play.mp4", seed=0, before_step=inject)
+    n = env.unwrapped.sim.frames_per_step
+    assert result["steps"] == 4 and result["frames"] == 1 + 4 * n
+    assert poses[2][0] > poses[0][0] > 0 and poses[3][0] == pytest.approx(poses[2][0])  # W held, then released
+    assert iio.imread(tmp_path / "play.mp4").shape[0] == 1 + 4 * n
+
+
+def test_play_cli_headless_twin(tmp_path):
+    import argparse
+
+    from sana_wm_env.cli import play
+
+    parser = argparse.ArgumentParser()
+    play.register(parser.add_subparsers())
+    args = parser.parse_args(["play", "--twin", "--image-size", "16x16", "--max-steps", "2",
+                              "--out", str(tmp_path / "p.mp4")])
+    assert args.func(args) == 0
+    assert (tmp_path / "p.mp4").stat().st_size > 0

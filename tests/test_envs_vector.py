@@ -1,0 +1,124 @@
+"""Vector envs (one batched generator call for N sub-envs, NEXT_STEP autoreset) and the SB3 VecEnv adapter."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.vector import AutoresetMode
+
+import sana_wm_env  # noqa: F401
+from world_model.bundles import save_world_model, untrained_world_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def wm():
+    return untrained_world_model("tiny-notext", image_hw=(16, 16))
+
+
+def make_vec(env_id, n, **kw):
+    return gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", **kw)
+
+
+def test_vector_env_batches_and_matches_single_envs(wm):
+    venv = make_vec("SanaWM-Nav-v0", 3, model=wm)
+    assert venv.metadata["autoreset_mode"] == AutoresetMode.NEXT_STEP
+    obs, info = venv.reset(seed=10)
+    assert venv.observation_space.contains(obs) and obs["image"].shape == (3, 16, 16, 3)
+    actions = np.random.default_rng(0).uniform(-1, 1, (2, 3, 6)).astype(np.float32)
+    frames = []
+    for a in actions:
+        obs, rew, term, trunc, info = venv.step(a)
+        assert info["generator_calls"].tolist() == [1, 1, 1]  # all 3 sub-envs in one generator call
+        frames.append(obs["image"])
+    for i in range(3):  # sub-env i of a vector env seeded 10 == a single env seeded 10 + i
+        env = gym.make("SanaWM-Nav-v0", model=wm)
+        env.reset(seed=10 + i)
+        for t, a in enumerate(actions):
+            o, *_ = env.step(a[i])
+            diff = np.abs(o["image"].astype(int) - frames[t][i].astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # equal up to float reassociation in the batch
+    with pytest.raises(ValueError, match=r"\(3, 6\)"):
+        venv.step(np.zeros((2, 6)))
+    with pytest.raises(ValueError, match="finite"):
+        venv.step(np.full((3, 6), np.nan))
+
+
+def test_next_step_autoreset_and_phase_groups(wm, tmp_path):
+    path = save_world_model(wm, tmp_path / "bundle")  # any bundle path works as the model
+    venv = make_vec("SanaWM-Nav-v0", 2, model=str(path), task_config={"max_steps": 2})
+    venv.reset(seed=0)
+    a = np.zeros((2, 6), np.float32)
+    a[:, 0] = 1.0
+    venv.step(a)
+    obs, rew, term, trunc, info = venv.step(a)
+    assert trunc.tolist() == [True, True] and not term.any()
+    obs, rew, term, trunc, info = venv.step(a)  # NEXT_STEP: this step resets both, ignoring the actions
+    assert rew.tolist() == [0.0, 0.0] and not (term | trunc).any()
+    np.testing.assert_allclose(obs["pose"], np.tile([0, 0, 0, 0, 0, 0, 1.0], (2, 1)), atol=1e-6)
+    assert info["_scene"].all()
+    # a sub-env reset alone runs in its own chunk phase: two generator calls, sub-env 1 unaffected
+    venv2 = make_vec("SanaWM-Nav-v0", 2, model=wm)
+    venv2.reset(seed=4)
+    venv2.step(a)
+    venv2.sim.reset([0], [venv2._rngs[0]], [None])
+    _, _, _, _, info = venv2.step(a)
+    assert info["generator_calls"].tolist() == [2, 2]
+    single = gym.make("SanaWM-Nav-v0", model=wm)
+    single.reset(seed=5)
+    single.step(a[1])
+    o, *_ = single.step(a[1])
+    venv_obs = venv2.sim.observe(1)
+    assert np.abs(o["image"].astype(int) - venv_obs["image"].astype(int)).max() <= 1
+
+
+def test_twin_vector_env_has_same_spaces_and_rewards(wm):
+    a = make_vec("SanaWM-Nav-v0", 2, model=wm)
+    b = make_vec("SanaWM-TwinNav-v0", 2, model=wm)
+    assert a.single_observation_space == b.single_observation_space
+    a.reset(seed=3)
+    b.reset(seed=3)
+    act = np.random.default_rng(1).uniform(-1, 1, (2, 6))
+    ra, rb = a.step(act), b.step(act)
+    np.testing.assert_array_equal(ra[1], rb[1])
+    np.testing.assert_array_equal(ra[0]["pose"], rb[0]["pose"])
+    assert b.render() is None  # no render_mode given
+    c = make_vec("SanaWM-TwinNav-v0", 2, image_hw=(16, 16), render_mode="rgb_array")
+    c.reset(seed=0)
+    assert len(c.render()) == 2
+
+
+def test_sb3_adapter_same_step_reset_and_ppo_smoke():
+    from stable_baselines3 import PPO
+
+    from policies.sb3 import make_sb3_vec_env
+
+    venv = make_sb3_vec_env("SanaWM-TwinNav-v0", num_envs=2, image_hw=(36, 36), task_config={"max_steps": 2})
+    venv.seed(1)
+    obs = venv.reset()
+    assert obs["image"].shape == (2, 36, 36, 3) and obs["goal"].shape == (2, 7)
+    act = np.zeros((2, 6), np.float32)
+    venv.step(act)
+    obs, rew, done, infos = venv.step(act)
+    assert done.tolist() == [True, True]
+    assert all(i["TimeLimit.truncated"] for i in infos)
+    assert infos[0]["terminal_observation"]["image"].shape == (36, 36, 3)
+    np.testing.assert_allclose(obs["pose"], np.tile([0, 0, 0, 0, 0, 0, 1.0], (2, 1)), atol=1e-6)  # reset already
+    model = PPO("MultiInputPolicy", venv, n_steps=4, batch_size=8, n_epochs=1, device="cpu", seed=0)
+    model.learn(8)
+    action, _ = model.predict(obs, deterministic=True)
+    assert action.shape == (2, 6)
+    venv.close()
