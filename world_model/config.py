@@ -166,6 +166,11 @@ PRESETS: dict[str, ModelConfig] = {
         depth=4, hidden_size=64, head_dim=32, cross_attn_heads=2, softmax_every_n=4, in_channels=12,
         plucker_channels=6, plucker_blocks=-1, caption_channels=0, mlp_ratio=2.0, meta={"name": "tiny-notext"},
     ),
+    # The bundled twin-world model: 64x64 frames through PatchCodec(8, temporal stride 2, 96 channels) -> 8x8 tokens.
+    "twin-s": ModelConfig(
+        depth=6, hidden_size=192, head_dim=48, cross_attn_heads=4, softmax_every_n=4, in_channels=96,
+        plucker_channels=12, plucker_blocks=-1, caption_channels=0, mlp_ratio=2.0, meta={"name": "twin-s"},
+    ),
     # Size class of the bundled CPU model (no text, light patch codec with temporal stride 1).
     "small-cpu": ModelConfig(
         depth=8, hidden_size=256, head_dim=64, cross_attn_heads=4, softmax_every_n=4, in_channels=48,

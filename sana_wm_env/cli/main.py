@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `sana-wm --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("info", "generate", "dataset")
+SUBCOMMANDS: tuple[str, ...] = ("info", "generate", "dataset", "play", "train", "distill")
 
 
 def build_parser() -> argparse.ArgumentParser:

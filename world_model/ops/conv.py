@@ -50,12 +50,14 @@ def short_conv(
     k = kernel.shape[-1]
     past = _left_context(x, tail, k - 1, dim=1)  # (B, T + k - 1, S, C)
     y = sum(kernel[:, j] * past[:, j : j + t] for j in range(k))
-    for c0, c1 in bounds:
-        chunk = x[:, c0:c1]
-        future = F.pad(chunk, (0, 0, 0, 0, 0, k - 1))
-        n = c1 - c0
-        # tap j of the flipped kernel looks (k - 1 - j) frames ahead
-        y[:, c0:c1] = y[:, c0:c1] + sum(kernel[:, j] * future[:, k - 1 - j : k - 1 - j + n] for j in range(k - 1))
+    if bounds:
+        # future taps, zero-padded at the end of every chunk: tap j looks (k - 1 - j) frames ahead
+        future = torch.cat([F.pad(x[:, c0:c1], (0, 0, 0, 0, 0, k - 1)) for c0, c1 in bounds], dim=1)
+        starts = torch.tensor([c0 + i * (k - 1) for i, (c0, _) in enumerate(bounds)])
+        lengths = torch.tensor([c1 - c0 for c0, c1 in bounds])
+        base = (torch.repeat_interleave(starts, lengths) + torch.arange(t) - torch.repeat_interleave(
+            torch.tensor([c0 for c0, _ in bounds]), lengths)).to(x.device)
+        y = y + sum(kernel[:, j] * future.index_select(1, base + (k - 1 - j)) for j in range(k - 1))
     new_tail = past[:, past.shape[1] - (k - 1) :].clone()
     return y, new_tail
 

@@ -70,13 +70,14 @@ def delta_scan_reverse_exclusive(transitions: torch.Tensor, inputs: torch.Tensor
     with ``state_{c1-1} = 0``. Frames outside every bound get zeros.
     """
     b, h, t, r, d = inputs.shape
-    out = inputs.new_zeros(b, h, t, r, d)
+    zero = inputs.new_zeros(b, h, r, d)
+    per_frame = [zero] * t  # built functionally: no in-place writes for autograd to replay
     for c0, c1 in bounds:
-        state = inputs.new_zeros(b, h, r, d)
+        state = zero
         for i in range(c1 - 2, c0 - 1, -1):
             state = torch.matmul(state, transitions[:, :, i + 1]) + inputs[:, :, i + 1]
-            out[:, :, i] = state
-    return out
+            per_frame[i] = state
+    return torch.stack(per_frame, dim=2)
 
 
 def _check_bounds(bounds: Bounds, num_frames: int) -> None:

@@ -1,0 +1,293 @@
+"""ODE-regression distillation of the chunk-causal teacher into the few-step streaming student.
+
+Upstream first distilled SANA-WM by ODE regression (reference §6: student initialised from the chunk-causal
+checkpoint, schedule of 4 timesteps, lr 2e-5, wd 0.01, clip 1.0), then by self-forcing DMD. This module does
+the ODE-regression stage:
+
+1. For each training clip (first frame + poses), the **teacher** samples chunk by chunk like
+   :class:`~world_model.generators.ChunkCausalGenerator` (full causal context, each chunk denoised from
+   noise, clean cache pass after it), on a sigma grid that **contains the student's sigmas**
+   (:func:`teacher_grid`: each student segment ``[sigma_i, sigma_{i+1}]`` is split into
+   ``steps_per_segment`` steps, uniform in the unshifted domain of ``teacher_shift``). The latents at the
+   student sigmas ``x_{sigma_0..3}`` (``sigma_0 = 1``: the chunk's noise) and the final clean chunk ``x_0``
+   are recorded (:func:`teacher_rollout`).
+2. The **student** (initialised as a copy of the teacher) sees, for one chunk ``c`` per step (uniform over
+   the clip's chunks), the teacher's final clean chunks ``< c`` as context (timestep 0) followed by chunk
+   ``c`` at each recorded ``x_{sigma_i}`` (timestep ``1000 sigma_i``; the 4 steps are stacked on the batch
+   axis) in one chunk-causal forward. With an unbounded window this is exactly the streaming forward on the
+   teacher's cache.
+3. Target (``target="next"``, the default): one Euler step from ``x_{sigma_i}`` must land on the teacher's
+   ``x_{sigma_{i+1}}``, i.e. the student velocity regresses the secant
+   ``(x_{sigma_{i+1}} - x_{sigma_i}) / (sigma_{i+1} - sigma_i)`` (MSE in velocity units, so all four steps
+   weigh alike). Why not regress ``x0`` from every point (``target="x0"``, also available)? The student
+   samples with exactly these four Euler steps; matching each step's end point keeps the student's inputs on
+   the teacher's trajectory, whereas an ``x0`` target implies straight-line steps that leave the curved
+   teacher path after the first step, so later steps see inputs they were not trained on. The last step
+   (to sigma 0) has the same target under both choices.
+
+Classifier-free guidance is not used: the twin-world datasets carry no text, so the teacher is
+unconditional (its learned null caption if it is a text model).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..camera import CameraInputs
+from ..checkpoints import load_transformer
+from ..sampling import DISTILLED_TIMESTEPS, euler_step, shift_sigmas, sigmas_from_timesteps
+from ..transformer import SanaWMTransformer
+from .flow_matching import flow_matching_loss
+from .trainer import TrainConfig, Trainer
+
+TARGETS = ("next", "x0")
+
+
+def unshift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
+    """Inverse of :func:`~world_model.sampling.shift_sigmas`: ``u = sigma / (shift - (shift - 1) sigma)``."""
+    return sigmas / (shift - (shift - 1) * sigmas)
+
+
+def teacher_grid(student_sigmas: torch.Tensor, steps_per_segment: int, shift: float) -> tuple[torch.Tensor, list[int]]:
+    """Teacher sigmas (descending to 0) containing ``student_sigmas`` exactly, and their indices in the grid.
+
+    ``student_sigmas`` is the student schedule with its final 0 (e.g. ``[1, .96, .889, .727, 0]``). Each
+    segment is split into ``steps_per_segment`` Euler steps, uniform in ``u = unshift(sigma)``, so the grid is
+    the teacher's usual shifted schedule locally. Returns ``(grid (K * n + 1,), [0, n, 2n, ..., K * n])``.
+    """
+    s = torch.as_tensor(student_sigmas, dtype=torch.float64)
+    if s.ndim != 1 or len(s) < 2 or s[-1] != 0 or bool((s[1:] >= s[:-1]).any()) or s[0] > 1:
+        raise ValueError(f"student_sigmas must descend from <= 1 to a final 0, got {s.tolist()}")
+    if isinstance(steps_per_segment, bool) or not isinstance(steps_per_segment, int) or steps_per_segment < 1:
+        raise ValueError(f"steps_per_segment must be a positive int, got {steps_per_segment!r}")
+    u = unshift_sigmas(s, shift)
+    parts = []
+    for i in range(len(s) - 1):
+        seg = shift_sigmas(torch.linspace(float(u[i]), float(u[i + 1]), steps_per_segment + 1, dtype=torch.float64),
+                           shift)
+        seg[0], seg[-1] = s[i], s[i + 1]
+        parts.append(seg[:-1] if i < len(s) - 2 else seg)
+    grid = torch.cat(parts).float()
+    return grid, [i * steps_per_segment for i in range(len(s))]
+
+
+@torch.no_grad()
+def teacher_rollout(
+    model: SanaWMTransformer,
+    first_latent: torch.Tensor,
+    camera: CameraInputs,
+    bounds: Sequence[tuple[int, int]],
+    sigmas: torch.Tensor,
+    noises: Sequence[torch.Tensor],
+    *,
+    record: Sequence[int] = (),
+    autocast: Callable[[], Any] = contextlib.nullcontext,
+) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
+    """Chunk-by-chunk Euler sampling in latent space with full causal context, recording intermediate latents.
+
+    ``first_latent (B, C, 1, h, w)``: the clean first frame (kept at timestep 0). ``camera``: inputs of the whole
+    clip (at least ``bounds[-1][1]`` latent frames). ``noises[k]``: the starting noise of chunk ``k``.
+    ``record``: grid indices whose latents are kept (index ``len(sigmas) - 1`` = the final chunk).
+    Returns ``(records[k][j] = x at sigmas[record[j]] for chunk k, finals[k])``.
+    """
+    cache = model.new_cache(window_chunks=None)
+    sig = [float(s) for s in sigmas]
+    records, finals = [], []
+    dtype = model.dtype
+    for k, (a, b) in enumerate(bounds):
+        cam = camera.slice_frames(a, b)
+        x = noises[k].to(dtype).clone()
+        bsz, t = x.shape[0], b - a
+        if k == 0:
+            x[:, :, :1] = first_latent
+        rec = []
+        for i in range(len(sig) - 1):
+            if i in record:
+                rec.append(x.float().clone())
+            ts = torch.full((bsz, t), sig[i] * 1000.0, device=x.device)
+            if k == 0:
+                ts[:, 0] = 0.0
+            with autocast():
+                v, _ = model.forward_stream(x, ts, cache=cache, camera=cam)
+            x = euler_step(x, v.to(dtype), sig[i], sig[i + 1])
+            if k == 0:
+                x[:, :, :1] = first_latent
+        if len(sig) - 1 in record:
+            rec.append(x.float().clone())
+        records.append(rec)
+        finals.append(x.float())
+        if k < len(bounds) - 1:
+            with autocast():
+                _, cache = model.forward_stream(x, torch.zeros(bsz, t, device=x.device), cache=cache, camera=cam,
+                                                write_cache=True)
+    return records, finals
+
+
+@dataclass
+class DistillConfig(TrainConfig):
+    """A :class:`TrainConfig` plus the distillation settings (mode is always ``chunk_causal``).
+
+    ``teacher``: the teacher transformer (a ``save_transformer`` folder, e.g. ``RUN_DIR/model`` or
+    ``BUNDLE/teacher``). ``student_timesteps``: the student's schedule (default ``[1000, 960, 889, 727]``).
+    ``teacher_steps_per_segment`` x 4 = teacher Euler steps. Defaults follow upstream ODE regression
+    (lr 2e-5, weight decay 0.01, clip 1.0).
+    """
+
+    teacher: str = ""
+    student_timesteps: tuple[int, ...] = DISTILLED_TIMESTEPS
+    teacher_steps_per_segment: int = 8
+    teacher_shift: float = 8.0
+    target: str = "next"
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    ema_decay: float = 0.99
+
+    def __post_init__(self) -> None:
+        self.student_timesteps = tuple(int(t) for t in self.student_timesteps)
+        super().__post_init__()
+        errors = []
+        if self.mode != "chunk_causal":
+            errors.append(f"mode must be 'chunk_causal' for distillation, got {self.mode!r}")
+        if self.target not in TARGETS:
+            errors.append(f"target must be one of {TARGETS}, got {self.target!r}")
+        try:
+            sigmas_from_timesteps(self.student_timesteps)
+        except ValueError as exc:
+            errors.append(str(exc))
+        if (isinstance(self.teacher_steps_per_segment, bool) or not isinstance(self.teacher_steps_per_segment, int)
+                or self.teacher_steps_per_segment < 1):
+            errors.append(f"teacher_steps_per_segment must be a positive int, got {self.teacher_steps_per_segment!r}")
+        if not self.teacher_shift > 0:
+            errors.append(f"teacher_shift must be > 0, got {self.teacher_shift}")
+        if errors:
+            raise ValueError("invalid DistillConfig: " + "; ".join(errors))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        d["student_timesteps"] = list(self.student_timesteps)
+        return d
+
+
+class Distiller(Trainer):
+    """ODE-regression distillation run (see module doc). Checkpoints, EMA, resume, logs: as :class:`Trainer`.
+
+    ``Distiller(config, dataset, run_dir, teacher=None, ...)``: ``teacher`` defaults to
+    ``load_transformer(config.teacher)``; the student starts as a copy of it (or of ``model=``).
+    """
+
+    kind = "distill"
+
+    def __init__(self, config: DistillConfig, dataset, run_dir: str | Path, *, teacher: SanaWMTransformer | None = None,
+                 **kwargs) -> None:
+        if not isinstance(config, DistillConfig):
+            raise ValueError(f"config must be a DistillConfig, got {type(config).__name__}")
+        if teacher is None:
+            if not config.teacher:
+                raise ValueError("config.teacher (a transformer folder) or teacher= is required")
+            teacher = load_transformer(config.teacher, dtype=torch.float32)
+        if not isinstance(teacher, SanaWMTransformer):
+            raise ValueError(f"teacher must be a SanaWMTransformer, got {type(teacher).__name__}")
+        if teacher.config.to_dict() != config.model_config.to_dict():
+            config.model = teacher.config.to_dict()
+        self._teacher_init = teacher
+        kwargs.setdefault("model", teacher)
+        super().__init__(config, dataset, run_dir, **kwargs)
+        self.teacher = copy.deepcopy(teacher).to(device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+        del self._teacher_init
+        self.student_sigmas = sigmas_from_timesteps(config.student_timesteps)
+        self.grid, self.record_idx = teacher_grid(self.student_sigmas, config.teacher_steps_per_segment,
+                                                  config.teacher_shift)
+
+    def _chunk_noises(self, x0: torch.Tensor, bounds, gen: torch.Generator) -> list[torch.Tensor]:
+        b, c, _, h, w = x0.shape
+        return [torch.randn((b, c, hi - lo, h, w), generator=gen, device=self.device) for lo, hi in bounds]
+
+    def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg = self.model.config
+        bounds_all = cfg.chunk_bounds(x0.shape[2])
+        c = int(torch.randint(0, len(bounds_all), (1,), generator=gen, device=self.device).item())
+        bounds = bounds_all[: c + 1]
+        noises = self._chunk_noises(x0, bounds, gen)
+        records, finals = teacher_rollout(self.teacher, x0[:, :, :1], camera, bounds, self.grid, noises,
+                                          record=self.record_idx, autocast=self._autocast)
+        rec = records[c]  # x at student sigmas 0..K-1, then the final chunk
+        sig = self.student_sigmas.tolist()
+        k_steps = len(sig) - 1
+        lo, hi = bounds[c]
+        b = x0.shape[0]
+        ctx = [f for f in finals[:c]]
+        inputs = torch.cat([torch.cat([*ctx, rec[i]], dim=2) for i in range(k_steps)], dim=0)
+        ts = torch.zeros(k_steps * b, hi, device=self.device)
+        for i in range(k_steps):
+            ts[i * b:(i + 1) * b, lo:hi] = sig[i] * 1000.0
+        mask = torch.ones(k_steps * b, hi - lo, dtype=torch.bool, device=self.device)
+        if c == 0:
+            ts[:, 0] = 0.0
+            mask[:, 0] = False
+        cam = CameraInputs.cat([camera.slice_frames(0, hi)] * k_steps, dim="batch")
+        with self._autocast():
+            v = self.model(inputs, ts, camera=cam, mode="chunk_causal")[:, :, lo:hi]
+        final = rec[k_steps]
+        if self.config.target == "next":
+            target = torch.cat([(rec[i + 1] - rec[i]) / (sig[i + 1] - sig[i]) for i in range(k_steps)], dim=0)
+        else:
+            target = torch.cat([(rec[i] - final) / sig[i] for i in range(k_steps)], dim=0)
+        loss = flow_matching_loss(v.float(), target, mask)
+        return loss, {"chunk": c}
+
+    @torch.no_grad()
+    def student_teacher_gap(self, x0: torch.Tensor, camera, seed: int = 0) -> dict[str, float]:
+        """Latent MSE between the student's few-step streaming rollout (on its own context) and the teacher's,
+        from the same first frame, poses and noise (frame 0 excluded); plus each one's MSE to ``x0``."""
+        bounds = self.model.config.chunk_bounds(x0.shape[2])
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        noises = self._chunk_noises(x0, bounds, gen)
+        _, t_fin = teacher_rollout(self.teacher, x0[:, :, :1], camera, bounds, self.grid, noises,
+                                   autocast=self._autocast)
+        _, s_fin = teacher_rollout(self.ema, x0[:, :, :1], camera, bounds, self.student_sigmas, noises,
+                                   autocast=self._autocast)
+        t_all, s_all = torch.cat(t_fin, 2)[:, :, 1:], torch.cat(s_fin, 2)[:, :, 1:]
+        gt = x0[:, :, 1:]
+        return {"gap_mse": float((s_all - t_all).pow(2).mean()), "student_mse": float((s_all - gt).pow(2).mean()),
+                "teacher_mse": float((t_all - gt).pow(2).mean())}
+
+    def sample_generators(self) -> list[tuple[str, Any]]:
+        from ..generators import ChunkCausalGenerator, StreamingGenerator
+
+        n = len(self.grid) - 1
+        return [("student", StreamingGenerator(self.ema, self.codec, sigmas=self.student_sigmas)),
+                ("teacher", ChunkCausalGenerator(self.teacher, self.codec, num_steps=n,
+                                                 shift=self.config.teacher_shift))]
+
+    @torch.no_grad()
+    def write_sample(self) -> dict[str, Any]:
+        from .data import latent_batch
+
+        record = super().write_sample()
+        x0, camera, _ = latent_batch(self.sample_clip(), self.codec, self.config.latent_frames(self.step),
+                                     self.device)
+        gap = {"step": self.step, **self.student_teacher_gap(x0, camera, seed=self.config.seed)}
+        self.log(gap)
+        return {**record, **gap}
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {"teacher": self.config.teacher}
+
+    def world_model(self, name: str = "distilled"):
+        from ..bundles import WorldModel
+
+        notes = (f"sana-wm distill, {self.step} steps of ODE regression ({self.config.target} target) from the "
+                 f"chunk-causal teacher; student = {len(self.config.student_timesteps)}-step streaming model "
+                 f"{list(self.config.student_timesteps)} (EMA weights)")
+        return WorldModel(student=self.ema, codec=self.codec, name=name, fps=self.config.fps,
+                          image_hw=self.image_hw, fov_deg=self.fov_deg,
+                          streaming={"timesteps": list(self.config.student_timesteps)}, teacher=self.teacher,
+                          teacher_sampler={"num_steps": len(self.grid) - 1, "shift": self.config.teacher_shift},
+                          notes=notes)
