@@ -11,7 +11,9 @@ import importlib
 import sys
 
 # Subcommand modules, in the order `sana-wm --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("info", "generate", "dataset", "play", "train", "distill")
+SUBCOMMANDS: tuple[str, ...] = (
+    "info", "generate", "dataset", "play", "train", "distill", "eval", "demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,23 @@
+"""Fidelity evaluation of world models against the twin worlds: metrics, the protocol, figures.
+
+See :mod:`sana_wm_env.evaluation.fidelity` for the protocol and ``sana-wm eval`` for the command.
+"""
+
+from sana_wm_env.evaluation.candidates import (
+    Candidate,
+    RepeatFirstFrame,
+    TwinRenderOracle,
+    generator_candidate,
+    oracle_candidate,
+    repeat_first_frame_candidate,
+    untrained_like,
+    world_model_candidates,
+)
+from sana_wm_env.evaluation.fidelity import EvalConfig, evaluate, plan_episodes, stability_stats, targets
+from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+
+__all__ = [
+    "PSNR_CAP_DB", "Candidate", "EvalConfig", "RepeatFirstFrame", "TwinRenderOracle", "evaluate",
+    "generator_candidate", "oracle_candidate", "plan_episodes", "psnr", "repeat_first_frame_candidate", "ssim",
+    "stability_stats", "targets", "untrained_like", "world_model_candidates",
+]

@@ -1,0 +1,592 @@
+"""The fidelity protocol: generated frames against twin-world renders along the same camera poses.
+
+Held-out data
+    Scenes: only the reserved ``EVAL_SEEDS`` (0..99; training datasets draw from ``TRAIN_SEEDS``). Main episode
+    ``e`` of a family uses scene seed ``EVAL_SEEDS[e]``, revisit episodes ``EVAL_SEEDS[50 + e]``, the stability
+    rollout ``EVAL_SEEDS[99]`` (the next seed is tried if a scene is too cramped for a path).
+    Trajectories: seeded with ``[EVAL_TRAJ_STREAM, kind, family, episode, scene try, path try]`` where
+    ``EVAL_TRAJ_STREAM = 0xE7A15EED >= 2**31``. ``sana-wm dataset make`` (``datasets/writer.py``) seeds its paths
+    with ``[traj_seed, k]`` where ``traj_seed = rng.integers(2**31) < 2**31``: the first 32-bit word of every
+    evaluation seed differs from that of every training seed, so the seed sequences (and the paths) differ
+    even for the eval split of a dataset.
+
+Per main episode (``frames`` poses, frame 0 = the twin render given to the model):
+    - PSNR / SSIM of generated frame ``i`` against the render at pose ``i`` (i >= 1), pooled in horizon bins
+      (default 1-8, 9-32, 33-128); PSNR is capped at ``PSNR_CAP_DB`` (identical frames);
+    - action following at frames 1, 1+k, 1+2k, ... (k = ``action_stride``): the generated frame is "correct" when
+      the render at the commanded pose has a strictly higher PSNR against it than each of ``action_distractors``
+      renders at perturbed poses (chance 1 / (distractors + 1)). A perturbation is, with equal probability,
+      a translation of ``[1, perturb_max_factor] x min_shift_m`` along a uniformly random direction (redrawn
+      until the camera stays ``perturb_clearance`` metres from every surface and inside the scene; rotation if
+      20 draws fail) or a rotation of ``[1, perturb_max_factor] x min_rot_deg`` about a uniformly random axis.
+      A distractor whose render is pixel-identical to the commanded one is redrawn (up to 10 times); a frame
+      still without distinguishable distractors is not scored (counted in ``skipped_indistinguishable_frames``).
+Per revisit episode (a closed-loop path, period P frames; frame i and i - P share a pose):
+    - PSNR of each revisit frame against the render there, against the earlier generated frame at the same
+      pose, and (reference) of the first visit against its render.
+Stability (one streaming rollout of ``stability_frames`` frames through ``start``/``step``; the poses cycle a
+closed loop so the camera stays in the scene; only per-frame statistics are kept, so memory is constant):
+    - finiteness of every frame; per-frame std (contrast, [0, 1] units); mean std of the first and last
+      ``STABILITY_WINDOW`` frames and their ratio; pass = all finite and ratio >= ``stability_min_std_ratio``
+      (default 0.5: the contrast must not fall to less than half of what the rollout started with);
+    - PSNR against the renders over the same windows (drift), and the generator state size at both windows.
+
+Models whose clip lengths are constrained (``valid_num_frames``) get the path padded by holding the last pose;
+the padded frames are generated and discarded. Everything is seeded: the same config gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from sana_wm_env.evaluation.candidates import Candidate, clip_frames, pad_poses
+from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, psnr, ssim
+from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, make_scene
+from sana_wm_env.scenes.scene import Scene
+from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
+
+EVAL_TRAJ_STREAM = 0xE7A15EED  # first seed word of every evaluation path; training paths use words < 2**31
+KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB = 0, 1, 2, 3
+STABILITY_WINDOW = 100
+REVISIT_SEED_OFFSET = 50
+DISTRACTOR_REDRAWS = 10
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Settings of one evaluation run (all stored in the JSON)."""
+
+    families: tuple[str, ...] = FAMILIES
+    motions: tuple[str, ...] = MOTIONS
+    episodes_per_family: int = 3
+    frames: int = 129
+    horizons: tuple[tuple[int, int], ...] = ((1, 8), (9, 32), (33, 128))
+    revisit_episodes: int = 3  # loop paths in total, spread over the families in order
+    stability_frames: int = 1000  # 0 turns the stability rollout off
+    image_hw: tuple[int, int] = (64, 64)
+    fov_deg: float = 70.0
+    fps: float = 16.0
+    action_stride: int = 8
+    action_distractors: int = 7
+    min_shift_m: float = 0.1
+    min_rot_deg: float = 5.0
+    perturb_max_factor: float = 1.5
+    perturb_clearance: float = 0.1
+    path_clearance: float = 0.2
+    stability_min_std_ratio: float = 0.5
+    seed: int = 0  # generation seed offset (each episode adds its index)
+    contact_frames: tuple[int, ...] = (1, 8, 32, 128)
+
+    def __post_init__(self) -> None:
+        if not self.families or any(f not in FAMILIES for f in self.families):
+            raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {self.families}")
+        if not self.motions or any(m not in MOTIONS for m in self.motions):
+            raise ValueError(f"motions must be a non-empty subset of {MOTIONS}, got {self.motions}")
+        for name, lo in (("episodes_per_family", 1), ("frames", 2), ("revisit_episodes", 0),
+                         ("action_stride", 1), ("action_distractors", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        if self.episodes_per_family > REVISIT_SEED_OFFSET:
+            raise ValueError(f"episodes_per_family must be <= {REVISIT_SEED_OFFSET} (eval scene seeds), "
+                             f"got {self.episodes_per_family}")
+        if self.stability_frames != 0 and self.stability_frames < 2 * STABILITY_WINDOW:
+            raise ValueError(f"stability_frames must be 0 (off) or >= {2 * STABILITY_WINDOW}, "
+                             f"got {self.stability_frames}")
+        for lo, hi in self.horizons:
+            if not 1 <= lo <= hi:
+                raise ValueError(f"horizons must be (lo, hi) frame ranges with 1 <= lo <= hi, got {self.horizons}")
+        h, w = self.image_hw
+        if h < 11 or w < 11:
+            raise ValueError(f"image_hw must be at least 11x11 (the SSIM window), got {self.image_hw}")
+        if not 0 < self.fov_deg < 180 or self.fps <= 0:
+            raise ValueError(f"fov_deg must be in (0, 180) and fps > 0, got {self.fov_deg}, {self.fps}")
+        if self.perturb_max_factor < 1 or self.min_shift_m <= 0 or self.min_rot_deg <= 0:
+            raise ValueError("min_shift_m and min_rot_deg must be > 0 and perturb_max_factor >= 1")
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["horizons"] = [list(h) for h in self.horizons]
+        d["image_hw"] = list(self.image_hw)
+        return d
+
+
+def horizon_label(h: tuple[int, int]) -> str:
+    return f"{h[0]}-{h[1]}"
+
+
+@dataclass
+class Episode:
+    """One held-out path in one held-out scene."""
+
+    kind: str  # "main", "revisit" or "stability"
+    family: str
+    scene_seed: int
+    motion: str
+    traj_seed: list[int]
+    poses: np.ndarray  # (F, 4, 4) OpenCV c2w
+    index: int  # position within its kind (generation seed offset)
+    loop_period: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return dict(kind=self.kind, family=self.family, scene_seed=self.scene_seed, motion=self.motion,
+                    traj_seed=self.traj_seed, frames=int(len(self.poses)), loop_period=self.loop_period)
+
+
+def trajectory_seed(kind: int, family: str, episode: int, scene_try: int, path_try: int) -> list[int]:
+    """The seed words of an evaluation path (first word ``EVAL_TRAJ_STREAM``; see the module docstring)."""
+    return [EVAL_TRAJ_STREAM, kind, FAMILIES.index(family), episode, scene_try, path_try]
+
+
+def _plan(kind: str, kind_id: int, family: str, motion: str, episode: int, first_seed: int, frames: int | None,
+          fps: float, clearance: float) -> Episode:
+    revisit = kind != "main"
+    for scene_try in range(8):
+        seed = EVAL_SEEDS[(first_seed + scene_try) % len(EVAL_SEEDS)]
+        scene = make_scene(family, seed)
+        n = frames
+        if revisit:
+            n = int(math.ceil(min_revisit_seconds(scene, motion) * fps)) + 2
+        for path_try in range(3):
+            words = trajectory_seed(kind_id, family, episode, scene_try, path_try)
+            try:
+                traj = generate(scene, motion, n, fps, seed=words, revisit=revisit, clearance=clearance)
+            except RuntimeError:
+                continue
+            return Episode(kind, family, seed, motion, words, traj.poses, episode,
+                           traj.metadata.get("loop_period_frames"))
+    raise RuntimeError(f"no {kind} path for {family}/{motion} in eval scenes from seed {first_seed} on")
+
+
+def plan_episodes(cfg: EvalConfig) -> dict[str, list[Episode]]:
+    """The main, revisit and stability episodes of ``cfg`` (deterministic)."""
+    main, revisit, stability = [], [], []
+    for e in range(cfg.episodes_per_family):
+        for fam in cfg.families:
+            motion = cfg.motions[e % len(cfg.motions)]
+            main.append(_plan("main", KIND_MAIN, fam, motion, e, e, cfg.frames, cfg.fps, cfg.path_clearance))
+    for e in range(cfg.revisit_episodes):
+        fam = cfg.families[e % len(cfg.families)]
+        motion = cfg.motions[e % len(cfg.motions)]
+        revisit.append(_plan("revisit", KIND_REVISIT, fam, motion, e, REVISIT_SEED_OFFSET + e, None, cfg.fps,
+                             cfg.path_clearance))
+    if cfg.stability_frames:
+        fam, motion = cfg.families[0], cfg.motions[0]
+        stability.append(_plan("stability", KIND_STABILITY, fam, motion, 0, len(EVAL_SEEDS) - 1, None, cfg.fps,
+                               cfg.path_clearance))
+    return {"main": main, "revisit": revisit, "stability": stability}
+
+
+# ------------------------------------------------------------------------------------------ perturbations
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.standard_normal(3)
+    return v / np.linalg.norm(v)
+
+
+def _rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.from_rotvec(rotvec).as_matrix()
+
+
+def perturbed_poses(scene: Scene, pose: np.ndarray, rng: np.random.Generator, cfg: EvalConfig,
+                    count: int | None = None) -> np.ndarray:
+    """``count`` (default ``cfg.action_distractors``) poses (n, 4, 4), each at least ``min_shift_m`` or
+    ``min_rot_deg`` from ``pose``.
+
+    Translations keep the camera inside the scene and ``perturb_clearance`` from every surface; rotations are
+    about the camera centre (which the path already keeps clear).
+    """
+    n = cfg.action_distractors if count is None else count
+    out = np.repeat(pose[None].astype(np.float64), n, axis=0)
+    for j in range(n):
+        factor = rng.uniform(1.0, cfg.perturb_max_factor)
+        if rng.random() < 0.5:
+            for _ in range(20):
+                centre = pose[:3, 3] + _unit(rng) * cfg.min_shift_m * factor
+                if scene.free(centre[None], cfg.perturb_clearance)[0]:
+                    out[j, :3, 3] = centre
+                    break
+            else:
+                out[j, :3, :3] = pose[:3, :3] @ _rotvec_matrix(_unit(rng) * math.radians(cfg.min_rot_deg * factor))
+        else:
+            out[j, :3, :3] = pose[:3, :3] @ _rotvec_matrix(_unit(rng) * math.radians(cfg.min_rot_deg * factor))
+    return out
+
+
+def distractor_renders(renderer, scene: Scene, pose: np.ndarray, commanded_rgb: np.ndarray,
+                       rng: np.random.Generator, cfg: EvalConfig, k4: np.ndarray,
+                       redraws: int = DISTRACTOR_REDRAWS) -> np.ndarray | None:
+    """Renders (n, H, W, 3) at :func:`perturbed_poses` of ``pose``, none pixel-identical to ``commanded_rgb``.
+
+    A distractor that renders exactly like the commanded pose (e.g. a small shift seeing only sky) cannot be
+    told apart by any model; it is redrawn up to ``redraws`` times, after which the frame is not scored (None).
+    """
+    out = []
+    for _ in range(cfg.action_distractors):
+        for _ in range(redraws + 1):
+            rgb = renderer.render(perturbed_poses(scene, pose, rng, cfg, count=1)[0], k4)[0]
+            if not np.array_equal(rgb, commanded_rgb):
+                out.append(rgb)
+                break
+        else:
+            return None
+    return np.stack(out)
+
+
+def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(metres between the camera centres, degrees between the orientations) of two c2w poses."""
+    dt = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
+    cos = (np.trace(a[:3, :3].T @ b[:3, :3]) - 1.0) / 2.0
+    return dt, math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0))))
+
+
+# ------------------------------------------------------------------------------------------ rendering helpers
+def _unit_frames(rgb: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) -> float64 (..., 3, H, W) in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, -3).double() / 255.0
+
+
+def _intrinsics(cfg: EvalConfig) -> np.ndarray:
+    from world_model.camera import fov_to_intrinsics
+
+    return fov_to_intrinsics(cfg.fov_deg, *cfg.image_hw).double().numpy()
+
+
+def _render_all(renderer, poses: np.ndarray, k4: np.ndarray) -> np.ndarray:
+    return np.stack([renderer.render(p, k4)[0] for p in poses])
+
+
+def _generate(gen, first_rgb: np.ndarray, k4: np.ndarray, poses: np.ndarray, seed: int) -> torch.Tensor:
+    """Run ``gen`` on one episode; frames (F, 3, H, W) in [0, 1] float64 (padding removed)."""
+    from sana_wm_env.video import from_uint8
+
+    n = clip_frames(gen, len(poses))
+    c2w = torch.from_numpy(pad_poses(poses, n)).float()[None]
+    image = from_uint8(first_rgb)[None]
+    out = gen.generate(image, torch.from_numpy(k4).float(), c2w, seed=seed)
+    if tuple(out.shape[:2]) != (1, n):
+        raise ValueError(f"generator returned {tuple(out.shape)}; expected (1, {n}, 3, H, W)")
+    return (out[0, : len(poses)].detach().cpu().double() + 1.0) / 2.0
+
+
+# ------------------------------------------------------------------------------------------ results
+@dataclass
+class _Acc:
+    """Raw per-frame records of one candidate (pooled at the end)."""
+
+    psnr: dict[str, list[np.ndarray]] = field(default_factory=dict)  # episode key -> per-frame (F-1,)
+    ssim: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    action: list[tuple[str, str, int, bool]] = field(default_factory=list)  # (family, motion, frame, correct)
+    revisit: list[dict[str, float]] = field(default_factory=list)
+    contact: dict[str, np.ndarray] = field(default_factory=dict)  # family -> uint8 (n, H, W, 3)
+    seconds: float = 0.0
+    frames: int = 0
+
+
+def _pool(values: list[np.ndarray], lo: int, hi: int) -> tuple[float | None, int]:
+    """Mean over frames lo..hi (1-based frame index; arrays hold frames 1..F-1) of all episodes."""
+    chunks = [v[lo - 1 : hi] for v in values if len(v) >= lo]
+    if not chunks:
+        return None, 0
+    cat = np.concatenate(chunks)
+    return float(cat.mean()), int(cat.size)
+
+
+def _horizon_table(per_episode: dict[str, list[np.ndarray]], keys: Callable[[str], bool],
+                   cfg: EvalConfig) -> dict[str, Any]:
+    vals = [v for k, vs in per_episode.items() if keys(k) for v in vs]
+    out: dict[str, Any] = {}
+    for h in cfg.horizons:
+        mean, n = _pool(vals, *h)
+        out[horizon_label(h)] = {"mean": mean, "frames": n}
+    return out
+
+
+def _summarise(acc: _Acc, cfg: EvalConfig) -> dict[str, Any]:
+    def fam_is(f):
+        return lambda k: k.split("/")[0] == f
+
+    def mot_is(m):
+        return lambda k: k.split("/")[1] == m
+
+    def every(k):
+        return True
+
+    fid: dict[str, Any] = {
+        "psnr": _horizon_table(acc.psnr, every, cfg), "ssim": _horizon_table(acc.ssim, every, cfg),
+        "per_family": {f: {"psnr": _horizon_table(acc.psnr, fam_is(f), cfg),
+                           "ssim": _horizon_table(acc.ssim, fam_is(f), cfg)} for f in cfg.families},
+        "per_motion": {m: {"psnr": _horizon_table(acc.psnr, mot_is(m), cfg),
+                           "ssim": _horizon_table(acc.ssim, mot_is(m), cfg)}
+                       for m in cfg.motions if any(k.split("/")[1] == m for k in acc.psnr)},
+    }
+    all_psnr = [v for vs in acc.psnr.values() for v in vs]
+    all_ssim = [v for vs in acc.ssim.values() for v in vs]
+    if all_psnr:
+        fid["psnr_per_frame"] = [float(x) for x in np.mean(np.stack(all_psnr), axis=0)]
+        fid["ssim_per_frame"] = [float(x) for x in np.mean(np.stack(all_ssim), axis=0)]
+    chance = 1.0 / (cfg.action_distractors + 1)
+    rows = acc.action
+
+    def acc_of(sel) -> dict[str, Any]:
+        hits = [c for r in rows if sel(r) for c in [r[3]]]
+        return {"accuracy": float(np.mean(hits)) if hits else None, "frames": len(hits)}
+
+    action = {
+        **acc_of(lambda r: True), "chance": chance, "frame_stride": cfg.action_stride,
+        "evaluated_frames": f"frames 1, 1+{cfg.action_stride}, 1+2*{cfg.action_stride}, ... of every main episode",
+        "distractors": cfg.action_distractors,
+        "per_horizon": {horizon_label(h): acc_of(lambda r, h=h: h[0] <= r[2] <= h[1]) for h in cfg.horizons},
+        "per_family": {f: acc_of(lambda r, f=f: r[0] == f) for f in cfg.families},
+    }
+    rv = acc.revisit
+    revisit: dict[str, Any] = {"episodes": len(rv), "frames": int(sum(r["frames"] for r in rv))}
+    for key in ("psnr_vs_render", "psnr_vs_earlier_generated", "psnr_first_visit_vs_render"):
+        tot = sum(r["frames"] for r in rv)
+        revisit[key] = float(sum(r[key] * r["frames"] for r in rv) / tot) if tot else None
+    revisit["per_episode"] = rv
+    return {"fidelity": fid, "action_following": action, "revisit": revisit}
+
+
+# ------------------------------------------------------------------------------------------ stability
+def stability_stats(std_per_frame: Sequence[float], finite_per_frame: Sequence[bool], *,
+                    min_std_ratio: float = 0.5, window: int = STABILITY_WINDOW) -> dict[str, Any]:
+    """Verdict on a rollout from per-frame contrast (std) and finiteness.
+
+    Pass = every frame finite and ``mean std of the last window >= min_std_ratio * mean std of the first``.
+    Non-finite frames are left out of the std means (their std is NaN); a first-window std of 0 fails.
+    """
+    std = np.asarray(std_per_frame, dtype=np.float64)
+    finite = np.asarray(finite_per_frame, dtype=bool)
+    if std.ndim != 1 or std.shape != finite.shape:
+        raise ValueError(f"std_per_frame and finite_per_frame must be equal-length 1-D, got {std.shape}, "
+                         f"{finite.shape}")
+    if len(std) < 2 * window:
+        raise ValueError(f"need at least {2 * window} frames for a first/last window of {window}, got {len(std)}")
+
+    def wmean(x: np.ndarray, ok: np.ndarray) -> float | None:
+        return float(x[ok].mean()) if ok.any() else None
+
+    first = wmean(std[:window], finite[:window])
+    last = wmean(std[-window:], finite[-window:])
+    ratio = None if first in (None, 0.0) or last is None else last / first
+    nonfinite = int((~finite).sum())
+    passed = nonfinite == 0 and ratio is not None and ratio >= min_std_ratio
+    return {
+        "frames": int(len(std)), "nonfinite_frames": nonfinite,
+        "first_nonfinite_frame": int(np.argmax(~finite)) if nonfinite else None,
+        "std_first": first, "std_last": last, "std_ratio": ratio, "window": window,
+        "threshold": f"all frames finite and std_last >= {min_std_ratio} * std_first",
+        "min_std_ratio": min_std_ratio, "pass": bool(passed),
+    }
+
+
+def run_stability(gen, first_rgb: np.ndarray, k4: np.ndarray, pose_at: Callable[[int], np.ndarray],
+                  num_frames: int, *, seed: int = 0, reference: Callable[[int], torch.Tensor] | None = None,
+                  min_std_ratio: float = 0.5, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Stream ``num_frames`` frames (frame 0 = ``first_rgb``) through ``gen.start``/``gen.step`` along
+    ``pose_at(i)`` and return :func:`stability_stats` plus drift PSNR against ``reference(i)`` (frames in
+    [0, 1], optional), the frame rate and the generator state size. Keeps only per-frame numbers."""
+    from sana_wm_env.video import from_uint8
+
+    image = from_uint8(first_rgb)[None]
+    k = torch.from_numpy(k4).float()
+    state = gen.start(image, k, c2w=torch.from_numpy(pose_at(0)).float()[None], seed=seed)
+    stds, finite, psnrs = [float(frame_std(_unit_frames(first_rgb)))], [True], []
+    nbytes: list[int] = []
+    done, t0 = 1, time.perf_counter()
+    while done < num_frames:
+        n = gen.frames_per_step(state)
+        poses = np.stack([pose_at(i) for i in range(done, done + n)])
+        frames, state = gen.step(state, torch.from_numpy(poses).float()[None])
+        frames = (frames[0].detach().cpu().double() + 1.0) / 2.0
+        for j in range(min(n, num_frames - done)):
+            f = frames[j]
+            ok = bool(torch.isfinite(f).all())
+            finite.append(ok)
+            stds.append(float(frame_std(f)) if ok else float("nan"))
+            if reference is not None:
+                psnrs.append(float(psnr(f, reference(done + j), max_db=PSNR_CAP_DB)) if ok else float("nan"))
+        done += n
+        if hasattr(state, "nbytes") and (len(nbytes) == 0 and done >= STABILITY_WINDOW or done >= num_frames):
+            nbytes.append(int(state.nbytes()))
+        if progress is not None:
+            progress(min(done, num_frames))
+    dt = time.perf_counter() - t0
+    out = stability_stats(stds, finite, min_std_ratio=min_std_ratio)
+    if psnrs:
+        p = np.asarray(psnrs)  # frames 1..N-1
+        w = STABILITY_WINDOW
+        out["psnr_first"] = float(np.nanmean(p[:w])) if np.isfinite(p[:w]).any() else None
+        out["psnr_last"] = float(np.nanmean(p[-w:])) if np.isfinite(p[-w:]).any() else None
+    out["frames_per_second"] = (num_frames - 1) / dt if dt > 0 else None
+    out["seconds"] = dt
+    if nbytes:
+        out["state_bytes_at_window"], out["state_bytes_at_end"] = nbytes[0], nbytes[-1]
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the protocol
+def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool = True,
+             episodes: dict[str, list[Episode]] | None = None) -> dict[str, Any]:
+    """Run the protocol for every candidate; returns the results dict (see the module docstring).
+
+    ``episodes`` (from :func:`plan_episodes`) can be passed to reuse a plan; by default it is planned here.
+    Frames kept for the contact sheet are returned under ``"_contact"`` (uint8 arrays, not JSON).
+    """
+    from tqdm import tqdm
+
+    from sana_wm_env.scenes import SceneRenderer
+
+    names = [c.name for c in candidates]
+    if len(set(names)) != len(names):
+        raise ValueError(f"candidates must have distinct names, got {names}")
+    t_start = time.perf_counter()
+    plan = plan_episodes(cfg) if episodes is None else episodes
+    t_plan = time.perf_counter() - t_start
+    k4 = _intrinsics(cfg)
+    accs = {c.name: _Acc() for c in candidates}
+    gt_contact: dict[str, np.ndarray] = {}
+    contact_idx = [i for i in cfg.contact_frames if i < cfg.frames]
+    render_s, af_skipped = 0.0, 0
+    total = len(plan["main"]) + len(plan["revisit"])
+    bar = tqdm(total=total * len(candidates), unit="clip", desc="fidelity episodes", disable=not progress)
+    for ep in plan["main"] + plan["revisit"]:
+        scene = make_scene(ep.family, ep.scene_seed)
+        t0 = time.perf_counter()
+        with SceneRenderer(scene, *cfg.image_hw, depth=False) as renderer:
+            gt_rgb = _render_all(renderer, ep.poses, k4)
+            af: list[tuple[int, torch.Tensor]] = []
+            if ep.kind == "main":
+                for i in range(1, len(ep.poses), cfg.action_stride):
+                    rng = np.random.default_rng(trajectory_seed(KIND_PERTURB, ep.family, ep.index, i, 0))
+                    others = distractor_renders(renderer, scene, ep.poses[i], gt_rgb[i], rng, cfg, k4)
+                    if others is None:
+                        af_skipped += 1
+                        continue
+                    af.append((i, _unit_frames(np.concatenate([gt_rgb[i : i + 1], others]))))
+        render_s += time.perf_counter() - t0
+        gt = _unit_frames(gt_rgb)
+        key = f"{ep.family}/{ep.motion}/{ep.kind}{ep.index}"
+        if ep.kind == "main" and ep.family not in gt_contact:
+            gt_contact[ep.family] = gt_rgb[[0, *contact_idx]]
+        for cand in candidates:
+            acc = accs[cand.name]
+            gen = cand.generator_for(scene)
+            t0 = time.perf_counter()
+            out = _generate(gen, gt_rgb[0], k4, ep.poses, seed=_episode_seed(cfg, ep))
+            acc.seconds += time.perf_counter() - t0
+            acc.frames += len(ep.poses) - 1
+            if ep.kind == "main":
+                acc.psnr.setdefault(key, []).append(psnr(out[1:], gt[1:], max_db=PSNR_CAP_DB).numpy())
+                acc.ssim.setdefault(key, []).append(ssim(out[1:], gt[1:]).numpy())
+                for i, renders in af:
+                    scores = psnr(out[i].expand_as(renders), renders, max_db=PSNR_CAP_DB)
+                    acc.action.append((ep.family, ep.motion, i, bool((scores[0] > scores[1:]).all())))
+                if ep.family not in acc.contact:
+                    acc.contact[ep.family] = _to_uint8_unit(out[[0, *contact_idx]])
+            else:
+                p = ep.loop_period
+                idx = [i for i in range(p, len(ep.poses)) if _same_pose(ep.poses[i], ep.poses[i - p])]
+                if idx:
+                    ii, jj = torch.tensor(idx), torch.tensor(idx) - p
+                    acc.revisit.append({
+                        "family": ep.family, "motion": ep.motion, "loop_period": p, "frames": len(idx),
+                        "first_revisit_frame": idx[0],
+                        "psnr_vs_render": float(psnr(out[ii], gt[ii], max_db=PSNR_CAP_DB).mean()),
+                        "psnr_vs_earlier_generated": float(psnr(out[ii], out[jj], max_db=PSNR_CAP_DB).mean()),
+                        "psnr_first_visit_vs_render": float(psnr(out[jj], gt[jj], max_db=PSNR_CAP_DB).mean()),
+                    })
+            bar.update(1)
+    bar.close()
+    results: dict[str, Any] = {}
+    for cand in candidates:
+        acc = accs[cand.name]
+        r = _summarise(acc, cfg)
+        r["kind"], r["description"], r["info"] = cand.kind, cand.description, cand.info
+        r["action_following"]["skipped_indistinguishable_frames"] = af_skipped
+        r["timing"] = {"generate_seconds": acc.seconds, "frames_generated": acc.frames,
+                       "frames_per_second": acc.frames / acc.seconds if acc.seconds > 0 else None}
+        results[cand.name] = r
+    for ep in plan["stability"]:
+        scene = make_scene(ep.family, ep.scene_seed)
+        period = ep.loop_period
+        with SceneRenderer(scene, *cfg.image_hw, depth=False) as renderer:
+            loop_rgb = _render_all(renderer, ep.poses[:period], k4)
+        loop_gt = _unit_frames(loop_rgb)
+        for cand in candidates:
+            gen = cand.generator_for(scene)
+            with tqdm(total=cfg.stability_frames, initial=1, unit="frame", disable=not progress,
+                      desc=f"stability {cand.name}") as sbar:
+                st = run_stability(gen, loop_rgb[0], k4, lambda i, p=period, e=ep: e.poses[i % p],
+                                   cfg.stability_frames, seed=cfg.seed,
+                                   reference=lambda i, p=period, g=loop_gt: g[i % p],
+                                   min_std_ratio=cfg.stability_min_std_ratio,
+                                   progress=lambda d, b=sbar: b.update(d - b.n))
+            st["path"] = f"{ep.family} scene {ep.scene_seed}, {ep.motion} loop of {period} frames, cycled"
+            results[cand.name]["stability"] = st
+    return {
+        "protocol": __doc__,
+        "config": cfg.to_json(),
+        "episodes": {k: [e.describe() for e in v] for k, v in plan.items()},
+        "candidates": results,
+        "timing": {"seconds": time.perf_counter() - t_start, "planning_seconds": t_plan, "render_seconds": render_s},
+        "_contact": {"ground_truth": gt_contact, **{n: a.contact for n, a in accs.items()},
+                     "frame_indices": [0, *contact_idx]},
+    }
+
+
+def _episode_seed(cfg: EvalConfig, ep: Episode) -> int:
+    """Generation seed of an episode: unique per (kind, episode, family), offset by ``cfg.seed``."""
+    kind = {"main": KIND_MAIN, "revisit": KIND_REVISIT, "stability": KIND_STABILITY}[ep.kind]
+    return cfg.seed + 1000 * kind + len(FAMILIES) * ep.index + FAMILIES.index(ep.family)
+
+
+def _same_pose(a: np.ndarray, b: np.ndarray, tol_m: float = 0.01, tol_deg: float = 0.5) -> bool:
+    dt, dr = pose_distance(a, b)
+    return dt <= tol_m and dr <= tol_deg
+
+
+def _to_uint8_unit(frames: torch.Tensor) -> np.ndarray:
+    """float (n, 3, H, W) in [0, 1] -> uint8 (n, H, W, 3); NaN shows as 0."""
+    x = torch.nan_to_num(frames.double(), nan=0.0).clamp(0, 1)
+    return (x * 255.0).round().to(torch.uint8).movedim(-3, -1).numpy()
+
+
+def targets(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets that this evaluation measures, with the measured values and met / not met."""
+    cands = results["candidates"]
+    out: dict[str, Any] = {}
+    model = cands.get("model")
+    if model is None:
+        return out
+    acc = model["action_following"]["accuracy"]
+    out["action_following_accuracy>=0.8"] = {"value": acc, "met": None if acc is None else acc >= 0.8}
+    first = next(iter(model["fidelity"]["psnr"]), None)
+    base = cands.get("repeat_first_frame")
+    if first is not None and base is not None:
+        m, b = model["fidelity"]["psnr"][first]["mean"], base["fidelity"]["psnr"][first]["mean"]
+        gain = None if m is None or b is None else m - b
+        out[f"psnr_{first}_gain_over_repeat_first_frame>=3dB"] = {
+            "value": gain, "model": m, "baseline": b, "met": None if gain is None else gain >= 3.0}
+    teacher = cands.get("teacher")
+    if first is not None and teacher is not None:
+        m, t = model["fidelity"]["psnr"][first]["mean"], teacher["fidelity"]["psnr"][first]["mean"]
+        gap = None if m is None or t is None else t - m
+        out[f"student_within_1dB_of_teacher_psnr_{first}"] = {"value": gap, "met": None if gap is None else gap <= 1.0}
+    if "stability" in model:
+        st = model["stability"]
+        out[f"stable_over_{st['frames']}_frames"] = {"value": st["std_ratio"], "met": st["pass"]}
+        fps = st.get("frames_per_second")
+        out["streaming_frames_per_second>=20 (this machine, incl. decode)"] = {
+            "value": fps, "met": None if fps is None else fps >= 20.0}
+    return out
