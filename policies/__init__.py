@@ -1,1 +1,40 @@
-"""Policies and training glue for the SANA-WM envs (may import sana_wm_env; never imported by it)."""
+"""Policies and training glue for the SANA-WM envs (may import sana_wm_env; never imported by its library code).
+
+``make_policy(spec, env)`` builds the policies ``sana-wm evaluate-policy`` names:
+
+* ``random``    - ``scripted.RandomPolicy``;
+* ``scripted``  - ``scripted.PoseController`` on Nav; on ImageNav (no pose observed) the privileged oracle
+  ``scripted.PrivilegedPoseController``, labelled ``privileged`` in results;
+* ``cem`` / ``mppi`` - ``planners.PlannerPolicy`` (pose-goal cost on Nav, image-goal cost on ImageNav);
+* ``ppo:PATH.zip`` (or ``sac:``, ``td3:``, ...) - ``sb3.SB3Policy``, a saved Stable-Baselines3 model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+POLICY_SPECS: tuple[str, ...] = ("random", "scripted", "cem", "mppi", "ppo:PATH.zip")
+
+
+def make_policy(spec: str, env, *, seed: int = 0, planner: dict[str, Any] | None = None):
+    """The policy named by ``spec`` (see the module docstring) for ``env`` (whose limits and task it reads)."""
+    task = env.unwrapped.sim.task.name
+    if spec == "random":
+        from policies.scripted import RandomPolicy
+
+        return RandomPolicy(seed)
+    if spec == "scripted":
+        from policies.scripted import PoseController, PrivilegedPoseController
+
+        cls = PoseController if env.unwrapped.sim.task.observes_pose and task == "nav" else PrivilegedPoseController
+        return cls.for_env(env)
+    if spec in ("cem", "mppi"):
+        from policies.planners import CEM, MPPI, PlannerPolicy
+
+        return PlannerPolicy((CEM if spec == "cem" else MPPI)(seed=seed, **(planner or {})), name=spec)
+    algo, sep, path = spec.partition(":")
+    if sep and path:
+        from policies.sb3 import SB3Policy
+
+        return SB3Policy(path, algo=algo.upper())
+    raise ValueError(f"policy must be one of {', '.join(POLICY_SPECS)} (ALGO:PATH for any SB3 algorithm); got {spec!r}")

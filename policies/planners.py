@@ -89,3 +89,31 @@ class MPPI:
         plan = np.clip((w[:, None, None] * cand).sum(axis=0), -1, 1)
         self.mean = np.concatenate([plan[1:], np.zeros((1, 6))])
         return plan[0].astype(np.float32)
+
+
+class PlannerPolicy:
+    """A planner as an evaluation policy: the pose-goal cost on Nav, the image-goal cost on ImageNav.
+
+    Nav observes its goal pose, so the pose-goal cost (the task reward of imagined poses) is observation-only.
+    ImageNav observes only a goal image: the cost compares imagined frames with ``obs["goal"]``, so the
+    planner sees the world only through the frames of the env it runs in (world model or twin).
+    """
+
+    privileged = False
+
+    def __init__(self, planner: CEM | MPPI, name: str | None = None) -> None:
+        self.planner = planner
+        self.name = name or type(planner).__name__.lower()
+
+    def reset(self, env=None, seed: int | None = None) -> None:
+        self.planner.reset()
+        if seed is not None:
+            self.planner.rng = np.random.default_rng(seed)
+
+    def act(self, obs, env) -> np.ndarray:
+        task = env.unwrapped.sim.task.name
+        if task == "nav":
+            return self.planner.act(env, pose_goal_cost)
+        if task == "imagenav":
+            return self.planner.act(env, image_goal_cost(obs["goal"]))
+        raise ValueError(f"PlannerPolicy supports the nav and imagenav tasks, got {task!r}")

@@ -11,6 +11,7 @@ observation goes to ``info["terminal_observation"]`` and truncations set ``info[
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -92,3 +93,43 @@ def make_sb3_vec_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> SB3VecEnv
     """``gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point", **kwargs)`` wrapped for SB3."""
     venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     return SB3VecEnv(venv)
+
+
+class SB3Policy:
+    """A saved SB3 model (``PPO.save`` zip) as an evaluation policy: deterministic ``predict`` on each observation."""
+
+    privileged = False
+
+    def __init__(self, path: str | Path, algo: str = "PPO", device: str = "cpu") -> None:
+        import stable_baselines3
+
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"policy path: no SB3 model zip at {str(path)!r}")
+        if not hasattr(stable_baselines3, algo):
+            raise ValueError(f"algo must be an SB3 algorithm class name (PPO, SAC, ...), got {algo!r}")
+        self.model = getattr(stable_baselines3, algo).load(path, device=device)
+        self.name = f"{algo.lower()}:{path.name}"
+
+    def reset(self, env=None, seed: int | None = None) -> None:
+        if env is not None and not _same_obs_shapes(env.observation_space, self.model.observation_space):
+            raise ValueError(f"the SB3 model was trained on observations {self.model.observation_space}, the env "
+                             f"gives {env.observation_space} (same task, image size and obs_mode needed)")
+
+    def act(self, obs, env=None) -> np.ndarray:
+        action, _ = self.model.predict(obs, deterministic=True)
+        return np.asarray(action, dtype=np.float32)
+
+
+def _same_obs_shapes(env_space: gym.Space, model_space: gym.Space) -> bool:
+    """Same keys and shapes; SB3 stores image spaces channel-first (VecTransposeImage), the envs channel-last."""
+
+    def shapes(space: gym.Space) -> dict:
+        if isinstance(space, gym.spaces.Dict):
+            return {k: sp.shape for k, sp in space.spaces.items()}
+        return {"": space.shape}
+
+    a, b = shapes(env_space), shapes(model_space)
+    return a.keys() == b.keys() and all(
+        a[k] == b[k] or (len(a[k]) == 3 and b[k] == (a[k][2], a[k][0], a[k][1])) for k in a
+    )

@@ -1,0 +1,108 @@
+"""Train PPO on SANA-WM Nav, save it, and evaluate it in the world model and in its MuJoCo twin.
+
+    python examples/train_ppo_nav.py --env-id SanaWM-Nav-v0 --model default --total-steps 50000 --n-envs 8
+
+Choices, top to bottom:
+
+* **Env**: ``SanaWM-Nav-v0`` trains inside the world model ("in imagination"); ``SanaWM-TwinNav-v0`` trains in
+  the MuJoCo twin (ground truth, much faster on CPU). Either way the evaluation runs the trained policy in
+  both worlds on the same seeds, so the table shows the imagination-to-ground-truth gap.
+* **Vector env**: ``policies.sb3.make_sb3_vec_env`` steps all ``--n-envs`` sub-envs in one batched generator
+  call (SB3 cannot take Gymnasium vector envs). More sub-envs = more samples per second on the same cores.
+* **Policy**: ``MultiInputPolicy`` because observations are a dict: ``image`` (uint8, through SB3's NatureCNN,
+  which needs images of at least 36x36) and ``pose``/``goal`` (7 floats each, through an MLP). Nav rewards
+  metric progress, so the pose and goal carry most of the signal; the image lets the policy avoid walls.
+* **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
+  a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
+  (episodes are at most 100 steps; a goal is reached in 10-30).
+* **Episodes**: ``--max-steps`` caps episode length (the task default is 100 steps = 18.75 s at 16 fps).
+* **Evaluation**: ``sana_wm_env.evaluation.policy.evaluate_policy`` (what ``sana-wm evaluate-policy`` runs) on
+  held-out scenes (the ``eval`` split; training uses the ``train`` split), episode seeds from ``--eval-seed``,
+  deterministic actions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env-id", default="SanaWM-Nav-v0", choices=("SanaWM-Nav-v0", "SanaWM-TwinNav-v0"),
+                   help="train in the world model or in its twin (default: %(default)s)")
+    p.add_argument("--model", default="default",
+                   help="world-model bundle name or path; 'none' with the twin env: twin only, no world model")
+    p.add_argument("--image-size", type=int, default=None, help="twin without a model: square frame size (64)")
+    p.add_argument("--total-steps", type=int, default=50_000, help="PPO environment steps (default: %(default)s)")
+    p.add_argument("--n-envs", type=int, default=8, help="batched sub-envs (default: %(default)s)")
+    p.add_argument("--n-steps", type=int, default=64, help="PPO rollout length per sub-env (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=128, help="PPO minibatch size (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=100, help="episode length cap (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("ppo_nav.zip"), help="model zip (default: %(default)s)")
+    p.add_argument("--eval-episodes", type=int, default=20, help="episodes per world (0: skip; default 20)")
+    p.add_argument("--eval-seed", type=int, default=10_000, help="first evaluation seed (default: %(default)s)")
+    p.add_argument("--eval-json", type=Path, default=None, help="write the evaluation JSON here")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+
+    import torch
+    from stable_baselines3 import PPO
+
+    from policies.sb3 import SB3Policy, make_sb3_vec_env
+    from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    twin = args.env_id == "SanaWM-TwinNav-v0"
+    model = None if args.model == "none" else args.model
+    if model is None and not twin:
+        raise ValueError("--model none only works with --env-id SanaWM-TwinNav-v0 (the world-model env needs a model)")
+    geometry = {"image_hw": (args.image_size, args.image_size)} if args.image_size else {}
+    if geometry and model is not None:
+        raise ValueError("--image-size applies to the twin without a model; a world model has its own size")
+
+    # 1. The env: N sub-envs batched in one generator call, wrapped as an SB3 VecEnv.
+    if model is not None:
+        from sana_wm_env.envs.core import resolve_model
+
+        model = resolve_model(model, "cpu")  # load once: training env and both evaluation envs share it
+    venv = make_sb3_vec_env(args.env_id, num_envs=args.n_envs, model=model,
+                            task_config={"max_steps": args.max_steps}, **geometry)
+    venv.seed(args.seed)
+
+    # 2. PPO with a dict-observation policy (CNN for the image, MLP for pose and goal).
+    agent = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=4,
+                gamma=0.98, learning_rate=3e-4, seed=args.seed, device="cpu", verbose=0)
+    t0 = time.perf_counter()
+    agent.learn(total_timesteps=args.total_steps, progress_bar=False)
+    train_s = time.perf_counter() - t0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    agent.save(args.out)
+    venv.close()
+    print(f"trained {agent.num_timesteps} steps in {train_s:.0f} s ({agent.num_timesteps / train_s:.1f} steps/s) "
+          f"on {args.env_id} -> {args.out}")
+
+    # 3. Evaluate the saved policy in the world model and in its twin, on the same held-out seeds.
+    summary: dict = {"train_steps": int(agent.num_timesteps), "train_seconds": train_s, "model_path": str(args.out)}
+    if args.eval_episodes > 0:
+        envs = make_eval_envs("nav", model, twin_only=model is None, max_steps=args.max_steps, **geometry)
+        results = evaluate_policy(SB3Policy(args.out), envs, episodes=args.eval_episodes, seed=args.eval_seed)
+        for env in envs.values():
+            env.close()
+        results.update(summary)
+        print(format_table(results))
+        if args.eval_json is not None:
+            print(f"results: {write_results(results, args.eval_json)}")
+        summary = results
+    return summary
+
+
+if __name__ == "__main__":
+    main()

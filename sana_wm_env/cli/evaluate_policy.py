@@ -1,0 +1,85 @@
+"""``sana-wm evaluate-policy``: a policy's success rate, SPL and return in a world model and in its twin.
+
+Runs N episodes in the world-model env and N in its MuJoCo twin with the same seeds (episode i: seed S + i,
+so the same scene, start and goal in both), and reports per world the success rate, SPL (success weighted by
+path length: straight-line start-goal distance over metres travelled) and mean return, plus the gap
+(world model - twin) on held-out scenes: how far results in imagination are from ground truth. Prints a
+table, writes a JSON.
+
+Policies: random | scripted (proportional pose controller; on ImageNav, which observes no pose, a privileged
+oracle reading the env's pose, labelled so) | cem | mppi (planners over env.imagine: pose-goal cost on Nav,
+image-goal cost on ImageNav) | ppo:PATH.zip (a saved Stable-Baselines3 model; any ALGO:PATH works).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate-policy", help="success rate, SPL and return of a policy in a world model and in its twin",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=("nav", "imagenav"), default="nav", help="task (default: %(default)s)")
+    p.add_argument("--policy", default="scripted",
+                   help="random | scripted | cem | mppi | ppo:PATH.zip (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=20, help="episodes per world (default: %(default)s)")
+    p.add_argument("--model", default=None,
+                   help="world-model bundle name or path (default: the bundled model; with --twin-only optional: "
+                        "the twin then copies its image size, fps and frames per step)")
+    p.add_argument("--twin-only", action="store_true", help="evaluate in the MuJoCo twin only")
+    p.add_argument("--image-size", default=None, help="--twin-only without --model: twin frame size HxW "
+                                                      "(default: 64x64)")
+    p.add_argument("--seed", type=int, default=0, help="episode i uses seed SEED + i (default: %(default)s)")
+    p.add_argument("--split", choices=("eval", "train"), default="eval",
+                   help="twin-world scenes: held-out 'eval' (default) or the models' 'train' split")
+    p.add_argument("--max-steps", type=int, default=None, help="episode length cap (default: the task's, 100)")
+    p.add_argument("--json", type=Path, default=None, help="write the results JSON here")
+    p.add_argument("--planner-samples", type=int, default=32, help="cem/mppi: candidates per iteration (32)")
+    p.add_argument("--planner-horizon", type=int, default=4, help="cem/mppi: steps per candidate (4)")
+    p.add_argument("--planner-iterations", type=int, default=3, help="cem: iterations per step (3)")
+    p.add_argument("--device", default="cpu", help="torch device for the world model (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from policies import make_policy  # the CLI is an application: it may use the policies layer
+    from sana_wm_env.cli.generate import parse_hw
+    from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.episodes < 1:
+        raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
+    geometry = {}
+    if args.image_size:
+        if not args.twin_only or args.model is not None:
+            raise ValueError("--image-size applies to --twin-only without --model; a world model has its own size")
+        geometry["image_hw"] = parse_hw(args.image_size, "--image-size")
+    model = args.model if args.model is not None or args.twin_only else "default"
+    envs = make_eval_envs(args.task, model, twin_only=args.twin_only, device=args.device,
+                          max_steps=args.max_steps, split=args.split, **geometry)
+    planner = {"horizon": args.planner_horizon, "samples": args.planner_samples}
+    if args.policy == "cem":
+        planner.update(iterations=args.planner_iterations, elites=max(1, args.planner_samples // 8))
+    try:
+        results = evaluate_policy(lambda env: make_policy(args.policy, env, seed=args.seed, planner=planner), envs,
+                                  episodes=args.episodes, seed=args.seed, progress=not args.no_progress)
+    finally:
+        for env in envs.values():
+            env.close()
+    results["model"] = results.get("model", str(args.model) if args.model is not None else None)
+    print(format_table(results))
+    if args.json is not None:
+        print(f"results: {write_results(results, args.json)}")
+    return 0
