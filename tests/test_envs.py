@@ -28,18 +28,8 @@ from world_model.checkpoints import CheckpointNotFoundError
 FWD = np.array([1.0, 0, 0, 0, 0, 0])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread (and do not thrash a shared 2-core runner)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(scope="module")
-def wm():
-    return untrained_world_model("tiny-notext", image_hw=(16, 16))
 
 
 @pytest.fixture(scope="module")

@@ -9,24 +9,13 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 from gymnasium.vector import AutoresetMode
 
 import sana_wm_env  # noqa: F401
-from world_model.bundles import save_world_model, untrained_world_model
+from world_model.bundles import save_world_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def wm():
-    return untrained_world_model("tiny-notext", image_hw=(16, 16))
 
 
 def make_vec(env_id, n, **kw):

@@ -32,15 +32,6 @@ from sana_wm_env.scenes import EVAL_SEEDS, make_scene
 from sana_wm_env.trajectories.generators import generate
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models run much faster single-threaded when other processes share the 2 cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory):
     from world_model.bundles import save_world_model, untrained_world_model

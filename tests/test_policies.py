@@ -9,7 +9,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 import sana_wm_env  # noqa: F401
 from policies import make_policy
@@ -32,12 +31,7 @@ from world_model.bundles import save_world_model, untrained_world_model
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
