@@ -31,8 +31,8 @@ def test_info_prints_presets(capsys):
 
 def test_generate_writes_a_video(tmp_path, capsys):
     out = tmp_path / "clip.mp4"
-    code = main(["generate", "--random-init", "--image", str(EXAMPLE), "--fov", "70", "--size", "32x32",
-                 "--chunks", "2", "--yaw", "20", "--out", str(out)])
+    code = main(["generate", "--random-init", "--model", "small-cpu", "--image", str(EXAMPLE), "--fov", "70",
+                 "--size", "32x32", "--chunks", "2", "--yaw", "20", "--out", str(out)])
     assert code == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     frames = iio.imread(out)
@@ -40,11 +40,13 @@ def test_generate_writes_a_video(tmp_path, capsys):
 
 
 def test_generate_errors_say_what_to_do(tmp_path, capsys):
-    assert main(["generate", "--image", str(EXAMPLE), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert main(["generate", "--model", "small-cpu", "--image", str(EXAMPLE), "--out", str(tmp_path / "x.mp4")]) == 2
     assert "--random-init" in capsys.readouterr().err
-    assert main(["generate", "--random-init", "--image", str(tmp_path / "missing.png")]) == 2
+    assert main(["generate", "--model", str(tmp_path / "nowhere"), "--image", str(EXAMPLE)]) == 2
+    assert "no world-model bundle" in capsys.readouterr().err
+    assert main(["generate", "--random-init", "--model", "small-cpu", "--image", str(tmp_path / "missing.png")]) == 2
     assert "does not exist" in capsys.readouterr().err
-    assert main(["generate", "--random-init", "--image", str(EXAMPLE), "--size", "64"]) == 2
+    assert main(["generate", "--random-init", "--model", "small-cpu", "--image", str(EXAMPLE), "--size", "64"]) == 2
     assert "HxW" in capsys.readouterr().err
 
 

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from world_model.bundles import WorldModel, load_world_model, untrained_world_model
 from world_model.camera import fov_to_intrinsics, resize_crop_geometry, resize_crop_intrinsics, se3_exp
-from world_model.codecs import PatchCodec
 from world_model.config import PRESETS
-from world_model.generators import BidirectionalGenerator, ChunkCausalGenerator, StreamingGenerator
-from world_model.transformer import SanaWMTransformer
+from world_model.generators import BidirectionalGenerator, ChunkCausalGenerator
 
 from ..video import from_uint8, to_uint8, write_video
 
@@ -32,17 +31,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "generate", help="generate a video from an image and a camera motion",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="small-cpu", help="a preset name (with --random-init) (default: %(default)s)")
+    p.add_argument("--model", default="default",
+                   help="a world-model bundle (shipped name or folder), or a preset name with --random-init "
+                   "(default: the bundled model)")
     p.add_argument("--random-init", action="store_true",
-                   help="build the preset with random weights: exercises the pipeline, the frames are noise")
+                   help="build the --model preset with random weights: exercises the pipeline, the frames are noise")
     p.add_argument("--image", required=True, type=Path, help="first frame (png/jpg); resized and centre-cropped")
-    p.add_argument("--size", default="64x64", help="output HxW, multiples of the codec stride (default: %(default)s)")
+    p.add_argument("--size", default=None, help="output HxW, multiples of the codec stride (default: the model's)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of --image in degrees")
     p.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy of --image in its own pixels (overrides --fov)")
     for name, unit in (("forward", "m/s"), ("right", "m/s"), ("up", "m/s"),
                        ("yaw", "deg/s"), ("pitch", "deg/s"), ("roll", "deg/s")):
         p.add_argument(f"--{name}", type=float, default=0.5 if name == "forward" else 0.0, help=f"motion, {unit}")
-    p.add_argument("--fps", type=float, default=16.0, help="frame rate of the camera path and video")
+    p.add_argument("--fps", type=float, default=None, help="camera path and video frame rate (default: the model's)")
     p.add_argument("--chunks", type=int, default=4, help="generator steps (chunks) to run (default: %(default)s)")
     p.add_argument("--generator", choices=GENERATORS, default="streaming")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (chunk_causal / bidirectional)")
@@ -99,37 +100,35 @@ def constant_motion_path(num_frames: int, fps: float, args: argparse.Namespace) 
     return torch.stack(poses).float()
 
 
-def build_model(args: argparse.Namespace):
-    if args.model not in PRESETS:
-        raise ValueError(f"--model {args.model!r} is not a preset ({sorted(PRESETS)})")
-    if not args.random_init:
+def build_model(args: argparse.Namespace) -> WorldModel:
+    if args.random_init:
+        if args.model not in PRESETS:
+            raise ValueError(f"--random-init needs a preset --model ({sorted(PRESETS)}), got {args.model!r}")
+        return untrained_world_model(args.model, seed=args.seed)
+    if args.model in PRESETS:
         raise ValueError(
             f"--model {args.model!r} is an architecture preset without trained weights; pass --random-init to run "
-            "it with random weights (noise frames, for checking the pipeline)"
+            "it with random weights (noise frames, for checking the pipeline), or a trained bundle"
         )
-    torch.manual_seed(args.seed)
-    model = SanaWMTransformer(args.model).eval().to(args.device)
-    cfg = model.config
-    patch = math.isqrt(cfg.in_channels // (3 * cfg.temporal_stride))
-    if 3 * patch * patch * cfg.temporal_stride != cfg.in_channels:
-        raise ValueError(f"preset {args.model!r} ({cfg.in_channels} latent channels) has no matching patch codec")
-    return model, PatchCodec(patch_size=patch, temporal_stride=cfg.temporal_stride)
+    return load_world_model(args.model, device=args.device)
 
 
 def run(args: argparse.Namespace) -> int:
-    size = parse_hw(args.size, "--size")
     if args.chunks < 1:
         raise ValueError(f"--chunks must be >= 1, got {args.chunks}")
-    model, codec = build_model(args)
+    wm = build_model(args).to(args.device)
+    model, codec = wm.student.eval(), wm.codec
+    size = wm.image_hw if args.size is None else parse_hw(args.size, "--size")
+    fps = wm.fps if args.fps is None else args.fps
     image, k = load_image(args.image, size, args.intrinsics, args.fov)
     steps = {} if args.steps is None else {"num_steps": args.steps}
     if args.generator == "streaming":
-        gen = StreamingGenerator(model, codec)
+        gen = wm.streaming_generator()
     elif args.generator == "chunk_causal":
         gen = ChunkCausalGenerator(model, codec, **steps)
     else:
         gen = BidirectionalGenerator(model, codec, **steps)
-    poses = constant_motion_path(gen.valid_num_frames(args.chunks), args.fps, args)
+    poses = constant_motion_path(gen.valid_num_frames(args.chunks), fps, args)
     t0 = time.perf_counter()
     with tqdm(total=poses.shape[0], initial=1, unit="frame", desc=f"{args.generator} generation") as bar:
         video = gen.generate(image.to(args.device), k, poses[None], seed=args.seed,
@@ -137,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
                              else None)
         bar.update(poses.shape[0] - bar.n)
     elapsed = time.perf_counter() - t0
-    write_video(to_uint8(video[0]), args.out, args.fps)
+    write_video(to_uint8(video[0]), args.out, fps)
     summary = {"out": str(args.out), "frames": int(video.shape[1]), "size": list(size), "seconds": round(elapsed, 3),
                "frames_per_second": round((video.shape[1] - 1) / elapsed, 2), "generator": args.generator,
                "model": args.model, "random_init": args.random_init}
