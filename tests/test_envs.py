@@ -59,9 +59,15 @@ def test_import_is_light_and_ids_register_without_import():
     assert out.strip() == "(16, 16, 3) float32"
 
 
-def test_default_model_missing_raises_clearly():
-    with pytest.raises(CheckpointNotFoundError, match="sana-wm-twin-s"):
-        gym.make("SanaWM-Nav-v0")
+def test_default_bundled_model_runs_and_missing_models_raise_clearly(tmp_path):
+    env = gym.make("SanaWM-Nav-v0")  # the bundled model, no arguments
+    obs, _ = env.reset(seed=0)
+    obs2, reward, terminated, truncated, info = env.step(FWD)
+    assert obs["image"].shape == obs2["image"].shape == (64, 64, 3) and np.isfinite(reward)
+    assert len(info["frames_c2w"]) == 6  # one chunk = 3 latent frames x temporal stride 2
+    env.close()
+    with pytest.raises(CheckpointNotFoundError, match="no world-model bundle"):
+        gym.make("SanaWM-Nav-v0", model=tmp_path / "missing")
 
 
 @pytest.mark.parametrize("env_id", env_ids())
