@@ -19,6 +19,7 @@ Every task, when the episode runs in a twin-world scene: leaving the scene bound
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,7 @@ class Episode:
     visited: set = field(default_factory=set)
 
 
-class Task:
+class Task(abc.ABC):
     """Base task: spaces of the extra observation keys, goals, rewards."""
 
     name = "base"
@@ -128,9 +129,9 @@ class Task:
         episode.visited.add(key)
         return 1
 
+    @abc.abstractmethod
     def reward(self, episode: Episode, body: np.ndarray, collided: bool) -> tuple[float, bool, dict[str, Any]]:
         """(reward, terminated, info) after moving to ``body``."""
-        raise NotImplementedError
 
 
 class NavTask(Task):
