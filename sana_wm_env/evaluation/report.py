@@ -55,12 +55,7 @@ def contact_sheet(contact: dict[str, Any], path: str | Path, *, title: str = "")
             if c == 0:
                 ax.set_ylabel(f"{fam}\n{name}", fontsize=7, rotation=0, ha="right", va="center")
     fig.suptitle(title or "generated vs ground truth (first main episode of each family)", fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def psnr_plot(results: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
@@ -97,12 +92,7 @@ def psnr_plot(results: dict[str, Any], path: str | Path, *, title: str = "") -> 
     ax.set_title(title or "PSNR against horizon (dotted: horizon-bin means)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def versions() -> dict[str, str]:
@@ -139,4 +129,16 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     clean = {k: v for k, v in results.items() if not k.startswith("_")}
     path.write_text(json.dumps(_json_safe(clean), indent=2, allow_nan=False) + "\n")
+    return path
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (dpi 100, parent folders created) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
     return path
