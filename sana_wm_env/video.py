@@ -1,4 +1,4 @@
-"""Frames <-> files: model frames in [-1, 1] to uint8, and mp4/gif writing through imageio."""
+"""Frames <-> files: model frames in [-1, 1] to uint8, and mp4/gif writing through imageio (mp4 also streamed)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,59 @@ def from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return x.movedim(-1, -3).float() / 127.5 - 1.0
 
 
+class VideoWriter:
+    """Append uint8 ``(n, H, W, 3)`` frames to an mp4 (libx264, yuv420p) as they come: memory is one chunk.
+
+    Odd sizes are padded by one edge-replicated row/column (yuv420p needs even sizes). Use as a context manager
+    or call :meth:`close`; ``frames`` counts what was written.
+    """
+
+    def __init__(self, path: str | Path, fps: float) -> None:
+        path = Path(path)
+        if path.suffix.lower() != ".mp4":
+            raise ValueError(f"path must end in .mp4 for streamed writing, got {str(path)!r}")
+        if not np.isfinite(fps) or fps <= 0:
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.fps, self.frames = path, float(fps), 0
+        self._hw: tuple[int, int] | None = None
+        self._gen = None
+
+    def write(self, frames: np.ndarray) -> None:
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 (n, H, W, 3), got {frames.dtype} {frames.shape}")
+        if self._hw is None:
+            import imageio_ffmpeg
+
+            self._hw = frames.shape[1:3]
+            h, w = self._hw[0] + self._hw[0] % 2, self._hw[1] + self._hw[1] % 2
+            self._gen = imageio_ffmpeg.write_frames(str(self.path), (w, h), fps=self.fps, codec="libx264",
+                                                    macro_block_size=1)
+            self._gen.send(None)
+        elif frames.shape[1:3] != self._hw:
+            raise ValueError(f"frames must keep the size {self._hw} of the first frames, got {frames.shape[1:3]}")
+        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+        if pad_h or pad_w:
+            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+        for f in frames:
+            self._gen.send(np.ascontiguousarray(f).tobytes())
+        self.frames += len(frames)
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+            self._gen = None
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     """Write ``(F, H, W, 3)`` uint8 frames as mp4 (libx264) or gif, chosen by the suffix."""
     import imageio.v3 as iio
@@ -37,12 +90,8 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float) -> Path:
     if path.suffix.lower() == ".gif":
         iio.imwrite(path, frames, duration=1000.0 / fps, loop=0)
     elif path.suffix.lower() == ".mp4":
-        # libx264 with yuv420p needs even sizes; pad by edge replication rather than resampling
-        pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
-        if pad_h or pad_w:
-            frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        iio.imwrite(path, frames, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+        with VideoWriter(path, fps) as writer:
+            writer.write(frames)
     else:
         raise ValueError(f"unsupported video suffix {path.suffix!r}; use .mp4 or .gif")
     return path
-

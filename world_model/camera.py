@@ -65,6 +65,7 @@ __all__ = [
     "so3_log",
     "validate_c2w",
     "validate_intrinsics",
+    "validate_intrinsics_for_image",
 ]
 
 _QUAT_NORM_TOL = 1e-2
@@ -224,6 +225,28 @@ def validate_intrinsics(intrinsics: ArrayLike, name: str = "intrinsics") -> torc
         raise ValueError(
             f"{_index_str(name, i, k4.shape[:-1])} has non-positive focal length "
             f"(fx={float(f[0]):.4g}, fy={float(f[1]):.4g}); expected fx > 0 and fy > 0 in pixels"
+        )
+    return k4
+
+
+def validate_intrinsics_for_image(intrinsics: ArrayLike, image_hw: tuple[int, int], name: str = "intrinsics"):
+    """Validate intrinsics (see :func:`validate_intrinsics`) and check they belong to an ``image_hw`` image.
+
+    The principal point must lie inside the image (``0 <= cx <= W``, ``0 <= cy <= H``): intrinsics of a
+    different resolution (the usual mistake: calibration at full sensor size, image downscaled) fail here,
+    with the image size they look like they were made for.
+    """
+    k4 = validate_intrinsics(intrinsics, name)
+    h, w = _check_hw(image_hw, "image_hw")
+    flat = k4.reshape(-1, 4)
+    bad = (flat[:, 2] < 0) | (flat[:, 2] > w) | (flat[:, 3] < 0) | (flat[:, 3] > h)
+    if bad.any():
+        i = int(torch.nonzero(bad)[0])
+        fx, fy, cx, cy = (float(v) for v in flat[i])
+        raise ValueError(
+            f"{_index_str(name, i, k4.shape[:-1])} do not fit a {w}x{h} (WxH) image: the principal point "
+            f"(cx={cx:.4g}, cy={cy:.4g}) lies outside it; they look like intrinsics of a ~{2 * cx:.0f}x{2 * cy:.0f} "
+            f"image. Give [fx, fy, cx, cy] in pixels of this image"
         )
     return k4
 

@@ -59,6 +59,7 @@ class GeneratorState:
     frames_done: int = 1  # pixel frames so far, frame 0 included
     last_c2w: torch.Tensor | None = None  # (B, 4, 4) world pose of the last frame
     history_c2w: torch.Tensor | None = None  # bidirectional only: all poses so far (B, F, 4, 4)
+    latents: torch.Tensor | None = None  # causal: the last step's clean latents (B, C, t, h, w) (chunk 0: frame 0 too)
 
     @property
     def batch_size(self) -> int:
@@ -294,7 +295,7 @@ class _CausalGenerator(_Generator):
         frames = video.permute(0, 2, 1, 3, 4)
         new_state = dataclasses.replace(
             state, cache=cache, uncond_cache=uncond_cache, decode=decode, chunk_index=state.chunk_index + 1,
-            frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(),
+            frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(), latents=x.detach(),
         )
         return frames, new_state
 

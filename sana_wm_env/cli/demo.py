@@ -104,8 +104,11 @@ def _label_bar(width: int, texts: list[tuple[int, str]], height: int = 18) -> np
 
 
 def side_by_side(generated: np.ndarray, truth: np.ndarray, scale: int, left: str, right: str,
-                 fps: float) -> np.ndarray:
-    """uint8 (F, H, W, 3) pairs -> labelled video frames (F, 18 + H*scale, 2*W*scale + 4, 3)."""
+                 fps: float, first_index: int = 0) -> np.ndarray:
+    """uint8 (F, H, W, 3) pairs -> labelled video frames (F, 18 + H*scale, 2*W*scale + 4, 3).
+
+    ``first_index``: video index of the first frame given (for the time label when called chunk by chunk).
+    """
     if generated.shape != truth.shape:
         raise ValueError(f"generated and truth must have the same shape, got {generated.shape}, {truth.shape}")
     big_g = generated.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -116,7 +119,7 @@ def side_by_side(generated: np.ndarray, truth: np.ndarray, scale: int, left: str
     out = np.empty((f, h + 18, body.shape[2], 3), np.uint8)
     out[:, 18:] = body
     for i in range(f):
-        out[i, :18] = _label_bar(body.shape[2], [(0, f"{left}  t={i / fps:4.1f}s"), (w + 4, right)])
+        out[i, :18] = _label_bar(body.shape[2], [(0, f"{left}  t={(first_index + i) / fps:4.1f}s"), (w + 4, right)])
     return out
 
 

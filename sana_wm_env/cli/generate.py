@@ -17,7 +17,13 @@ import torch
 from tqdm import tqdm
 
 from world_model.bundles import WorldModel, load_world_model, untrained_world_model
-from world_model.camera import fov_to_intrinsics, resize_crop_geometry, resize_crop_intrinsics, se3_exp
+from world_model.camera import (
+    fov_to_intrinsics,
+    resize_crop_geometry,
+    resize_crop_intrinsics,
+    se3_exp,
+    validate_intrinsics_for_image,
+)
 from world_model.config import PRESETS
 from world_model.generators import BidirectionalGenerator, ChunkCausalGenerator
 
@@ -69,11 +75,16 @@ def load_image(path: Path, size_hw: tuple[int, int], intrinsics, fov: float) -> 
 
     if not path.exists():
         raise FileNotFoundError(f"--image {path} does not exist")
-    img = Image.open(path).convert("RGB")
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, SyntaxError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated files
+        raise ValueError(f"--image {path} is not a readable image (png/jpg...): {err}") from None
     src_hw = (img.height, img.width)
     (rh, rw), (top, left) = resize_crop_geometry(src_hw, size_hw)
     img = img.resize((rw, rh), Image.LANCZOS).crop((left, top, left + size_hw[1], top + size_hw[0]))
     if intrinsics is None:
+        if not (isinstance(fov, int | float) and 0 < fov < 180):
+            raise ValueError(f"--fov must be a horizontal field of view in degrees in (0, 180), got {fov!r}")
         k_src = fov_to_intrinsics(fov, *src_hw)
     else:
         try:
@@ -82,6 +93,7 @@ def load_image(path: Path, size_hw: tuple[int, int], intrinsics, fov: float) -> 
             raise ValueError(f"--intrinsics must be fx,fy,cx,cy, got {intrinsics!r}") from None
         if k_src.shape != (4,):
             raise ValueError(f"--intrinsics must be 4 numbers fx,fy,cx,cy, got {intrinsics!r}")
+        validate_intrinsics_for_image(k_src, src_hw, "--intrinsics")
     k = resize_crop_intrinsics(k_src, src_hw, size_hw)
     return from_uint8(np.asarray(img))[None], k.float()
 

@@ -12,7 +12,7 @@ import sys
 
 # Subcommand modules, in the order `sana-wm --help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
-    "info", "generate", "dataset", "play", "train", "distill", "eval", "demo", "evaluate_policy",
+    "info", "generate", "dataset", "play", "train", "distill", "eval", "demo", "evaluate_policy", "replay",
 )
 
 

@@ -1,0 +1,228 @@
+"""``sana-wm replay``: render a recorded trajectory (drone flight, handheld camera, robot bag) from a first image.
+
+The trajectory is read (TUM, EuRoC CSV, KITTI, ROS 2 bag, .npz/.npy; --format auto), cut to a window
+(--start/--duration, seconds of the recording), resampled to the model's frame rate (--time-scale S plays it
+S times slower), turned into OpenCV camera poses (REP-103 body poses go through --mount) and made relative to its
+first pose. The model streams it chunk by chunk with constant memory; the mp4 is written as it goes.
+
+Writes OUT (mp4), OUT.tum (the camera poses actually rendered, relative to the first one, stamped in the
+recording's clock: compare with `evo_ape tum GROUND_TRUTH OUT.tum -as`) and OUT.json (model, intrinsics, mount,
+frame count, timing). --twin FAMILY/SEED also renders a twin world along the same path (placed level inside the
+scene; its first render is the first frame, so --image is not used) and writes generated | ground truth side by
+side. Stamp gaps up to --max-gap seconds are interpolated, longer ones fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+CONVENTION_CHOICES = ("opencv", "rep103")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from sana_wm_env.replay import MAX_GAP_S
+    from sana_wm_env.trajectories import FORMATS
+
+    p = subparsers.add_parser(
+        "replay", help="render a recorded trajectory with the world model (mp4 + TUM + JSON)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("trajectory", type=Path, help="trajectory file or ROS 2 bag")
+    p.add_argument("--image", type=Path, default=None, help="first frame (png/jpg); resized and centre-cropped")
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="trajectory format (default: auto)")
+    p.add_argument("--topic", default=None, help="bag topic (Odometry, Pose*, TF child frame with --child-frame)")
+    p.add_argument("--parent-frame", default=None, help="bag /tf: parent frame")
+    p.add_argument("--child-frame", default=None, help="bag /tf: child frame")
+    p.add_argument("--convention", choices=CONVENTION_CHOICES, default=None,
+                   help="body convention when the file does not state it (TUM): opencv = camera poses, rep103 = "
+                        "robot body poses")
+    k = p.add_mutually_exclusive_group()
+    k.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy of --image in its own pixels")
+    k.add_argument("--fov", type=float, default=None, help="horizontal field of view of --image in degrees "
+                   "(default: the model's)")
+    p.add_argument("--mount", default=None,
+                   help="camera on a REP-103 body: x,y,z (m),roll,pitch,yaw (deg; +pitch looks down). Default: "
+                        "at the body origin looking along +x")
+    p.add_argument("--fps", type=float, default=None, help="frame rate to render at (default: the model's)")
+    p.add_argument("--time-scale", type=float, default=1.0, help="play back S times slower (>1) or faster (<1)")
+    p.add_argument("--start", type=float, default=0.0, help="window start, seconds into the recording")
+    p.add_argument("--duration", type=float, default=None, help="window length in recorded seconds (default: all)")
+    p.add_argument("--max-gap", type=float, default=MAX_GAP_S,
+                   help="interpolate stamp gaps up to this many seconds, fail on longer (default: %(default)s)")
+    p.add_argument("--twin", default=None, metavar="FAMILY/SEED", help="also render this twin world (e.g. rooms/0)")
+    p.add_argument("--refine", nargs="?", const="bundled", default=None, metavar="REFINER",
+                   help="refine the stage-1 latents: a refiner folder (default: the model bundle's refiner/)")
+    p.add_argument("--prompt", default=None, help="text prompt for refiners that take one")
+    p.add_argument("--model", default="default", help="world-model bundle (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, default=Path("outputs/replay.mp4"), help="mp4 path (default: %(default)s)")
+    p.set_defaults(func=run)
+
+
+def parse_mount(text: str | None) -> tuple[np.ndarray | None, list[float] | None]:
+    """``x,y,z,roll,pitch,yaw`` (metres, degrees) -> (T_body_cam, the six numbers)."""
+    if text is None:
+        return None, None
+    from sana_wm_env.trajectories import camera_mount
+
+    try:
+        vals = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--mount must be x,y,z,roll,pitch,yaw (metres, degrees), got {text!r}") from None
+    if len(vals) != 6:
+        raise ValueError(f"--mount must be 6 numbers x,y,z,roll,pitch,yaw (metres, degrees), got {text!r}")
+    return camera_mount(vals[:3], np.radians(vals[3:])), vals
+
+
+def parse_twin(text: str):
+    from sana_wm_env.scenes import FAMILIES, make_scene
+
+    family, _, seed = text.partition("/")
+    if family not in FAMILIES or not seed.isdigit():
+        raise ValueError(f"--twin must be FAMILY/SEED with FAMILY one of {', '.join(FAMILIES)}, got {text!r}")
+    return make_scene(family, int(seed))
+
+
+def sidecar_paths(out: Path) -> tuple[Path, Path]:
+    """(TUM path, JSON path) written next to the video."""
+    if out.suffix.lower() != ".mp4":
+        raise ValueError(f"--out must be an .mp4 path, got {str(out)!r}")
+    return out.with_suffix(".tum"), out.with_suffix(".json")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from sana_wm_env.cli.demo import side_by_side
+    from sana_wm_env.cli.eval import load_model_or_explain
+    from sana_wm_env.cli.generate import load_image
+    from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
+    from sana_wm_env.replay import check_length, place_in_scene, prepare_path, stream_replay
+    from sana_wm_env.trajectories import load, save
+    from sana_wm_env.video import VideoWriter, from_uint8, to_uint8
+    from world_model.camera import fov_to_intrinsics
+
+    # ---- everything that can be wrong with the input fails here, before any generation ----
+    tum_path, json_path = sidecar_paths(args.out)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be a positive int, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.twin is None and args.image is None:
+        raise ValueError("--image FIRST.png is required (or --twin FAMILY/SEED, whose render is the first frame)")
+    if args.twin is not None and (args.image is not None or args.intrinsics is not None or args.fov is not None):
+        raise ValueError("--twin renders the first frame itself with the model's camera; drop --image/--intrinsics/"
+                         "--fov (or drop --twin to start from your image)")
+    mount, mount_vals = parse_mount(args.mount)
+    model = load_model_or_explain(args.model, args.device)
+    fps = model.fps if args.fps is None else args.fps
+    h, w = model.image_hw
+    traj = load(args.trajectory, format=args.format, topic=args.topic, parent_frame=args.parent_frame,
+                child_frame=args.child_frame)
+    if traj.convention == "unknown" and args.convention is not None:
+        traj = traj.with_convention(args.convention)
+    elif args.convention is not None and args.convention != traj.convention:
+        raise ValueError(f"--convention {args.convention}: {args.trajectory} states its convention as "
+                         f"{traj.convention!r}")
+    if traj.convention == "unknown":
+        raise ValueError(f"{args.trajectory} does not say whether it holds camera or body poses; pass --convention "
+                         "opencv (camera: x right, y down, z forward) or rep103 (robot body: x forward, y left, z up)")
+    path = prepare_path(traj, fps=fps, time_scale=args.time_scale, start=args.start, duration=args.duration,
+                        mount=mount, max_gap=args.max_gap)
+    gen = model.streaming_generator()
+    check_length(gen, len(path))
+    scene = world = None
+    if args.twin is not None:
+        scene = parse_twin(args.twin)
+        world = place_in_scene(scene, path.c2w, seed=args.seed)
+        k4 = fov_to_intrinsics(model.fov_deg, h, w).float()
+        image = None
+    else:
+        image, k4 = load_image(args.image, (h, w), args.intrinsics, model.fov_deg if args.fov is None else args.fov)
+    refiner = None
+    if args.refine is not None:
+        from world_model.refiner import load_refiner
+
+        refiner = load_refiner(model.path / "refiner" if args.refine == "bundled" and model.path else args.refine,
+                               device=args.device, what=f"the refiner of model {model.name!r}"
+                               if args.refine == "bundled" else "--refine")
+        refiner.check_compatible(model.codec)
+
+    # ---- generation ----
+    renderer = None
+    stage1_out = args.out.with_name(args.out.stem + "_stage1.mp4") if refiner is not None else args.out
+    latents: list[torch.Tensor] = []
+    psnr_sum, psnr_n = 0.0, 0
+    scale = max(1, 256 // h)
+    writer = VideoWriter(stage1_out, fps)
+    try:
+        if scene is not None:
+            from sana_wm_env.scenes import SceneRenderer
+
+            renderer = SceneRenderer(scene, h, w, depth=False)
+            image = from_uint8(renderer.render(world[0], k4.double().numpy())[0])[None]
+
+        def on_chunk(frames, first, state):
+            nonlocal psnr_sum, psnr_n
+            u8 = to_uint8(frames)
+            if refiner is not None and first > 0:
+                latents.append(state.latents.cpu())
+            if renderer is None:
+                writer.write(u8)
+                return
+            truth = np.stack([renderer.render(world[first + i], k4.double().numpy())[0] for i in range(len(u8))])
+            writer.write(side_by_side(u8, truth, scale, f"generated ({model.name})", f"twin {args.twin}", fps,
+                                      first_index=first))
+            if first > 0:
+                gt = torch.from_numpy(truth).movedim(-1, -3).double() / 255.0
+                vals = psnr((frames.double().clamp(-1, 1) + 1) / 2, gt, max_db=PSNR_CAP_DB)
+                psnr_sum, psnr_n = psnr_sum + float(vals.sum()), psnr_n + len(vals)
+
+        t0 = time.perf_counter()
+        with torch.inference_mode(), tqdm(total=len(path), initial=1, unit="frame", desc="replay") as bar:
+            stats = stream_replay(gen, image.to(args.device), k4, path.c2w, seed=args.seed, on_chunk=on_chunk,
+                                  progress=lambda done, total: bar.update(done - bar.n))
+        elapsed = time.perf_counter() - t0
+    finally:
+        writer.close()
+        if renderer is not None:
+            renderer.close()
+    refine_info = None
+    if refiner is not None:
+        t1 = time.perf_counter()
+        z = torch.cat(latents, dim=2)
+        with VideoWriter(args.out, fps) as refined_writer:
+            n = refiner.write_refined(z, model.codec, refined_writer, num_frames=len(path), fps=fps,
+                                      prompt=args.prompt, seed=args.seed)
+        refine_info = {"refiner": refiner.describe(), "seconds": round(time.perf_counter() - t1, 3),
+                       "frames": n, "stage1_video": str(stage1_out)}
+    save(path.trajectory(), tum_path, format="tum")
+    summary = {
+        "out": str(args.out), "tum": str(tum_path), "model": model.name,
+        "model_path": str(model.path) if model.path else None, "frames": stats["frames"], "fps": fps,
+        "size": [h, w], "intrinsics": [round(float(v), 6) for v in k4],
+        "intrinsics_source": "twin camera (model fov)" if scene is not None else (
+            "--intrinsics" if args.intrinsics else f"--fov {model.fov_deg if args.fov is None else args.fov}"),
+        "mount_xyz_rpy_deg": mount_vals, "mount_T_body_cam": None if mount is None else mount.round(9).tolist(),
+        "trajectory": {**path.info, "path": str(args.trajectory), "format": args.format, "topic": args.topic,
+                       "rendered_seconds_of_recording": round(float(path.source_times[-1] - path.source_times[0]), 6)},
+        "seed": args.seed, "chunks": stats["chunks"], "padded_tail_frames": stats["padded_tail_frames"],
+        "generator_state_bytes_max": max(stats["state_bytes"]),
+        "seconds": round(elapsed, 3), "frames_per_second": round((stats["frames"] - 1) / elapsed, 2),
+        "device": args.device, "twin": None, "refine": refine_info,
+    }
+    if scene is not None:
+        summary["twin"] = {"scene": args.twin, "start_c2w": world[0].round(9).tolist(),
+                           "psnr_db_mean": round(psnr_sum / max(1, psnr_n), 3), "layout": "generated | twin render"}
+    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out} ({stats['frames']} frames at {fps:g} fps), {tum_path} and {json_path}")
+    print(json.dumps({k: summary[k] for k in ("out", "frames", "seconds", "frames_per_second")}))
+    return 0
