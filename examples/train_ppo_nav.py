@@ -1,11 +1,13 @@
-"""Train PPO on SANA-WM Nav, save it, and evaluate it in the world model and in its MuJoCo twin.
+"""Train PPO on SANA-WM Nav (or ImageNav), save it, and evaluate it in the world model and in its MuJoCo twin.
 
     python examples/train_ppo_nav.py --env-id SanaWM-Nav-v0 --model default --total-steps 50000 --n-envs 8
+    python examples/train_ppo_nav.py --env-id SanaWM-TwinImageNav-v0 --total-steps 100000   # goal given as an image
 
 Choices, top to bottom:
 
 * **Env**: ``SanaWM-Nav-v0`` trains inside the world model ("in imagination"); ``SanaWM-TwinNav-v0`` trains in
-  the MuJoCo twin (ground truth, much faster on CPU). Either way the evaluation runs the trained policy in
+  the MuJoCo twin (ground truth, much faster on CPU); the ``ImageNav`` ids give the goal as an image of the goal
+  view and no pose (the policy must navigate by looking). Either way the evaluation runs the trained policy in
   both worlds on the same seeds, so the table shows the imagination-to-ground-truth gap.
 * **Vector env**: ``policies.sb3.make_sb3_vec_env`` steps all ``--n-envs`` sub-envs in one batched generator
   call (SB3 cannot take Gymnasium vector envs). More sub-envs = more samples per second on the same cores.
@@ -27,11 +29,19 @@ import argparse
 import time
 from pathlib import Path
 
+# env id -> (task name for the evaluation envs, trains in the twin?)
+ENV_TASKS = {
+    "SanaWM-Nav-v0": ("nav", False),
+    "SanaWM-TwinNav-v0": ("nav", True),
+    "SanaWM-ImageNav-v0": ("imagenav", False),
+    "SanaWM-TwinImageNav-v0": ("imagenav", True),
+}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--env-id", default="SanaWM-Nav-v0", choices=("SanaWM-Nav-v0", "SanaWM-TwinNav-v0"),
-                   help="train in the world model or in its twin (default: %(default)s)")
+    p.add_argument("--env-id", default="SanaWM-Nav-v0", choices=tuple(ENV_TASKS),
+                   help="task, and whether to train in the world model or in its twin (default: %(default)s)")
     p.add_argument("--model", default="default",
                    help="world-model bundle name or path; 'none' with the twin env: twin only, no world model")
     p.add_argument("--image-size", type=int, default=None, help="twin without a model: square frame size (64)")
@@ -60,10 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    twin = args.env_id == "SanaWM-TwinNav-v0"
+    task, twin = ENV_TASKS[args.env_id]
     model = None if args.model == "none" else args.model
     if model is None and not twin:
-        raise ValueError("--model none only works with --env-id SanaWM-TwinNav-v0 (the world-model env needs a model)")
+        raise ValueError("--model none only works with a twin --env-id (the world-model env needs a model)")
     geometry = {"image_hw": (args.image_size, args.image_size)} if args.image_size else {}
     if geometry and model is not None:
         raise ValueError("--image-size applies to the twin without a model; a world model has its own size")
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 3. Evaluate the saved policy in the world model and in its twin, on the same held-out seeds.
     summary: dict = {"train_steps": int(agent.num_timesteps), "train_seconds": train_s, "model_path": str(args.out)}
     if args.eval_episodes > 0:
-        envs = make_eval_envs("nav", model, twin_only=model is None, max_steps=args.max_steps, **geometry)
+        envs = make_eval_envs(task, model, twin_only=model is None, max_steps=args.max_steps, **geometry)
         results = evaluate_policy(SB3Policy(args.out), envs, episodes=args.eval_episodes, seed=args.eval_seed)
         for env in envs.values():
             env.close()

@@ -180,3 +180,16 @@ def test_train_ppo_example_smoke(tmp_path):
     other = gym.make("SanaWM-TwinNav-v0", image_hw=(40, 40))
     with pytest.raises(ValueError, match="trained on observations"):
         SB3Policy(zip_path).reset(other)
+
+
+def test_train_ppo_example_imagenav_twin_only(tmp_path):
+    spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    res = example.main(["--env-id", "SanaWM-TwinImageNav-v0", "--model", "none", "--image-size", "36",
+                        "--total-steps", "64", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32",
+                        "--max-steps", "3", "--eval-episodes", "1", "--out", str(tmp_path / "p.zip")])
+    assert res["train_steps"] >= 64 and set(res["worlds"]) == {"twin"}
+    assert res["task"] == "imagenav"
+    with pytest.raises(ValueError, match="twin --env-id"):
+        example.main(["--env-id", "SanaWM-ImageNav-v0", "--model", "none", "--total-steps", "8"])
