@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from sana_wm_env.trajectories.io import _check_convention, _quat_poses
+from sana_wm_env.trajectories.tf import find_chain, interpolate_edge
 from sana_wm_env.trajectories.trajectory import Trajectory, clean_rows
-from world_model import camera as cam
 
 POSE_TYPES: tuple[str, ...] = (
     "geometry_msgs/msg/PoseStamped",
@@ -128,22 +128,7 @@ def _read_pose_topic(reader, sel, p: Path, parent_frame, child_frame, conv: str,
     return traj
 
 
-def _interp_edge(times: np.ndarray, mats: np.ndarray, at: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation, Slerp
-
-    if len(times) == 1:
-        return np.repeat(mats, len(at), axis=0)
-    rot = Slerp(times, Rotation.from_matrix(mats[:, :3, :3]))(at).as_matrix()
-    out = np.tile(np.eye(4), (len(at), 1, 1))
-    out[:, :3, :3] = rot
-    for i in range(3):
-        out[:, i, 3] = np.interp(at, times, mats[:, i, 3])
-    return out
-
-
 def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_invalid: str) -> Trajectory:
-    if parent == child:
-        raise ValueError(f"parent_frame and child_frame are both {parent!r}")
     edges: dict[tuple[str, str], list] = defaultdict(list)  # (parent, child) -> [(t, pos, quat)]
     static: dict[tuple[str, str], tuple] = {}
     parent_of: dict[str, str] = {}
@@ -158,26 +143,8 @@ def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_i
                 static[key] = (x, q)
             else:
                 edges[key].append((_stamp(tr.header), x, q))
-    frames = sorted(set(parent_of) | set(parent_of.values()))
-    for f, name in ((parent, "parent_frame"), (child, "child_frame")):
-        if f not in frames:
-            raise ValueError(f"{name} {f!r} is not in the TF tree of {p}; frames: {', '.join(frames)}")
-
-    def chain_to_root(f: str) -> list[str]:
-        out = [f]
-        while out[-1] in parent_of:
-            out.append(parent_of[out[-1]])
-            if len(out) > len(frames) + 1:
-                raise ValueError(f"{p}: the TF tree has a cycle through {f!r}")
-        return out
-
-    up_c, up_p = chain_to_root(child), chain_to_root(parent)
-    common = next((f for f in up_c if f in up_p), None)
-    if common is None:
-        raise ValueError(f"{parent!r} and {child!r} are in different TF trees of {p} (no common ancestor)")
-    path_c = up_c[: up_c.index(common)]  # frames from child up to (excluding) the common ancestor
-    path_p = up_p[: up_p.index(common)]
-    chain_edges = [(parent_of[f], f) for f in path_c + path_p]
+    chain = find_chain(parent_of, parent, child, str(p))
+    chain_edges = list(chain.edges)
 
     # Per dynamic edge: sorted, cleaned time series.
     series: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
@@ -209,15 +176,9 @@ def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_i
             x, q = static[key]
             return np.repeat(_quat_poses(x[None], q[None], [f"{p}:tf_static {key[0]}->{key[1]}"]), len(times), 0)
         t, m = series[key]
-        return _interp_edge(t, m, times)
+        return interpolate_edge(t, m, times)
 
-    def root_to(path: list[str]) -> np.ndarray:
-        acc = np.tile(np.eye(4), (len(times), 1, 1))
-        for f in reversed(path):  # from the common ancestor down to the frame
-            acc = acc @ edge_at((parent_of[f], f))
-        return acc
-
-    poses = cam.se3_inverse(root_to(path_p)).numpy() @ root_to(path_c)
+    poses = chain.compose(edge_at, len(times))
     traj = Trajectory(timestamps=times, poses=poses, convention=conv, frame_id=parent, child_frame_id=child)
     traj.metadata.update(source=f"{p}:tf", dropped_rows=dropped, tf_chain=[f"{a}->{b}" for a, b in chain_edges])
     return traj

@@ -1,0 +1,355 @@
+"""``sana_wm`` ROS 2 node: the robot's pose stream in, world-model camera images out.
+
+A thin bridge around :class:`sana_wm_env.live.LivePoseCamera` (validation, resampling, chunking, generation,
+counters): parameters, subscriptions, message conversion, publishing, services and diagnostics. Generation
+runs on a worker thread so the subscriptions keep draining while a chunk is generated.
+
+Inputs (``input`` parameter): ``odometry`` (nav_msgs/Odometry), ``pose`` (geometry_msgs/PoseStamped),
+``pose_with_covariance`` (PoseWithCovarianceStamped) on ``pose_topic``; or ``tf`` (tf2_msgs/TFMessage on
+``/tf`` and ``/tf_static``, ``parent_frame -> child_frame`` chained here, no tf2_ros needed).
+Outputs: ``~/image`` (rgb8), ``~/camera_info``, ``~/camera_pose`` (the OpenCV camera pose each frame depicts),
+``~/imagined/image`` + ``~/imagined/camera_info``, ``/diagnostics``. Services: ``~/reset`` (std_srvs/Trigger).
+Topics: ``~/imagine`` (nav_msgs/Path), ``seed_image_topic`` (+ optional ``seed_camera_info_topic``).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
+    from nav_msgs.msg import Odometry
+    from nav_msgs.msg import Path as PathMsg
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.node import Node
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_srvs.srv import Trigger
+except ImportError as _err:  # pragma: no cover - exercised only without the ros extra
+    _ROS_IMPORT_ERROR: ImportError | None = _err
+    Node = object  # type: ignore[assignment,misc]
+else:
+    _ROS_IMPORT_ERROR = None
+
+INPUTS = ("odometry", "pose", "pose_with_covariance", "tf")
+ENCODINGS = {"rgb8": (3, False), "bgr8": (3, True), "rgba8": (4, False), "bgra8": (4, True), "mono8": (1, False)}
+INSTALL_HINT = ('the ROS 2 node needs rclpy and the message packages: pip install "sana-wm-env[ros]" '
+                "(Python 3.11, x86_64 Linux), or source a ROS 2 workspace")
+TF2_HINT = ("input 'tf' needs tf2_msgs, which is not on PyPI: in a ROS 2 workspace it comes with ROS; in a pip "
+            "venv build it once with `python -m sana_wm_ros.build_tf2_msgs`")
+
+
+def stamp_to_sec(stamp) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_stamp(t: float, stamp) -> None:
+    """Fill a builtin_interfaces/Time in place from seconds (rounded to the nanosecond)."""
+    ns = int(round(t * 1e9))
+    stamp.sec, stamp.nanosec = ns // 1_000_000_000, ns % 1_000_000_000
+
+
+def image_to_array(msg) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 (H, W, 3) RGB."""
+    if msg.encoding not in ENCODINGS:
+        raise ValueError(f"seed image encoding must be one of {', '.join(ENCODINGS)}, got {msg.encoding!r}")
+    ch, bgr = ENCODINGS[msg.encoding]
+    buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
+    if msg.step < msg.width * ch or len(buf) < msg.step * msg.height:
+        raise ValueError(f"seed image: {len(buf)} bytes do not fit {msg.height}x{msg.width} {msg.encoding} "
+                         f"with step {msg.step}")
+    arr = buf[: msg.step * msg.height].reshape(msg.height, msg.step)[:, : msg.width * ch]
+    arr = arr.reshape(msg.height, msg.width, ch)
+    if ch == 1:
+        return np.repeat(arr, 3, axis=2)
+    arr = arr[..., :3]
+    return np.ascontiguousarray(arr[..., ::-1] if bgr else arr)
+
+
+def array_to_image(arr: np.ndarray, t: float, frame_id: str):
+    """uint8 (H, W, 3) RGB -> sensor_msgs/Image rgb8 stamped ``t``."""
+    msg = Image()
+    sec_to_stamp(t, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding, msg.is_bigendian, msg.step = "rgb8", 0, 3 * int(arr.shape[1])
+    msg.data = np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+    return msg
+
+
+def camera_info(k: np.ndarray, hw: tuple[int, int], t: float, frame_id: str):
+    """sensor_msgs/CameraInfo for pinhole intrinsics ``[fx, fy, cx, cy]`` (no distortion)."""
+    fx, fy, cx, cy = (float(x) for x in k)
+    msg = CameraInfo()
+    sec_to_stamp(t, msg.header.stamp)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(hw[0]), int(hw[1])
+    msg.distortion_model = "plumb_bob"
+    msg.d = [0.0] * 5
+    msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
+
+
+def _pose_of(p) -> tuple[list[float], list[float]]:
+    return [p.position.x, p.position.y, p.position.z], [p.orientation.x, p.orientation.y, p.orientation.z,
+                                                        p.orientation.w]
+
+
+class SanaWMNode(Node):
+    """The ``sana_wm`` node. ``model`` (a loaded WorldModel) overrides the ``model`` parameter (tests)."""
+
+    def __init__(self, model=None, **node_kwargs) -> None:
+        if _ROS_IMPORT_ERROR is not None:
+            raise RuntimeError(INSTALL_HINT) from _ROS_IMPORT_ERROR
+        super().__init__("sana_wm", **node_kwargs)
+        from sana_wm_env.live import LivePoseCamera
+        from sana_wm_env.trajectories import camera_mount
+
+        p = self._declare_all()
+        if p["input"] not in INPUTS:
+            raise ValueError(f"parameter input must be one of {', '.join(INPUTS)}, got {p['input']!r}")
+        if p["torch_threads"] > 0:
+            import torch
+
+            torch.set_num_threads(p["torch_threads"])
+        self.params = p
+        self.camera = LivePoseCamera(
+            p["model"] if model is None else model, mount=camera_mount(p["mount_xyz"], p["mount_rpy"]),
+            fps=p["fps"] if p["fps"] > 0 else None, seed=p["seed"], device=p["device"], max_gap=p["max_gap"],
+            max_lag=p["max_lag"],
+        )
+        self.frame_id = p["frame_id"]
+        self._world_frame_id = p["parent_frame"] if p["input"] == "tf" else "world"
+        sensor = qos_profile_sensor_data
+        self.pub_image = self.create_publisher(Image, "~/image", sensor)
+        self.pub_info = self.create_publisher(CameraInfo, "~/camera_info", sensor)
+        self.pub_pose = self.create_publisher(PoseStamped, "~/camera_pose", sensor)
+        self.pub_imagined = self.create_publisher(Image, "~/imagined/image", sensor)
+        self.pub_imagined_info = self.create_publisher(CameraInfo, "~/imagined/camera_info", sensor)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        pose_qos = QoSProfile(depth=p["pose_queue"], reliability=ReliabilityPolicy.BEST_EFFORT)
+        if p["input"] == "tf":
+            self._setup_tf(p, pose_qos)
+        else:
+            msg_type = {"odometry": Odometry, "pose": PoseStamped, "pose_with_covariance": PoseWithCovarianceStamped}
+            self.create_subscription(msg_type[p["input"]], p["pose_topic"], self._on_pose_msg, pose_qos)
+        if p["initial_image"]:
+            k = p["seed_intrinsics"] or None
+            self.camera.set_seed(Path(p["initial_image"]).expanduser(), k)
+        self._seed_k = None
+        if p["seed_image_topic"]:
+            self.create_subscription(Image, p["seed_image_topic"], self._on_seed_image, sensor)
+        if p["seed_camera_info_topic"]:
+            self.create_subscription(CameraInfo, p["seed_camera_info_topic"], self._on_seed_info, sensor)
+        self.create_subscription(PathMsg, "~/imagine", self._on_imagine, 10)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
+        self.latencies: list[float] = []
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="sana_wm_generator", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"sana_wm: model {self.camera.model.name} {self.camera.image_hw[1]}x{self.camera.image_hw[0]} at "
+            f"{self.camera.fps:g} fps, input {p['input']} "
+            f"({p['pose_topic'] if p['input'] != 'tf' else p['parent_frame'] + ' -> ' + p['child_frame']})")
+
+    def _declare_all(self) -> dict:
+        defaults = {
+            "model": "default", "device": "cpu", "seed": 0, "fps": 0.0, "torch_threads": 0,
+            "input": "odometry", "pose_topic": "/odom", "pose_queue": 100,
+            "tf_topic": "/tf", "tf_static_topic": "/tf_static", "parent_frame": "odom", "child_frame": "base_link",
+            "tf_hold": 0.1,
+            "mount_xyz": [0.0, 0.0, 0.0], "mount_rpy": [0.0, 0.0, 0.0], "frame_id": "sana_wm_camera_optical_frame",
+            "initial_image": "", "seed_intrinsics": [0.0], "seed_image_topic": "", "seed_camera_info_topic": "",
+            "max_gap": 0.5, "max_lag": 2.0, "stall_timeout": 1.0, "diagnostics_period": 1.0,
+        }
+        out = {}
+        for name, value in defaults.items():
+            out[name] = self.declare_parameter(name, value).value
+        k = [float(x) for x in out["seed_intrinsics"]]
+        if k not in ([0.0], []) and len(k) != 4:
+            raise ValueError(f"parameter seed_intrinsics must be [fx, fy, cx, cy] (or [0.0]: from the model FoV), "
+                             f"got {k}")
+        out["seed_intrinsics"] = k if len(k) == 4 else []
+        return out
+
+    # ---------------------------------------------------------------------------------------------- inputs
+    def _feed(self, t: float, pos, quat) -> None:
+        status = self.camera.add_pose(t, pos, quat)
+        log = self.get_logger()
+        if status == "nan":
+            log.warning("dropped a pose with NaN/inf values", throttle_duration_sec=2.0)
+        elif status == "invalid":
+            log.warning("dropped a pose whose quaternion is not unit length", throttle_duration_sec=2.0)
+        elif status in ("duplicate", "out_of_order"):
+            log.warning(f"dropped a pose with a {status.replace('_', '-')} stamp {t:.9f}", throttle_duration_sec=2.0)
+        elif status == "gap":
+            log.warning(f"gap in the pose stream (> {self.camera.max_gap} s): holding, resuming at {t:.3f}",
+                        throttle_duration_sec=2.0)
+        elif status == "waiting_for_seed":
+            log.info("waiting for a seed image (initial_image or seed_image_topic)", throttle_duration_sec=5.0)
+
+    def _on_pose_msg(self, msg) -> None:
+        pose = msg.pose if isinstance(msg, PoseStamped) else msg.pose.pose
+        self._world_frame_id = msg.header.frame_id or self._world_frame_id
+        self._feed(stamp_to_sec(msg.header.stamp), *_pose_of(pose))
+
+    def _setup_tf(self, p: dict, qos) -> None:
+        try:
+            from tf2_msgs.msg import TFMessage
+        except ImportError as err:
+            raise RuntimeError(TF2_HINT) from err
+        from sana_wm_env.trajectories.tf import TFBuffer
+
+        self.tf = TFBuffer(max_samples=1000)
+        self._tf_lock = threading.Lock()
+        static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                reliability=ReliabilityPolicy.RELIABLE)
+        self.create_subscription(TFMessage, p["tf_topic"], lambda m: self._on_tf(m, False), qos)
+        self.create_subscription(TFMessage, p["tf_static_topic"], lambda m: self._on_tf(m, True), static_qos)
+
+    def _on_tf(self, msg, static: bool) -> None:
+        with self._tf_lock:
+            for tr in msg.transforms:
+                r, q = tr.transform.translation, tr.transform.rotation
+                self.tf.add(tr.header.frame_id, tr.child_frame_id, stamp_to_sec(tr.header.stamp),
+                            [r.x, r.y, r.z], [q.x, q.y, q.z, q.w], static=static)
+            new = self.tf.poll(self.params["parent_frame"], self.params["child_frame"], self.params["tf_hold"])
+        from world_model.camera import rotmat_to_quat
+
+        for t, T in new:
+            self._feed(t, T[:3, 3], rotmat_to_quat(T[:3, :3]).numpy())
+
+    def _on_seed_info(self, msg) -> None:
+        self._seed_k = [msg.k[0], msg.k[4], msg.k[2], msg.k[5]]
+
+    def _on_seed_image(self, msg) -> None:
+        try:
+            arr = image_to_array(msg)
+            k = self._seed_k or self.params["seed_intrinsics"] or None
+            self.camera.set_seed(arr, k)
+        except ValueError as err:
+            self.get_logger().warning(f"seed image ignored: {err}", throttle_duration_sec=5.0)
+
+    def _on_imagine(self, msg) -> None:
+        from sana_wm_env.trajectories.tf import pose_matrix
+
+        if not msg.poses:
+            self.get_logger().warning("~/imagine: empty path ignored")
+            return
+        try:
+            stamps = np.array([stamp_to_sec(ps.header.stamp) for ps in msg.poses])
+            poses = np.stack([pose_matrix(*_pose_of(ps.pose)) for ps in msg.poses])
+            ok = len(stamps) > 1 and bool(np.all(np.diff(stamps) > 0))
+            self.camera.request_imagine(stamps if ok else None, poses)
+        except ValueError as err:
+            self.get_logger().warning(f"~/imagine: path ignored: {err}")
+
+    def _on_reset(self, request, response):
+        response.success = self.camera.request_reset()
+        response.message = ("restarting from the latest seed image" if response.success
+                            else "no seed image yet (set initial_image or publish on seed_image_topic)")
+        return response
+
+    # --------------------------------------------------------------------------------------------- outputs
+    def _work(self) -> None:
+        from world_model.camera import rotmat_to_quat
+
+        while not self._stop.is_set():
+            try:
+                frames = self.camera.process(timeout=0.1)
+            except Exception as err:  # keep the node alive; the error is reported
+                self.get_logger().error(f"generation failed: {err!r}")
+                continue
+            k, hw = self.camera.intrinsics, self.camera.image_hw
+            for f in frames:
+                if self._stop.is_set():
+                    return
+                img = array_to_image(f.image, f.stamp, self.frame_id)
+                info = camera_info(k, hw, f.stamp, self.frame_id)
+                if f.imagined:
+                    self.pub_imagined.publish(img)
+                    self.pub_imagined_info.publish(info)
+                    continue
+                pose = PoseStamped()
+                pose.header.stamp = img.header.stamp
+                pose.header.frame_id = self._world_frame_id
+                q = rotmat_to_quat(f.c2w[:3, :3]).numpy()
+                (pose.pose.position.x, pose.pose.position.y, pose.pose.position.z) = (float(x) for x in f.c2w[:3, 3])
+                (pose.pose.orientation.x, pose.pose.orientation.y, pose.pose.orientation.z,
+                 pose.pose.orientation.w) = (float(x) for x in q)
+                self.pub_image.publish(img)
+                self.pub_info.publish(info)
+                self.pub_pose.publish(pose)
+                if f.latency is not None:
+                    self.latencies.append(f.latency)
+                    del self.latencies[:-1000]
+
+    def _publish_diagnostics(self) -> None:
+        s = self.camera.stats()
+        status = DiagnosticStatus()
+        status.name = f"{self.get_name()}: world-model camera"
+        status.hardware_id = self.camera.model.name
+        level, msgs = DiagnosticStatus.OK, []
+        if not s["has_seed"]:
+            level, msgs = DiagnosticStatus.WARN, ["waiting for a seed image"]
+        if s["since_last_pose_s"] is not None and s["since_last_pose_s"] > self.params["stall_timeout"]:
+            level = DiagnosticStatus.WARN
+            msgs.append(f"no pose for {s['since_last_pose_s']:.1f} s: holding the last frame")
+        if s["lag_s"] > self.camera.max_lag:
+            level = DiagnosticStatus.WARN
+            msgs.append(f"generation lags {s['lag_s']:.2f} s behind the poses")
+        if s["dropped_frames"]:
+            msgs.append(f"{s['dropped_frames']} frames dropped to keep up")
+        status.level = level
+        status.message = "; ".join(msgs) or "generating"
+        status.values = [KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in s.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [status]
+        self.pub_diag.publish(arr)
+
+    def close(self) -> None:
+        """Stop the worker thread (idempotent)."""
+        self._stop.set()
+        self.camera.close()
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout=10.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``sana-wm-ros``: run the node until SIGINT/SIGTERM (ROS args: ``--ros-args -p k:=v``)."""
+    if _ROS_IMPORT_ERROR is not None:
+        print(f"sana-wm-ros: {INSTALL_HINT} ({_ROS_IMPORT_ERROR})", file=sys.stderr)
+        return 1
+    rclpy.init(args=sys.argv if argv is None else argv)
+    node = None
+    try:
+        node = SanaWMNode()
+        executor = MultiThreadedExecutor(num_threads=2)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except (ValueError, RuntimeError) as err:
+        print(f"sana-wm-ros: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.close()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    print("sana-wm-ros: shut down", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

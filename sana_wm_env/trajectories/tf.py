@@ -1,0 +1,201 @@
+"""TF trees without tf2: frame chains, static and dynamic edges, lookups (bag reader and the live ROS node).
+
+``TFBuffer`` keeps the edges seen on ``/tf`` (dynamic, timestamped samples) and ``/tf_static`` (one pose each).
+``find_chain`` walks ``parent -> child`` through the common ancestor; ``TFChain.compose`` multiplies the edges
+along it. Dynamic edges are interpolated at a query time (linear translation, slerp rotation). The output
+stamps of a chain are those of its *driving* edge, the dynamic edge with the most samples.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from world_model import camera as cam
+
+Edge = tuple[str, str]  # (parent frame, child frame)
+
+
+def _frame(name: str) -> str:
+    return name.lstrip("/")
+
+
+def pose_matrix(pos, quat_xyzw) -> np.ndarray:
+    """(4, 4) from a position and an xyzw quaternion (near-unit quaternions are normalised)."""
+    t = np.eye(4)
+    t[:3, :3] = cam.quat_to_rotmat(np.asarray(quat_xyzw, dtype=np.float64)).numpy()
+    t[:3, 3] = pos
+    return t
+
+
+def interpolate_edge(times: np.ndarray, mats: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Poses (M, 4, 4) of a sampled edge at times ``at`` (M,) inside [times[0], times[-1]]."""
+    from scipy.spatial.transform import Rotation, Slerp
+
+    if len(times) == 1:
+        return np.repeat(mats[:1], len(at), axis=0)
+    rot = Slerp(times, Rotation.from_matrix(mats[:, :3, :3]))(at).as_matrix()
+    out = np.tile(np.eye(4), (len(at), 1, 1))
+    out[:, :3, :3] = rot
+    for i in range(3):
+        out[:, i, 3] = np.interp(at, times, mats[:, i, 3])
+    return out
+
+
+@dataclass(frozen=True)
+class TFChain:
+    """The edges from ``parent`` to ``child``: up from ``child`` and up from ``parent`` to their common ancestor."""
+
+    parent: str
+    child: str
+    up_child: tuple[Edge, ...]  # edges on the child's side, child first
+    up_parent: tuple[Edge, ...]  # edges on the parent's side, parent first
+
+    @property
+    def edges(self) -> tuple[Edge, ...]:
+        return self.up_child + self.up_parent
+
+    def compose(self, edge_at: Callable[[Edge], np.ndarray], n: int) -> np.ndarray:
+        """``T_parent_child`` (n, 4, 4) given ``edge_at(edge) -> (n, 4, 4)`` poses of each edge."""
+
+        def root_to(up: tuple[Edge, ...]) -> np.ndarray:
+            acc = np.tile(np.eye(4), (n, 1, 1))
+            for e in reversed(up):  # from the common ancestor down to the frame
+                acc = acc @ edge_at(e)
+            return acc
+
+        return cam.se3_inverse(root_to(self.up_parent)).numpy() @ root_to(self.up_child)
+
+
+def find_chain(parent_of: dict[str, str], parent: str, child: str, source: str = "TF") -> TFChain:
+    """The chain ``parent -> child`` in a tree given by ``parent_of[frame]``; ValueError names what is missing."""
+    if parent == child:
+        raise ValueError(f"parent_frame and child_frame are both {parent!r}")
+    frames = sorted(set(parent_of) | set(parent_of.values()))
+    for f, name in ((parent, "parent_frame"), (child, "child_frame")):
+        if f not in frames:
+            raise ValueError(f"{name} {f!r} is not in the TF tree of {source}; frames: {', '.join(frames) or '(none)'}")
+
+    def to_root(f: str) -> list[str]:
+        out = [f]
+        while out[-1] in parent_of:
+            out.append(parent_of[out[-1]])
+            if len(out) > len(frames) + 1:
+                raise ValueError(f"{source}: the TF tree has a cycle through {f!r}")
+        return out
+
+    up_c, up_p = to_root(child), to_root(parent)
+    common = next((f for f in up_c if f in up_p), None)
+    if common is None:
+        raise ValueError(f"{parent!r} and {child!r} are in different TF trees of {source} (no common ancestor)")
+    edges_c = tuple((parent_of[f], f) for f in up_c[: up_c.index(common)])
+    edges_p = tuple((parent_of[f], f) for f in up_p[: up_p.index(common)])
+    return TFChain(parent=parent, child=child, up_child=edges_c, up_parent=edges_p)
+
+
+class TFBuffer:
+    """Edges of a TF tree: static poses and, per dynamic edge, the last ``max_samples`` timestamped poses.
+
+    ``max_samples=None`` keeps everything (bag reading); the live node bounds it so a long run or a burst cannot
+    grow memory. Out-of-order samples of an edge are dropped (and counted in ``dropped``).
+    """
+
+    def __init__(self, max_samples: int | None = 1000) -> None:
+        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
+            raise ValueError(f"max_samples must be None or an int >= 2, got {max_samples!r}")
+        self.max_samples = max_samples
+        self.parent_of: dict[str, str] = {}
+        self.static: dict[Edge, np.ndarray] = {}
+        self.dynamic: dict[Edge, deque] = defaultdict(lambda: deque(maxlen=self.max_samples))
+        self.counts: dict[Edge, int] = defaultdict(int)  # samples ever received per dynamic edge
+        self.dropped = 0
+        self._emitted: dict[Edge, float] = {}
+
+    def add(self, parent: str, child: str, stamp: float, pos, quat_xyzw, static: bool = False) -> bool:
+        """Record one transform (``pos`` (3,), ``quat_xyzw`` (4,)); returns False if it was dropped."""
+        key = (_frame(parent), _frame(child))
+        pos = np.asarray(pos, dtype=np.float64)
+        q = np.asarray(quat_xyzw, dtype=np.float64)
+        if not (np.isfinite(pos).all() and np.isfinite(q).all() and np.isfinite(stamp)) \
+                or abs(np.linalg.norm(q) - 1.0) > 1e-2:
+            self.dropped += 1
+            return False
+        self.parent_of[key[1]] = key[0]
+        if static:
+            self.static[key] = pose_matrix(pos, q)
+            return True
+        samples = self.dynamic[key]
+        if samples and stamp <= samples[-1][0]:
+            self.dropped += 1
+            return False
+        samples.append((float(stamp), pose_matrix(pos, q)))
+        self.counts[key] += 1
+        return True
+
+    def chain(self, parent: str, child: str, source: str = "TF") -> TFChain:
+        return find_chain(self.parent_of, _frame(parent), _frame(child), source)
+
+    def series(self, edge: Edge) -> tuple[np.ndarray, np.ndarray]:
+        """(times (N,), poses (N, 4, 4)) of a dynamic edge."""
+        s = self.dynamic.get(edge) or ()
+        return np.array([x[0] for x in s]), np.array([x[1] for x in s]).reshape(-1, 4, 4)
+
+    def driving_edge(self, chain: TFChain) -> Edge | None:
+        """The dynamic edge of ``chain`` with the most samples (its stamps become the chain's), or None if static."""
+        dyn = [e for e in chain.edges if e not in self.static]
+        return max(dyn, key=lambda e: self.counts.get(e, 0)) if dyn else None
+
+    def lookup(self, chain: TFChain, times: np.ndarray, hold: float = 0.0) -> np.ndarray:
+        """``T_parent_child`` (M, 4, 4) at ``times``; each dynamic edge must cover them (``hold`` s past its
+        last sample keeps that sample). ValueError if an edge is missing or does not cover a time."""
+        times = np.asarray(times, dtype=np.float64)
+
+        def edge_at(e: Edge) -> np.ndarray:
+            if e in self.static:
+                return np.repeat(self.static[e][None], len(times), axis=0)
+            t, m = self.series(e)
+            if len(t) == 0:
+                raise ValueError(f"TF edge {e[0]} -> {e[1]} has no samples yet")
+            if times.min() < t[0] or times.max() > t[-1] + hold:
+                raise ValueError(f"TF edge {e[0]} -> {e[1]} covers [{t[0]!r}, {t[-1]!r}] s, not {times.tolist()}")
+            return interpolate_edge(t, m, np.minimum(times, t[-1]))
+
+        return chain.compose(edge_at, len(times))
+
+    def covered_span(self, chain: TFChain) -> tuple[float, float] | None:
+        """The time span every dynamic edge of ``chain`` covers (None if an edge has no samples)."""
+        spans = []
+        for e in chain.edges:
+            if e in self.static:
+                continue
+            t, _ = self.series(e)
+            if len(t) == 0:
+                return None
+            spans.append((t[0], t[-1]))
+        if not spans:
+            return None
+        return max(s[0] for s in spans), min(s[1] for s in spans)
+
+    def poll(self, parent: str, child: str, hold: float = 0.0) -> list[tuple[float, np.ndarray]]:
+        """New ``(stamp, T_parent_child)`` since the last poll of this pair, at the driving edge's stamps that
+        every other dynamic edge covers (``hold`` s past an edge's last sample keeps that sample). Empty while
+        the tree does not connect the two frames yet."""
+        try:
+            chain = self.chain(parent, child)
+        except ValueError:
+            return []
+        drive = self.driving_edge(chain)
+        span = self.covered_span(chain)
+        if drive is None or span is None:
+            return []
+        t, _ = self.series(drive)
+        last = self._emitted.get((parent, child), -np.inf)
+        sel = t[(t > last) & (t >= span[0]) & (t <= span[1] + hold)]
+        if len(sel) == 0:
+            return []
+        poses = self.lookup(chain, sel, hold)
+        self._emitted[(parent, child)] = float(sel[-1])
+        return list(zip(sel.tolist(), poses))

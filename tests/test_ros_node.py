@@ -1,0 +1,315 @@
+"""The sana_wm ROS 2 node over real rclpy (loopback, its own ROS_DOMAIN_ID, localhost-only discovery)."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from geometry_msgs.msg import PoseStamped  # noqa: E402
+from nav_msgs.msg import Odometry  # noqa: E402
+from nav_msgs.msg import Path as PathMsg  # noqa: E402
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.parameter import Parameter  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from sana_wm_env.trajectories import camera_mount, load  # noqa: E402
+from sana_wm_ros.node import SanaWMNode, stamp_to_sec  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "trajectories"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/testdata not beside the repository")
+SEED_IMAGE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
+DOMAIN = random.Random(os.getpid() ^ int(time.time())).randint(100, 200)
+
+
+@pytest.fixture(scope="module")
+def ctx():
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_DOMAIN_ID"] = str(DOMAIN)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=DOMAIN)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+class Harness:
+    """The node under test plus a probe node (publishers, subscribers) spun by one executor thread."""
+
+    def __init__(self, ctx, params: dict, model=None) -> None:
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.node = SanaWMNode(model=model, context=ctx, parameter_overrides=overrides)
+        self.probe = rclpy.create_node("probe", context=ctx)
+        self.images, self.infos, self.poses, self.imagined, self.diags = [], [], [], [], []
+        sub = QoSProfile(depth=200, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.probe.create_subscription(Image, "/sana_wm/image", self.images.append, sub)
+        self.probe.create_subscription(CameraInfo, "/sana_wm/camera_info", self.infos.append, sub)
+        self.probe.create_subscription(PoseStamped, "/sana_wm/camera_pose", self.poses.append, sub)
+        self.probe.create_subscription(Image, "/sana_wm/imagined/image", self.imagined.append, sub)
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.probe.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 10)
+        self.executor = MultiThreadedExecutor(num_threads=3, context=ctx)
+        self.executor.add_node(self.node)
+        self.executor.add_node(self.probe)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def publisher(self, msg_type, topic, qos=None):
+        pub = self.probe.create_publisher(msg_type, topic, qos or QoSProfile(depth=1000))
+        deadline = time.monotonic() + 10
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert pub.get_subscription_count() > 0, f"nobody subscribes to {topic}"
+        return pub
+
+    def wait(self, cond, timeout=60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cond()
+
+    def settle(self, timeout=60.0) -> None:
+        """Until the worker has rendered every complete chunk and its messages arrived."""
+        assert self.wait(self.node.camera.idle, timeout)
+        time.sleep(0.3)
+
+    def close(self) -> None:
+        self.node.close()
+        self.executor.shutdown()
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+        self.probe.destroy_node()
+
+
+def _bag_raw(bag: Path, topics: set[str], seconds: float):
+    """[(topic, recorded ns, raw CDR)] of the first ``seconds`` of ``topics`` (static transforms always)."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([bag]) as reader:
+        conns = [c for c in reader.connections if c.topic in topics]
+        out = [(c.topic, t, bytes(raw)) for c, t, raw in reader.messages(connections=conns)]
+    t0 = min(t for topic, t, _ in out if topic not in ("/tf_static",))
+    return [m for m in out if m[0] == "/tf_static" or m[1] - t0 <= seconds * 1e9]
+
+
+def _replay(pub_of, msgs) -> None:
+    """Publish raw messages at their recorded rate."""
+    t_first, w_first = msgs[0][1], time.monotonic()
+    for topic, t, raw in msgs:
+        delay = (t - t_first) * 1e-9 - (time.monotonic() - w_first)
+        if delay > 0:
+            time.sleep(delay)
+        pub_of[topic].publish(raw)
+
+
+def _expected_frames(stamps: np.ndarray, fps: float, chunk: int) -> int:
+    return 1 + chunk * (int(np.floor((stamps[-1] - stamps[0]) * fps + 1e-9)) // chunk)
+
+
+def _stamps(msgs) -> np.ndarray:
+    return np.array([stamp_to_sec(m.header.stamp) for m in msgs])
+
+
+def _c2w(msgs) -> np.ndarray:
+    from sana_wm_env.trajectories.tf import pose_matrix
+
+    return np.stack([pose_matrix([m.pose.position.x, m.pose.position.y, m.pose.position.z],
+                                 [m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z,
+                                  m.pose.orientation.w]) for m in msgs])
+
+
+@needs_data
+def test_odom_replay_with_the_bundled_model(ctx, one_thread):
+    bag = DATA / "nav2_turtlebot.mcap"
+    mount = ([0.05, 0.0, 0.2], [0.0, 0.1, 0.0])
+    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "odometry", "pose_topic": "/odom",
+                      "mount_xyz": mount[0], "mount_rpy": mount[1], "frame_id": "cam_optical", "max_lag": 60.0})
+    try:
+        msgs = _bag_raw(bag, {"/odom"}, seconds=2.5)
+        pub = h.publisher(Odometry, "/odom")
+        _replay({"/odom": pub}, msgs)
+        h.settle()
+        odom = load(bag, topic="/odom")
+        sent = odom.timestamps[: len(msgs)]
+        cam = h.node.camera
+        n = _expected_frames(sent, cam.fps, cam.chunk_frames)
+        assert cam.stats()["accepted"] == len(msgs)
+        assert len(h.images) == len(h.infos) == len(h.poses) == n > 20
+        img = h.images[0]
+        assert (img.height, img.width, img.encoding, img.step) == (64, 64, "rgb8", 3 * 64)
+        assert len(img.data) == 64 * 64 * 3 and img.header.frame_id == "cam_optical"
+        stamps = _stamps(h.images)
+        np.testing.assert_allclose(stamps, sent[0] + np.arange(n) / cam.fps, atol=2e-9)
+        np.testing.assert_array_equal(_stamps(h.infos), stamps)
+        # each frame depicts the recorded /odom pose at its stamp, through the camera mount
+        ref = odom.resample(times=stamps).to_opencv(camera_mount(*mount)).poses
+        np.testing.assert_allclose(_c2w(h.poses), ref, atol=1e-5)
+        assert h.poses[0].header.frame_id == "odom"
+        info = h.infos[-1]
+        fx, fy, cx, cy = cam.intrinsics
+        np.testing.assert_allclose(info.k, [fx, 0, cx, 0, fy, cy, 0, 0, 1])
+        np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], np.reshape(info.k, (3, 3)))
+        assert (info.height, info.width) == (64, 64) and info.header.frame_id == "cam_optical"
+        # the first image is the seed image as the model sees it
+        seed = np.frombuffer(bytes(h.images[0].data), np.uint8).reshape(64, 64, 3)
+        np.testing.assert_array_equal(seed, cam._seed_image)
+    finally:
+        h.close()
+
+
+@needs_data
+def test_tf_input_chains_the_tf_example_bag(ctx, wm, one_thread):
+    pytest.importorskip("tf2_msgs", reason="tf2_msgs: build it with python -m sana_wm_ros.build_tf2_msgs")
+    from tf2_msgs.msg import TFMessage
+
+    bag = DATA / "tf_example"
+    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "tf", "parent_frame": "odom",
+                      "child_frame": "base_link", "max_lag": 60.0}, model=wm)
+    try:
+        msgs = _bag_raw(bag, {"/tf", "/tf_static"}, seconds=3.0)
+        static_qos = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                reliability=ReliabilityPolicy.RELIABLE)
+        pubs = {"/tf": h.publisher(TFMessage, "/tf"), "/tf_static": h.publisher(TFMessage, "/tf_static", static_qos)}
+        static = [m for m in msgs if m[0] == "/tf_static"]
+        _replay(pubs, static + [m for m in msgs if m[0] == "/tf"])
+        h.settle()
+        ref = load(bag, parent_frame="odom", child_frame="base_link")
+        cam = h.node.camera
+        sent = ref.timestamps[ref.timestamps <= ref.timestamps[0] + 3.0]
+        assert cam.stats()["accepted"] == len(sent)
+        assert len(h.images) == _expected_frames(sent, cam.fps, cam.chunk_frames) > 10
+        stamps = _stamps(h.images)
+        ref_c2w = ref.resample(times=stamps).to_opencv(camera_mount()).poses
+        np.testing.assert_allclose(_c2w(h.poses), ref_c2w, atol=1e-5)
+        assert h.poses[0].header.frame_id == "odom"
+    finally:
+        h.close()
+
+
+def _pose_msg(t: float, x: float, q=(0.0, 0.0, 0.0, 1.0)) -> PoseStamped:
+    m = PoseStamped()
+    m.header.frame_id = "map"
+    ns = int(round(t * 1e9))
+    m.header.stamp.sec, m.header.stamp.nanosec = ns // 10**9, ns % 10**9
+    m.pose.position.x = x
+    m.pose.orientation.x, m.pose.orientation.y, m.pose.orientation.z, m.pose.orientation.w = q
+    return m
+
+
+def test_faults_nan_out_of_order_burst_and_diagnostics(ctx, wm, one_thread):
+    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "pose", "pose_topic": "/robot_pose",
+                      "max_lag": 1.0, "diagnostics_period": 0.2, "pose_queue": 2000}, model=wm)
+    try:
+        pub = h.publisher(PoseStamped, "/robot_pose", QoSProfile(depth=5000))
+        for m in (_pose_msg(10.0, 0.0), _pose_msg(10.05, float("nan")), _pose_msg(10.05, 0.1),
+                  _pose_msg(10.05, 0.1), _pose_msg(10.01, 0.1)):
+            pub.publish(m)
+            time.sleep(0.01)
+        cam = h.node.camera
+        assert h.wait(lambda: cam.stats()["poses_in"] == 5, 10)
+        s = cam.stats()
+        assert (s["accepted"], s["dropped_nan"], s["dropped_duplicate"], s["dropped_out_of_order"]) == (2, 1, 1, 1)
+        # a 1 kHz burst of 2000 poses whose stamps span 40 s: buffers stay bounded, dropped frames are counted
+        t = 10.1 + np.arange(2000) * 0.02
+        w0 = time.monotonic()
+        for i, ti in enumerate(t):
+            pub.publish(_pose_msg(ti, 0.001 * i))
+            while time.monotonic() < w0 + (i + 1) * 1e-3:
+                pass
+        assert h.wait(lambda: cam.stats()["poses_in"] >= 5 + 1990, 20)
+        s = cam.stats()
+        assert s["pending_frames"] <= s["max_pending"]
+        assert s["dropped_frames"] > 0
+        h.settle()
+        stamps = _stamps(h.images)
+        assert np.all(np.diff(stamps) > 0)  # true stamps, in order, even with frames dropped in between
+        assert h.wait(lambda: any(d.status and any(kv.key == "dropped_frames" and kv.value != "0"
+                                                  for kv in d.status[0].values) for d in h.diags), 10)
+        values = {kv.key: kv.value for kv in h.diags[-1].status[0].values}
+        assert values["dropped_nan"] == "1" and values["dropped_out_of_order"] == "1"
+        assert values["dropped_duplicate"] == "1" and "lag_s" in values
+        # the stream stopped: the node holds and warns
+        assert h.wait(lambda: h.diags[-1].status[0].level == b"\x01"
+                      and "no pose" in h.diags[-1].status[0].message, 10)
+    finally:
+        h.close()
+
+
+def test_reset_service_and_imagine_topic(ctx, wm, one_thread):
+    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "pose", "pose_topic": "/robot_pose",
+                      "max_lag": 30.0}, model=wm)
+    try:
+        pub = h.publisher(PoseStamped, "/robot_pose")
+        for i in range(30):
+            pub.publish(_pose_msg(20.0 + 0.05 * i, 0.05 * i))
+            time.sleep(0.005)
+        cam = h.node.camera
+        assert h.wait(lambda: cam.stats()["accepted"] == 30, 10)
+        h.settle()
+        live_before = len(h.images)
+        path = PathMsg()
+        path.header.frame_id = "map"
+        path.poses = [_pose_msg(21.45 + 0.25 * i, 1.45 + 0.25 * i) for i in range(5)]  # 1 s -> 17 frames
+        imagine_pub = h.publisher(PathMsg, "/sana_wm/imagine", QoSProfile(depth=10))
+        imagine_pub.publish(path)
+        assert h.wait(lambda: len(h.imagined) == 17, 30)
+        np.testing.assert_allclose(_stamps(h.imagined), 21.45 + np.arange(17) / cam.fps, atol=2e-9)
+        assert len(h.images) == live_before  # the live stream was not touched
+        for i in range(30, 50):  # ... and carries on
+            pub.publish(_pose_msg(20.0 + 0.05 * i, 0.05 * i))
+            time.sleep(0.005)
+        h.settle()
+        assert len(h.images) > live_before
+        client = h.probe.create_client(Trigger, "/sana_wm/reset")
+        assert client.wait_for_service(timeout_sec=10)
+        n_before = len(h.images)
+        fut = client.call_async(Trigger.Request())
+        assert h.wait(fut.done, 10)
+        assert fut.result().success, fut.result().message
+        h.settle()
+        assert h.wait(lambda: len(h.images) > n_before, 10)
+        restart = h.images[n_before]
+        assert stamp_to_sec(restart.header.stamp) == pytest.approx(20.0 + 0.05 * 49, abs=1e-9)
+        np.testing.assert_array_equal(np.frombuffer(bytes(restart.data), np.uint8).reshape(16, 16, 3),
+                                      cam._seed_image)
+        assert cam.stats()["restarts"] == 1
+    finally:
+        h.close()
+
+
+def test_console_script_shuts_down_cleanly_on_sigint(tmp_path, wm):
+    from world_model.bundles import save_world_model
+
+    bundle = save_world_model(wm, tmp_path / "tiny")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN + 1), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sana_wm_ros.node", "--ros-args", "-p", f"model:={bundle}",
+         "-p", f"initial_image:={SEED_IMAGE}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out = ""
+        deadline = time.monotonic() + 60
+        while "sana_wm: model" not in out and time.monotonic() < deadline and proc.poll() is None:
+            out += proc.stdout.readline()
+        assert "sana_wm: model" in out, out
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + rest
+    assert "shut down" in rest
+    assert "Traceback" not in rest
