@@ -1,21 +1,26 @@
-"""Refiners: the interface, and LTX2Refiner end to end over diffusers' SanaWMLTX2Refiner with tiny random parts."""
+"""Refiners: the interface; LTX2Refiner end to end over diffusers' SanaWMLTX2Refiner with tiny random parts;
+WorldModelRefiner (the small SANA-WM refiner) and its training on stage-1 pairs."""
 
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformers", reason="the LTX-2 refiner's text encoder needs transformers")
+from world_model.codecs import LTX2Codec, PatchCodec
+from world_model.refiner import DISTILLED_SIGMAS, LatentLayout, LTX2Refiner, load_refiner
 
-from diffusers import FlowMatchEulerDiscreteScheduler, SanaWMLTX2Refiner, SanaWMLTX2RefinerTransformer3DModel  # noqa: E402
-from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors  # noqa: E402
-from test_codecs import LATENT_C, tiny_vae  # noqa: E402
-from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast  # noqa: E402
-
-from world_model.codecs import LTX2Codec, PatchCodec  # noqa: E402
-from world_model.refiner import DISTILLED_SIGMAS, LatentLayout, LTX2Refiner, load_refiner  # noqa: E402
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+needs_transformers = pytest.mark.skipif(not HAS_TRANSFORMERS, reason="the LTX-2 refiner's text encoder needs "
+                                        "transformers")
+if HAS_TRANSFORMERS:
+    from diffusers import FlowMatchEulerDiscreteScheduler, SanaWMLTX2Refiner, SanaWMLTX2RefinerTransformer3DModel
+    from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+    from test_codecs import LATENT_C, tiny_vae
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 WORDS = ["<pad>", "<unk>", "<bos>", "a", "drone", "flies", "through", "hall", "room"]
@@ -49,6 +54,7 @@ def _latents(t: int = 8, seed: int = 1) -> torch.Tensor:
     return torch.randn(1, LATENT_C, t, 2, 2, generator=torch.Generator().manual_seed(seed))
 
 
+@needs_transformers
 def test_chunk_causal_matches_the_diffusers_pipeline_and_keeps_the_sink():
     z = _latents()
     refiner = LTX2Refiner(tiny_pipeline())
@@ -68,6 +74,7 @@ def test_chunk_causal_matches_the_diffusers_pipeline_and_keeps_the_sink():
         assert not torch.allclose(refiner.refine(z, **args), out)
 
 
+@needs_transformers
 def test_sink_bidirectional_refines_all_frames_jointly():
     z = _latents()
     bi = LTX2Refiner(tiny_pipeline(), mode="sink_bidirectional").refine(z, prompt=PROMPT, fps=16)
@@ -78,6 +85,7 @@ def test_sink_bidirectional_refines_all_frames_jointly():
     assert torch.equal(bi[:, :, 0], z[:, :, 0]) and not torch.allclose(bi[:, :, 1:], causal[:, :, 1:])
 
 
+@needs_transformers
 def test_memory_options_give_the_same_latents_and_encode_each_prompt_once():
     z = _latents()
     plain = LTX2Refiner(tiny_pipeline()).refine(z, prompt=PROMPT, fps=16)
@@ -93,6 +101,7 @@ def test_memory_options_give_the_same_latents_and_encode_each_prompt_once():
     assert lean.describe()["offload"] == "blocks"
 
 
+@needs_transformers
 def test_end_to_end_with_the_ltx2_codec_and_layout_checks(tmp_path):
     codec = LTX2Codec(tiny_vae(decoder_causal=True))
     refiner = LTX2Refiner(tiny_pipeline())
@@ -122,6 +131,7 @@ def test_end_to_end_with_the_ltx2_codec_and_layout_checks(tmp_path):
         LTX2Refiner(tiny_pipeline(), mode="causal")
 
 
+@needs_transformers
 def test_loads_from_a_local_folder_or_says_what_to_download(tmp_path):
     pipe = tiny_pipeline()
     folder = tmp_path / "refiner_diffusers"
@@ -142,6 +152,7 @@ def test_loads_from_a_local_folder_or_says_what_to_download(tmp_path):
         LTX2Refiner.from_folder(tmp_path / "nothing")
 
 
+@needs_transformers
 def test_replay_refuses_a_refiner_of_another_codec_before_generating(tmp_path, capsys):
     from pathlib import Path
 
@@ -163,3 +174,148 @@ def test_replay_refuses_a_refiner_of_another_codec_before_generating(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "refiner latent layout does not match" in err and "codec 'ltx2' vs 'patch'" in err
     assert not out.exists() and not out.with_name("r_stage1.mp4").exists()
+
+
+# ------------------------------------------------------------------------------------------- WorldModelRefiner
+def _wm_refiner(window: int = 3, strength: float = 0.725):
+    from world_model.checkpoints import build_transformer
+    from world_model.refiner import WorldModelRefiner, schedule_from
+
+    codec = PatchCodec(patch_size=2, temporal_stride=1)
+    model = build_transformer("tiny-notext", seed=1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # zero-initialised layers (output, Plücker) would hide the network's dependence on inputs
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05, generator=g)
+    return WorldModelRefiner(model, LatentLayout.of_codec(codec),
+                             sigmas=schedule_from(strength), window=window, codec=codec.to_config()), codec
+
+
+def _path(n: int) -> torch.Tensor:
+    poses = torch.eye(4).repeat(1, n, 1, 1)
+    poses[0, :, 0, 3] = torch.linspace(0, 0.4, n)
+    return poses
+
+
+def test_world_model_refiner_is_deterministic_windowed_and_round_trips(tmp_path):
+    from world_model.refiner import WorldModelRefiner, refine_windows, schedule_from
+
+    assert schedule_from(0.725) == (0.725, 0.421875, 0.0) and schedule_from(0.909375) == DISTILLED_SIGMAS
+    assert refine_windows(16, 8) == [(1, 8), (8, 16)] and refine_windows(5, 8) == [(1, 5)]
+    assert refine_windows(11, 3) == [(1, 3), (3, 6), (6, 8), (8, 11)]
+    ref, codec = _wm_refiner()
+    z = torch.randn(1, 12, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    k = torch.tensor([8.0, 8.0, 3.5, 3.5])
+    out = ref.refine(z, fps=16, seed=4, c2w=_path(8), intrinsics=k)
+    assert out.shape == z.shape and torch.equal(out[:, :, 0], z[:, :, 0])
+    assert not torch.allclose(out[:, :, 1:], z[:, :, 1:])
+    torch.testing.assert_close(ref.refine(z, fps=16, seed=4, c2w=_path(8), intrinsics=k), out, rtol=0, atol=0)
+    assert not torch.allclose(ref.refine(z, fps=16, seed=5, c2w=_path(8), intrinsics=k), out)
+    # one window covering the clip differs from windows of 3 (context), but both keep the sink
+    whole = ref.with_sigmas(ref.sigmas)
+    whole.window = 7
+    assert not torch.allclose(whole.refine(z, fps=16, seed=4, c2w=_path(8), intrinsics=k), out)
+    # the camera matters
+    assert not torch.allclose(ref.refine(z, fps=16, seed=4, c2w=_path(8) * 0 + torch.eye(4), intrinsics=k), out)
+    with pytest.raises(ValueError, match="camera-conditioned: pass c2w"):
+        ref.refine(z, fps=16)
+    with pytest.raises(ValueError, match=r"c2w must have shape \(1, 8, 4, 4\)"):
+        ref.refine(z, fps=16, c2w=_path(7), intrinsics=k)
+    with pytest.raises(ValueError, match="no text conditioning"):
+        ref.refine(z, fps=16, prompt="a hall", c2w=_path(8), intrinsics=k)
+    with pytest.raises(ValueError, match="sigmas must start in"):
+        ref.with_sigmas((0.5, 0.6, 0.0))
+    # save (float16 on disk) / load (float32) through load_refiner's dispatch; strength override
+    ref.save(tmp_path / "r", card="# tiny\n")
+    loaded = load_refiner(tmp_path / "r")
+    assert isinstance(loaded, WorldModelRefiner) and loaded.latent_layout == ref.latent_layout
+    assert loaded.window == 3 and loaded.sigmas == ref.sigmas and (tmp_path / "r" / "MODEL_CARD.md").is_file()
+    half = ref.with_sigmas(ref.sigmas)
+    half.transformer = __import__("copy").deepcopy(ref.transformer).half().float()
+    torch.testing.assert_close(loaded.refine(z, fps=16, seed=4, c2w=_path(8), intrinsics=k),
+                               half.refine(z, fps=16, seed=4, c2w=_path(8), intrinsics=k), rtol=0, atol=1e-6)
+    assert load_refiner(tmp_path / "r", strength=0.421875).sigmas == (0.421875, 0.0)
+    ref.check_compatible(codec)
+    with pytest.raises(ValueError, match="spatial_stride 2 vs 4"):
+        ref.check_compatible(PatchCodec(patch_size=4, temporal_stride=1, latent_channels=12))
+
+
+def test_refiner_training_on_stage1_pairs_resumes_and_exports(tmp_path, wm):
+    from world_model.refiner import RefinedGenerator, WorldModelRefiner
+    from world_model.training.refine import RefinerTrainConfig, RefinerTrainer, Stage1Pairs, write_stage1_pairs
+
+    rng = np.random.default_rng(0)
+    items = [{"rgb": rng.integers(0, 256, (9, 16, 16, 3), dtype=np.uint8), "c2w": _path(9)[0],
+              "intrinsics": torch.tensor([12.0, 12.0, 7.5, 7.5])} for _ in range(4)]
+    gen = wm.streaming_generator()
+    frames = gen.valid_num_frames(2)  # 1 + 3 + 3 = 7 for tiny-notext (stride 1)
+    with pytest.raises(ValueError, match="frames must be a clip length"):
+        write_stage1_pairs(items, wm, tmp_path / "p", clips=4, frames=frames + 1)
+    doc = write_stage1_pairs(items, wm, tmp_path / "p", clips=4, frames=frames, batch_size=3)
+    pairs = Stage1Pairs(tmp_path / "p")
+    assert len(pairs) == 4 and doc["latent_frames"] == frames and pairs[0]["stage1"].shape == (12, frames, 8, 8)
+    # the stored stage-1 latents are what the generator makes (frame 0 = the encoded image)
+    expect = RefinedGenerator(gen, _wm_refiner()[0], fps=16).stage1_latents(
+        torch.from_numpy(items[2]["rgb"][:1]).permute(0, 3, 1, 2).float() / 127.5 - 1,
+        items[2]["intrinsics"], _path(9)[:, :frames], seed=2)
+    torch.testing.assert_close(pairs[2]["stage1"][None], expect, rtol=0, atol=1e-6)
+    cfg = RefinerTrainConfig(model="tiny-notext", codec=wm.codec.to_config(), steps=4, batch_size=2,
+                             frames_schedule=((0, frames),), window=4, checkpoint_every=2, log_every=2,
+                             strengths=(0.9, 0.5))
+    tr = RefinerTrainer(cfg, Stage1Pairs(tmp_path / "p", range(3)), tmp_path / "run", device="cpu",
+                        validation=Stage1Pairs(tmp_path / "p", [3]), progress=False)
+    tr.train(until=2)
+    full = RefinerTrainer(cfg, Stage1Pairs(tmp_path / "p", range(3)), tmp_path / "run2", device="cpu",
+                          progress=False)
+    full.train()
+    resumed = RefinerTrainer(cfg, Stage1Pairs(tmp_path / "p", range(3)), tmp_path / "run", device="cpu",
+                             resume=True, progress=False)
+    resumed.train()
+    losses = [[m["loss"] for m in t.read_metrics() if "loss" in m] for t in (full, resumed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+    assert any("val_psnr_refined@0.5" in m for m in resumed.read_metrics())
+    folder = resumed.export(tmp_path / "refiner")
+    loaded = load_refiner(folder)
+    assert isinstance(loaded, WorldModelRefiner) and loaded.window == 4 and loaded.sigmas[0] == cfg.strength
+    video = RefinedGenerator(gen, loaded, fps=16).generate(torch.zeros(1, 3, 16, 16), torch.tensor(
+        [12.0, 12.0, 7.5, 7.5]), _path(frames), seed=0)
+    assert video.shape == (1, frames, 3, 16, 16) and torch.equal(video[0, 0], torch.zeros(3, 16, 16))
+
+
+def test_eval_cli_scores_the_refined_model_on_the_same_episodes(tmp_path, wm, capsys):
+    import json
+
+    from sana_wm_env.cli.main import main
+    from world_model.bundles import save_world_model
+
+    save_world_model(wm, tmp_path / "bundle")
+    _wm_refiner(window=4)[0].save(tmp_path / "ref")
+    out = tmp_path / "eval.json"
+    code = main(["eval", "--model", str(tmp_path / "bundle"), "--refiner", str(tmp_path / "ref"), "--json", str(out),
+                 "--episodes-per-family", "1", "--frames", "9", "--revisit-episodes", "0", "--stability-frames",
+                 "0", "--no-untrained", "--no-progress", "--action-stride", "4"])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())["candidates"]
+    assert set(res) == {"model", "repeat_first_frame", "model+refiner"}
+    refined, model = res["model+refiner"], res["model"]
+    assert refined["fidelity"]["psnr"]["1-8"]["frames"] == model["fidelity"]["psnr"]["1-8"]["frames"] > 0
+    assert refined["fidelity"]["psnr"]["1-8"]["mean"] != model["fidelity"]["psnr"]["1-8"]["mean"]
+    assert refined["action_following"]["frames"] == model["action_following"]["frames"]
+    assert "stability" not in refined
+
+
+def test_the_bundled_refiner_fits_the_bundled_model_and_is_small():
+    from sana_wm_env.cli.refine import bundled_refiner_path
+    from world_model.bundles import load_world_model
+    from world_model.refiner import WorldModelRefiner
+
+    model = load_world_model("default")
+    folder = bundled_refiner_path({"model": model.name, "model_path": str(model.path)})
+    assert folder.name == f"{model.name}-refiner"
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 10_000_000
+    ref = load_refiner(folder)
+    assert isinstance(ref, WorldModelRefiner) and ref.fps == model.fps and tuple(ref.image_hw) == model.image_hw
+    ref.check_compatible(model.codec)
+    with pytest.raises(FileNotFoundError, match="no refiner ships with model 'other'"):
+        bundled_refiner_path({"model": "other", "model_path": None})

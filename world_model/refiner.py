@@ -95,9 +95,17 @@ class Refiner(abc.ABC):
         if latents.shape[2] < 2:
             raise ValueError(f"latents need >= 2 latent frames (the sink and one to refine), got {latents.shape[2]}")
 
+    #: True when :meth:`refine` needs the camera path (``c2w`` + ``intrinsics``) of the latents.
+    needs_camera: bool = False
+
     @abc.abstractmethod
-    def refine(self, latents: torch.Tensor, *, prompt: str | None = None, fps: float, seed: int = 42) -> torch.Tensor:
-        """Refined latents, same shape as ``latents (B, C, T, h, w)``; frame 0 is returned unchanged."""
+    def refine(self, latents: torch.Tensor, *, prompt: str | None = None, fps: float, seed: int = 42,
+               c2w=None, intrinsics=None) -> torch.Tensor:
+        """Refined latents, same shape as ``latents (B, C, T, h, w)``; frame 0 is returned unchanged.
+
+        ``c2w (B, F, 4, 4)`` OpenCV camera-to-world poses of the ``F`` pixel frames the latents decode to and
+        ``intrinsics`` ``[fx, fy, cx, cy]`` pixels ((4,) or (B, 4)): used by camera-conditioned refiners
+        (``needs_camera``), ignored by the others."""
 
     def describe(self) -> dict[str, Any]:
         return {"type": type(self).__name__, "latent_layout": vars(self.latent_layout)}
@@ -232,8 +240,9 @@ class LTX2Refiner(Refiner):
         )
         return cls(pipe, **kwargs)
 
-    def refine(self, latents: torch.Tensor, *, prompt: str | None = None, fps: float, seed: int = 42) -> torch.Tensor:
-        self.check_latents(latents)
+    def refine(self, latents: torch.Tensor, *, prompt: str | None = None, fps: float, seed: int = 42,
+               c2w=None, intrinsics=None) -> torch.Tensor:
+        self.check_latents(latents)  # c2w / intrinsics: the LTX-2 refiner is text-conditioned only
         if not fps > 0:
             raise ValueError(f"fps must be a positive number, got {fps!r}")
         t = latents.shape[2]
@@ -265,20 +274,247 @@ def offload_blocks(blocks, device: str | torch.device) -> list:
 # ------------------------------------------------------------------------------------------------------- loading
 def load_refiner(path: str | Path, *, device: str | torch.device = "cpu", what: str = "refiner",
                  **kwargs) -> Refiner:
-    """A refiner from a folder: an official LTX-2 refiner (``transformer/`` + ``connectors/``), or a folder with
-    ``refiner.json`` (``{"format": "sana-wm-env/refiner", "type": "ltx2", "options": {...}}``)."""
+    """A refiner from a folder, by its type: a folder with ``refiner.json`` (``{"format": "sana-wm-env/refiner",
+    "type": "sana-wm" | "ltx2", ...}``: a :class:`WorldModelRefiner` or an LTX-2 refiner with ``"options"``), or
+    the official LTX-2 refiner's ``transformer/`` + ``connectors/``."""
     folder = Path(path)
     meta_path = folder / "refiner.json"
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "sana-wm-env/refiner":
-            raise ValueError(f"{meta_path}: format must be 'sana-wm-env/refiner', got {meta.get('format')!r}")
-        if meta.get("type") != "ltx2":
-            raise ValueError(f"{meta_path}: unknown refiner type {meta.get('type')!r} (this build reads 'ltx2')")
-        return LTX2Refiner.from_folder(folder, device=device, **{**meta.get("options", {}), **kwargs})
+        if meta.get("format") != REFINER_FORMAT:
+            raise ValueError(f"{meta_path}: format must be {REFINER_FORMAT!r}, got {meta.get('format')!r}")
+        kind = meta.get("type")
+        if kind == "sana-wm":
+            return WorldModelRefiner.from_folder(folder, device=device, **kwargs)
+        if kind == "ltx2":
+            return LTX2Refiner.from_folder(folder, device=device, **{**meta.get("options", {}), **kwargs})
+        raise ValueError(f"{meta_path}: unknown refiner type {kind!r} (this build reads 'sana-wm' and 'ltx2')")
     if (folder / "transformer" / "config.json").is_file():
         return LTX2Refiner.from_folder(folder, device=device, **kwargs)
     raise FileNotFoundError(
         f"{what}: no refiner at {str(folder)!r} (expected refiner.json, or transformer/ + connectors/ of the official "
         f"LTX-2 refiner). For SANA-WM's refiner, {DOWNLOAD_HINT}"
     )
+
+
+# ------------------------------------------------------------------------------------------------------- SANA-WM
+REFINER_FORMAT = "sana-wm-env/refiner"
+
+
+def schedule_from(strength: float, schedule: tuple[float, ...] = DISTILLED_SIGMAS) -> tuple[float, ...]:
+    """The sigmas a refinement of ``strength`` runs: ``strength`` itself, then the points of ``schedule`` below it,
+    then 0 (e.g. 0.725 -> (0.725, 0.421875, 0.0) on the distilled schedule)."""
+    s = float(strength)
+    if not 0.0 < s <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    return (s, *[float(v) for v in schedule if 0.0 < float(v) < s - 1e-9], 0.0)
+
+
+def refine_windows(num_latent: int, window: int) -> list[tuple[int, int]]:
+    """Latent-frame ranges ``[(a, e), ...]`` covering frames ``1 .. num_latent - 1`` in the fewest windows of at
+    most ``window`` frames, of near-equal sizes (sizes differ by at most one)."""
+    n = num_latent - 1
+    k = -(-n // window)
+    bounds = [1 + (n * i) // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+class WorldModelRefiner(Refiner):
+    """A small SANA-WM transformer as stage-2 refiner (SDEdit with a learned flow back to the ground truth).
+
+    The stage-1 latents (frame 0, the given image, is the clean sink) are re-noised to ``sigmas[0]`` (the
+    strength), then Euler steps along ``sigmas`` bring them to 0 with the transformer in bidirectional mode,
+    conditioned on the camera path (UCPE + Plücker, like stage 1). The transformer was trained to flow from such
+    re-noised stage-1 latents to the ground-truth latents at the same poses (``world_model.training.refine``).
+    Clips longer than ``window + 1`` latent frames are refined in consecutive windows of at most ``window`` frames
+    (:func:`refine_windows`: near-equal sizes), each with the sink in front (constant memory in clip length).
+    Deterministic: noise depends only on ``seed``.
+
+    Saved as a folder: ``refiner.json`` (format, type ``"sana-wm"``, latent layout, codec, sigmas, window, fps,
+    image size), ``transformer/`` (``save_transformer``; float16 on disk, float32 in memory) and ``MODEL_CARD.md``.
+    """
+
+    needs_camera = True
+
+    def __init__(self, transformer, layout: LatentLayout, *, sigmas: tuple[float, ...] = schedule_from(0.725),
+                 window: int = 15, fps: float = 16.0, image_hw: tuple[int, int] | None = None,
+                 codec: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> None:
+        from .transformer import SanaWMTransformer
+
+        if not isinstance(transformer, SanaWMTransformer):
+            raise ValueError(f"transformer must be a SanaWMTransformer, got {type(transformer).__name__}")
+        if not isinstance(layout, LatentLayout):
+            raise ValueError(f"layout must be a LatentLayout, got {type(layout).__name__}")
+        cfg = transformer.config
+        if layout.channels != cfg.in_channels or layout.temporal_stride != cfg.temporal_stride:
+            raise ValueError(f"layout {vars(layout)} does not fit the transformer ({cfg.in_channels} channels, "
+                             f"temporal stride {cfg.temporal_stride})")
+        if cfg.has_text:
+            raise ValueError("a WorldModelRefiner transformer must be text-free (caption_channels=0)")
+        s = tuple(float(v) for v in sigmas)
+        if len(s) < 2 or s[-1] != 0.0 or not 0 < s[0] <= 1 or any(a <= b for a, b in zip(s, s[1:])):
+            raise ValueError(f"sigmas must start in (0, 1], decrease strictly and end at 0.0, got {s}")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ValueError(f"window must be a positive int (latent frames per refinement window), got {window!r}")
+        self.device = torch.device(device)
+        self.transformer = transformer.to(device=self.device, dtype=torch.float32).eval().requires_grad_(False)
+        self.latent_layout, self.sigmas, self.window, self.fps = layout, s, window, float(fps)
+        self.image_hw = None if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
+        self.codec_config = dict(codec) if codec is not None else None
+
+    @property
+    def strength(self) -> float:
+        return self.sigmas[0]
+
+    def with_sigmas(self, sigmas: tuple[float, ...]) -> WorldModelRefiner:
+        """The same weights with another schedule (e.g. ``schedule_from(0.42)``)."""
+        return WorldModelRefiner(self.transformer, self.latent_layout, sigmas=sigmas, window=self.window,
+                                 fps=self.fps, image_hw=self.image_hw, codec=self.codec_config, device=self.device)
+
+    # -- refinement ----------------------------------------------------------------------------------------
+    def camera_inputs(self, latents: torch.Tensor, c2w, intrinsics):
+        """Camera inputs of the whole clip (poses relative to frame 0), checked against the latents."""
+        from .camera import camera_inputs_from_world, validate_c2w, validate_intrinsics
+
+        b, _, t, h, w = latents.shape
+        lay = self.latent_layout
+        f = 1 + lay.temporal_stride * (t - 1)
+        if c2w is None or intrinsics is None:
+            raise ValueError(f"this refiner is camera-conditioned: pass c2w (B, {f}, 4, 4) OpenCV camera-to-world "
+                             "poses of the pixel frames and intrinsics [fx, fy, cx, cy] in pixels")
+        poses = validate_c2w(c2w, "c2w").double()
+        if tuple(poses.shape) != (b, f, 4, 4):
+            raise ValueError(f"c2w must have shape ({b}, {f}, 4, 4) (one pose per pixel frame of {t} latent "
+                             f"frames), got {tuple(poses.shape)}")
+        k = validate_intrinsics(intrinsics, "intrinsics").double()
+        if tuple(k.shape) not in ((4,), (b, 4)):
+            raise ValueError(f"intrinsics must have shape (4,) or ({b}, 4), got {tuple(k.shape)}")
+        image_hw = (h * lay.spatial_stride, w * lay.spatial_stride)
+        return camera_inputs_from_world(poses, k, image_hw, (h, w), lay.temporal_stride).to(self.device,
+                                                                                           torch.float32)
+
+    @torch.no_grad()
+    def refine(self, latents: torch.Tensor, *, prompt: str | None = None, fps: float = 16.0, seed: int = 42,
+               c2w=None, intrinsics=None) -> torch.Tensor:
+        from .camera import CameraInputs
+        from .sampling import euler_step, seeded_noise
+
+        self.check_latents(latents)
+        if prompt:
+            raise ValueError("prompt: this refiner has no text conditioning (it follows the camera path); "
+                             "drop the prompt")
+        if not fps > 0:
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        camera = self.camera_inputs(latents, c2w, intrinsics)
+        b, c, t, h, w = latents.shape
+        z = latents.to(self.device, torch.float32)
+        noise = seeded_noise((b, c, t, h, w), [int(seed)] * b, 0, device=self.device)
+        out = z.clone()
+        s = self.sigmas
+        for a, e in refine_windows(t, self.window):
+            x = torch.cat([z[:, :, :1], (1 - s[0]) * z[:, :, a:e] + s[0] * noise[:, :, a:e]], dim=2)
+            cam = CameraInputs.cat([camera.slice_frames(0, 1), camera.slice_frames(a, e)])
+            for i in range(len(s) - 1):
+                ts = torch.full((b, x.shape[2]), s[i] * 1000.0, device=self.device)
+                ts[:, 0] = 0.0
+                v = self.transformer(x, ts, camera=cam, mode="bidirectional")
+                x = euler_step(x, v.float(), s[i], s[i + 1])
+                x[:, :, :1] = z[:, :, :1]
+            out[:, :, a:e] = x[:, :, 1:]
+        return out.to(latents.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "sigmas": list(self.sigmas), "window": self.window,
+                "parameters": self.transformer.num_parameters(), "fps": self.fps}
+
+    # -- files ---------------------------------------------------------------------------------------------
+    def save(self, folder: str | Path, *, card: str | None = None, metadata: dict[str, Any] | None = None,
+             dtype: torch.dtype = torch.float16) -> Path:
+        """Write the refiner folder (weights cast to ``dtype`` on disk; see the class docstring)."""
+        import copy
+
+        from .checkpoints import save_transformer
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_transformer(copy.deepcopy(self.transformer).to("cpu", dtype), folder / "transformer",
+                         metadata=metadata or {})
+        meta = {"format": REFINER_FORMAT, "type": "sana-wm", "version": 1,
+                "latent_layout": vars(self.latent_layout), "codec": self.codec_config, "sigmas": list(self.sigmas),
+                "window": self.window, "fps": self.fps, "image_hw": list(self.image_hw) if self.image_hw else None}
+        (folder / "refiner.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if card is not None:
+            (folder / "MODEL_CARD.md").write_text(card)
+        return folder
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, device: str | torch.device = "cpu", sigmas=None,
+                    strength: float | None = None) -> WorldModelRefiner:
+        """Load a saved refiner; ``strength`` (or explicit ``sigmas``) overrides the stored schedule."""
+        from .checkpoints import load_transformer
+
+        folder = Path(folder)
+        meta = json.loads((folder / "refiner.json").read_text())
+        lay = meta.get("latent_layout") or {}
+        try:
+            layout = LatentLayout(str(lay["codec"]), int(lay["channels"]), int(lay["temporal_stride"]),
+                                  int(lay["spatial_stride"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{folder / 'refiner.json'}: latent_layout must hold codec, channels, temporal_stride "
+                             f"and spatial_stride, got {lay!r}") from None
+        if sigmas is None:
+            sigmas = schedule_from(strength) if strength is not None else tuple(meta["sigmas"])
+        transformer = load_transformer(folder / "transformer", dtype=torch.float32)
+        return cls(transformer, layout, sigmas=tuple(sigmas), window=int(meta.get("window", 15)),
+                   fps=float(meta.get("fps", 16.0)), image_hw=meta.get("image_hw"), codec=meta.get("codec"),
+                   device=device)
+
+
+class RefinedGenerator:
+    """Stage 1 then stage 2 behind the generator interface's ``generate`` (offline: the whole clip is rolled out by
+    the causal ``stage1`` generator, then its latents are refined and decoded). For evaluation protocols that call
+    ``generate``; there is no streaming ``start``/``step`` (refinement needs the finished clip)."""
+
+    streaming = False
+
+    def __init__(self, stage1, refiner: Refiner, *, fps: float) -> None:
+        refiner.check_compatible(stage1.codec)
+        if not fps > 0:
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        self.stage1, self.refiner, self.fps = stage1, refiner, float(fps)
+        self.codec = stage1.codec
+
+    def valid_num_frames(self, num_chunks: int) -> int:
+        return self.stage1.valid_num_frames(num_chunks)
+
+    @torch.no_grad()
+    def stage1_latents(self, image: torch.Tensor, intrinsics, c2w, *, seed=0) -> torch.Tensor:
+        """The stage-1 latents ``(B, C, T, h, w)`` of a clip (latent frame 0 = the encoded image)."""
+        poses = self.stage1._check_clip_poses(c2w)
+        state = self.stage1.start(image, intrinsics, c2w=poses[:, 0], seed=seed)
+        chunks, done = [], 1
+        while done < poses.shape[1]:
+            n = self.stage1.frames_per_step(state)
+            _, state = self.stage1.step(state, poses[:, done : done + n])
+            chunks.append(state.latents.float())
+            done += n
+        return torch.cat(chunks, dim=2)
+
+    @torch.no_grad()
+    def generate(self, image: torch.Tensor, intrinsics, c2w, *, seed: int = 0, progress=None,
+                 **start_kwargs) -> torch.Tensor:
+        """Refined clip ``(B, F, 3, H, W)`` in [-1, 1] for poses ``c2w (B, F, 4, 4)``; frame 0 is ``image``."""
+        if not isinstance(seed, int):
+            raise ValueError(f"seed must be an int (one refinement seed for the batch), got {seed!r}")
+        z1 = self.stage1_latents(image, intrinsics, c2w, seed=seed)
+        k = torch.as_tensor(intrinsics, dtype=torch.float32)
+        z = self.refiner.refine(z1, fps=self.fps, seed=seed, c2w=torch.as_tensor(c2w, dtype=torch.float32),
+                                intrinsics=k)
+        video = self.codec.decode(z.float()).permute(0, 2, 1, 3, 4).cpu()
+        return torch.cat([image.float().clamp(-1, 1)[:, None].cpu(), video[:, 1:]], dim=1)
+
+    def start(self, *args, **kwargs):
+        raise ValueError("RefinedGenerator refines finished clips: use generate() (or the stage-1 generator to "
+                         "stream)")
+
+    step = frames_per_step = start

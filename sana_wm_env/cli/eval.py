@@ -45,6 +45,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--action-stride", type=int, default=8,
                    help="action following is scored on frames 1, 1+k, 1+2k, ... (default: %(default)s)")
     p.add_argument("--teacher", action="store_true", help="also evaluate the bundle's chunk-causal teacher")
+    p.add_argument("--refiner", default=None, metavar="FOLDER",
+                   help="also evaluate the model refined by this refiner ('model+refiner': stage-1 clip, then "
+                        "refined offline; no stability rollout)")
+    p.add_argument("--strength", type=float, default=None, help="--refiner strength override (WorldModelRefiner)")
     p.add_argument("--no-untrained", action="store_true", help="skip the untrained-model baseline")
     p.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
@@ -125,6 +129,15 @@ def run(args: argparse.Namespace) -> int:
     cfg = build_config(args, model)
     model.student.eval()
     candidates = world_model_candidates(model, teacher=args.teacher, untrained=not args.no_untrained)
+    if args.refiner is not None:
+        from sana_wm_env.evaluation.candidates import generator_candidate
+        from world_model.refiner import RefinedGenerator, load_refiner
+
+        refiner = load_refiner(args.refiner, device=args.device, what="--refiner",
+                               **({} if args.strength is None else {"strength": args.strength}))
+        refined = RefinedGenerator(model.streaming_generator(), refiner, fps=model.fps)
+        candidates.append(generator_candidate("model+refiner", refined, description=f"{model.name} refined by "
+                                              f"{args.refiner}", info=refiner.describe()))
     with torch.inference_mode():
         results = evaluate(candidates, cfg, progress=not args.no_progress)
     contact = results.pop("_contact")

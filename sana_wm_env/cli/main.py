@@ -13,6 +13,7 @@ import sys
 # Subcommand modules, in the order `sana-wm --help` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
     "info", "generate", "dataset", "play", "train", "distill", "eval", "demo", "evaluate_policy", "replay",
+    "train_refiner", "refine",
 )
 
 

@@ -56,8 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="interpolate stamp gaps up to this many seconds, fail on longer (default: %(default)s)")
     p.add_argument("--twin", default=None, metavar="FAMILY/SEED", help="also render this twin world (e.g. rooms/0)")
     p.add_argument("--refine", nargs="?", const="bundled", default=None, metavar="REFINER",
-                   help="refine the stage-1 latents: a refiner folder (default: the model bundle's refiner/)")
+                   help="refine the stage-1 latents: a refiner folder (default: the model's shipped refiner)")
     p.add_argument("--prompt", default=None, help="text prompt for refiners that take one")
+    p.add_argument("--save-rollout", type=Path, default=None, metavar="DIR",
+                   help="also record the stage-1 rollout (frames, poses, latents; docs/rollouts.md) for "
+                        "`sana-wm refine`")
     p.add_argument("--model", default="default", help="world-model bundle (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -149,11 +152,12 @@ def run(args: argparse.Namespace) -> int:
         image, k4 = load_image(args.image, (h, w), args.intrinsics, model.fov_deg if args.fov is None else args.fov)
     refiner = None
     if args.refine is not None:
+        from sana_wm_env.cli.refine import bundled_refiner_path
         from world_model.refiner import load_refiner
 
-        refiner = load_refiner(model.path / "refiner" if args.refine == "bundled" and model.path else args.refine,
-                               device=args.device, what=f"the refiner of model {model.name!r}"
-                               if args.refine == "bundled" else "--refine")
+        where = bundled_refiner_path({"model": model.name, "model_path": str(model.path) if model.path else None}) \
+            if args.refine == "bundled" else args.refine
+        refiner = load_refiner(where, device=args.device, what="--refine")
         refiner.check_compatible(model.codec)
 
     # ---- generation ----
@@ -163,6 +167,14 @@ def run(args: argparse.Namespace) -> int:
     psnr_sum, psnr_n = 0.0, 0
     scale = max(1, 256 // h)
     writer = VideoWriter(stage1_out, fps)
+    recorder = None
+    if args.save_rollout is not None:
+        from sana_wm_env.rollouts import RolloutWriter
+
+        recorder = RolloutWriter(args.save_rollout, fps=fps, intrinsics=k4.double().numpy(), image_hw=(h, w),
+                                 kind="replay", model=model.name, model_path=str(model.path) if model.path else None,
+                                 seed=args.seed, codec=model.codec.to_config(),
+                                 extra={"trajectory": str(args.trajectory), "twin": args.twin})
     try:
         if scene is not None:
             from sana_wm_env.scenes import SceneRenderer
@@ -175,6 +187,11 @@ def run(args: argparse.Namespace) -> int:
             u8 = to_uint8(frames)
             if refiner is not None and first > 0:
                 latents.append(state.latents.cpu())
+            if recorder is not None:
+                recorder.add_frames(u8, path.c2w[first : first + len(u8)],
+                                    path.source_times[first : first + len(u8)] - path.source_times[0])
+                if first > 0:
+                    recorder.add_latents(state.latents)
             if renderer is None:
                 writer.write(u8)
                 return
@@ -193,15 +210,20 @@ def run(args: argparse.Namespace) -> int:
         elapsed = time.perf_counter() - t0
     finally:
         writer.close()
+        if recorder is not None:
+            recorder.close()
         if renderer is not None:
             renderer.close()
     refine_info = None
     if refiner is not None:
         t1 = time.perf_counter()
         z = torch.cat(latents, dim=2)
+        full = model.codec.num_pixel_frames(z.shape[2])  # the held poses of a padded tail included
+        c2w = np.concatenate([path.c2w, np.repeat(path.c2w[-1:], full - len(path), axis=0)])
         with VideoWriter(args.out, fps) as refined_writer:
             n = refiner.write_refined(z, model.codec, refined_writer, num_frames=len(path), fps=fps,
-                                      prompt=args.prompt, seed=args.seed)
+                                      prompt=args.prompt, seed=args.seed, c2w=torch.from_numpy(c2w)[None],
+                                      intrinsics=k4)
         refine_info = {"refiner": refiner.describe(), "seconds": round(time.perf_counter() - t1, 3),
                        "frames": n, "stage1_video": str(stage1_out)}
     save(path.trajectory(), tum_path, format="tum")
@@ -218,6 +240,7 @@ def run(args: argparse.Namespace) -> int:
         "generator_state_bytes_max": max(stats["state_bytes"]),
         "seconds": round(elapsed, 3), "frames_per_second": round((stats["frames"] - 1) / elapsed, 2),
         "device": args.device, "twin": None, "refine": refine_info,
+        "rollout": None if args.save_rollout is None else str(args.save_rollout),
     }
     if scene is not None:
         summary["twin"] = {"scene": args.twin, "start_c2w": world[0].round(9).tolist(),

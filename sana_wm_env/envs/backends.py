@@ -64,6 +64,15 @@ class WorldModelBackend:
         )
         self.groups.append((list(idx), state))
 
+    def element_latents(self, element: int) -> tuple[torch.Tensor | None, int]:
+        """(last step's latents ``(1, C, t, h, w)`` or None before the first step, generation seed) of an element."""
+        for members, state in self.groups:
+            if element in members:
+                row = members.index(element)
+                z = None if state.latents is None else state.latents[row : row + 1].detach().cpu()
+                return z, int(state.seeds[row])
+        raise ValueError(f"element {element} has not been started")
+
     def step(self, idx: Sequence[int], c2w: np.ndarray) -> np.ndarray:
         """uint8 frames (b, n, H, W, 3) of elements ``idx`` for their next ``n`` poses ``c2w`` (b, n, 4, 4)."""
         pos = {m: p for p, m in enumerate(idx)}

@@ -525,6 +525,9 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
         loop_gt = _unit_frames(loop_rgb)
         for cand in candidates:
             gen = cand.generator_for(scene)
+            if getattr(gen, "streaming", True) is False:  # offline (e.g. refined) generators do not stream
+                results[cand.name]["stability"] = {"skipped": "offline generator (no streaming rollout)"}
+                continue
             with tqdm(total=cfg.stability_frames, initial=1, unit="frame", disable=not progress,
                       desc=f"stability {cand.name}") as sbar:
                 st = run_stability(gen, loop_rgb[0], k4, lambda i, p=period, e=ep: e.poses[i % p],

@@ -7,6 +7,8 @@
   clip length, checkpoint/resume, metrics, sample videos).
 - :mod:`.distill`: :class:`DistillConfig` and :class:`Distiller` (ODE-regression distillation of the
   chunk-causal teacher into the few-step streaming student).
+- :mod:`.refine`: :class:`RefinerTrainConfig` and :class:`RefinerTrainer` (a stage-2 refiner trained on stage-1
+  rollouts re-noised in, ground truth out) and the stage-1 pairs they train on.
 """
 
 from .data import collate_clips, item_to_tensors, latent_batch
@@ -21,6 +23,7 @@ from .flow_matching import (
     sample_chunk_sigmas,
     sample_frame_sigmas,
 )
+from .refine import RefinerTrainConfig, RefinerTrainer, Stage1Pairs, write_stage1_pairs
 from .trainer import TrainConfig, Trainer, ema_decay_at, ema_update
 
 __all__ = [
@@ -28,6 +31,9 @@ __all__ = [
     "DEFAULT_CHUNK_MIXTURE",
     "DistillConfig",
     "Distiller",
+    "RefinerTrainConfig",
+    "RefinerTrainer",
+    "Stage1Pairs",
     "TrainConfig",
     "Trainer",
     "apply_first_frame_condition",
@@ -43,4 +49,5 @@ __all__ = [
     "sample_frame_sigmas",
     "teacher_grid",
     "teacher_rollout",
+    "write_stage1_pairs",
 ]

@@ -287,6 +287,7 @@ class Trainer:
     """
 
     kind = "train"
+    collate_fn = staticmethod(collate_clips)  # how items become a batch (subclasses may carry more keys)
 
     def __init__(
         self,
@@ -398,17 +399,22 @@ class Trainer:
         loss = flow_matching_loss(v.float(), noise - x0, mask)
         return loss, {"noisy_fraction": float(mask.float().mean())}
 
+    def batch_loss(self, batch: dict[str, torch.Tensor], latent_frames: int,
+                   gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one collated batch: encode ``latent_frames`` latent frames, then :meth:`compute_loss`."""
+        x0, camera, _ = latent_batch(batch, self.codec, latent_frames, self.device)
+        return self.compute_loss(x0, camera, gen)
+
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
         """One optimiser step on a collated batch; returns its metrics."""
         step = self.step
         t = self.config.latent_frames(step)
-        x0, camera, _ = latent_batch(batch, self.codec, t, self.device)
         gen = self.step_generator(step)
         lr = self.lr_at(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, extra = self.compute_loss(x0, camera, gen)
+        loss, extra = self.batch_loss(batch, t, gen)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"step {step}: loss is {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
@@ -424,7 +430,7 @@ class Trainer:
     # -- loop ------------------------------------------------------------------------------------
     def batches(self, start: int, end: int):
         sampler = StepBatchSampler(len(self.dataset), self.config.batch_size, self.config.seed, start, end)
-        loader = DataLoader(SeededItems(self.dataset), batch_sampler=sampler, collate_fn=collate_clips,
+        loader = DataLoader(SeededItems(self.dataset), batch_sampler=sampler, collate_fn=self.collate_fn,
                             num_workers=self.config.num_workers,
                             persistent_workers=False, pin_memory=self.device.type == "cuda")
         return iter(loader)
