@@ -331,10 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sana-wm-ros: {INSTALL_HINT} ({_ROS_IMPORT_ERROR})", file=sys.stderr)
         return 1
     rclpy.init(args=sys.argv if argv is None else argv)
-    node = None
+    node = executor = None
     try:
-        node = SanaWMNode()
+        # The executor first: a SIGINT inside its constructor would leave a half-built one whose __del__ fails.
         executor = MultiThreadedExecutor(num_threads=2)
+        node = SanaWMNode()
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
@@ -343,6 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sana-wm-ros: {err}", file=sys.stderr)
         return 2
     finally:
+        # Order matters: the executor's SIGINT guard condition must go before the context, or its __del__
+        # raises at interpreter exit.
+        if executor is not None:
+            executor.shutdown()
         if node is not None:
             node.close()
             node.destroy_node()
