@@ -115,9 +115,9 @@ class LivePoseCamera:
         self._imagine: deque[_Imagine] = deque(maxlen=max_imagine_queue)
         self._next_request = 0
         self.counters = dict.fromkeys(
-            ("poses_in", "accepted", "dropped_nan", "dropped_invalid", "dropped_duplicate", "dropped_out_of_order",
-             "dropped_frames", "gaps", "frames_out", "chunks", "restarts", "imagine_requests", "imagine_dropped",
-             "imagined_frames"), 0)
+            ("poses_in", "accepted", "waiting_for_seed", "dropped_nan", "dropped_invalid", "dropped_duplicate",
+             "dropped_out_of_order", "dropped_frames", "gaps", "frames_out", "chunks", "restarts", "imagine_requests",
+             "imagine_dropped", "imagined_frames"), 0)
         self._last_out_stamp: float | None = None
         self._latencies: deque[float] = deque(maxlen=100)
 
@@ -168,7 +168,8 @@ class LivePoseCamera:
             body = pose_matrix(pos, q)
             prev, self._last, self._last_wall = self._last, (float(stamp), body), time.monotonic()
             if self._t0 is None:
-                if self._seed_image is None:
+                if self._seed_image is None:  # kept as the start pose, but nothing to render from yet
+                    self.counters["waiting_for_seed"] += 1
                     return "waiting_for_seed"
                 self._request_start_locked()
                 return "accepted"
