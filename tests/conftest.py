@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+# The real recordings: shared/testdata beside the repository (as in CI), or $SANA_WM_TESTDATA.
+TRAJECTORY_DATA = Path(os.environ.get("SANA_WM_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata")
+                       ) / "trajectories"
+
+
+@pytest.fixture(scope="session")
+def trajectory_data() -> Path:
+    """The folder of real trajectory files; missing data is a failure, not a skip."""
+    if not TRAJECTORY_DATA.is_dir():
+        pytest.fail(f"real trajectory files not found at {TRAJECTORY_DATA}; set SANA_WM_TESTDATA to the testdata "
+                    "folder")
+    return TRAJECTORY_DATA
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,8 +9,6 @@ from sana_wm_env.live import LivePoseCamera
 from sana_wm_env.trajectories import Trajectory, camera_mount, load
 from sana_wm_env.trajectories.tf import TFBuffer, pose_matrix
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "trajectories"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/testdata not beside the repository")
 MOUNT = camera_mount((0.1, 0.0, 0.3), (0.0, 0.2, 0.0))
 
 
@@ -163,11 +159,10 @@ def test_bad_arguments_raise():
         cam.request_imagine(None, np.tile(np.eye(4), (1000, 1, 1)))
 
 
-@needs_data
-def test_live_tf_chaining_matches_the_bag_reader():
+def test_live_tf_chaining_matches_the_bag_reader(trajectory_data):
     from rosbags.highlevel import AnyReader
 
-    bag = DATA / "tf_example"
+    bag = trajectory_data / "tf_example"
     ref = load(bag, parent_frame="odom", child_frame="base_link")
     buf = TFBuffer(max_samples=50)
     got = []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -15,18 +14,8 @@ from sana_wm_env.cli.main import main
 from sana_wm_env.replay import place_in_scene, prepare_path, stream_replay
 from sana_wm_env.trajectories import Trajectory, camera_mount, load
 
-DATA = Path(os.environ.get("SANA_WM_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata")) / (
-    "trajectories"
-)
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data() -> Path:
-    if not DATA.is_dir():
-        pytest.fail(f"real trajectory files not found at {DATA}; set SANA_WM_TESTDATA to the testdata folder")
-    return DATA
 
 
 def _replay(args: list[str], capsys) -> tuple[int, str]:
@@ -39,9 +28,9 @@ def _outputs(out: Path) -> tuple[np.ndarray, Trajectory, dict]:
 
 
 # ---------------------------------------------------------------------------------------------------- real data
-def test_euroc_drone_flight_writes_video_tum_and_sidecar(data, tmp_path, capsys):
+def test_euroc_drone_flight_writes_video_tum_and_sidecar(trajectory_data, tmp_path, capsys):
     out = tmp_path / "v102.mp4"
-    code, err = _replay([str(data / "V102_groundtruth.csv"), "--image", str(EXAMPLE), "--start", "10",
+    code, err = _replay([str(trajectory_data / "V102_groundtruth.csv"), "--image", str(EXAMPLE), "--start", "10",
                          "--duration", "1.5", "--mount", "0,0,0,0,10,0", "--out", str(out)], capsys)
     assert code == 0, err
     video, tum, meta = _outputs(out)
@@ -49,7 +38,7 @@ def test_euroc_drone_flight_writes_video_tum_and_sidecar(data, tmp_path, capsys)
     assert meta["model"] == "sana-wm-twin-s" and meta["fps"] == 16.0 and meta["mount_xyz_rpy_deg"][4] == 10
     assert meta["trajectory"]["window_s"] == [10.0, 11.5] and meta["seconds"] > 0
     # The TUM file holds the camera poses actually rendered: relative to the first, stamped in the recording clock.
-    traj = load(data / "V102_groundtruth.csv")
+    traj = load(trajectory_data / "V102_groundtruth.csv")
     expected = prepare_path(traj, fps=16.0, start=10, duration=1.5,
                             mount=camera_mount((0, 0, 0), np.radians([0, 10, 0])))
     np.testing.assert_allclose(tum.poses, expected.c2w, atol=1e-9)
@@ -60,8 +49,8 @@ def test_euroc_drone_flight_writes_video_tum_and_sidecar(data, tmp_path, capsys)
     assert np.abs(video[-1].astype(int) - video[0].astype(int)).mean() > 1.0
 
 
-def test_tum_handheld_camera_needs_its_convention(data, tmp_path, capsys):
-    path = str(data / "freiburg1_xyz-groundtruth.txt")
+def test_tum_handheld_camera_needs_its_convention(trajectory_data, tmp_path, capsys):
+    path = str(trajectory_data / "freiburg1_xyz-groundtruth.txt")
     out = tmp_path / "fr1.mp4"
     code, err = _replay([path, "--image", str(EXAMPLE), "--duration", "1", "--out", str(out)], capsys)
     assert code == 2 and "--convention opencv" in err and not out.exists()
@@ -74,9 +63,9 @@ def test_tum_handheld_camera_needs_its_convention(data, tmp_path, capsys):
     np.testing.assert_allclose(np.diff(tum.timestamps), 1 / 32, atol=1e-6)
 
 
-def test_nav2_bag_with_twin_side_by_side(data, tmp_path, capsys):
+def test_nav2_bag_with_twin_side_by_side(trajectory_data, tmp_path, capsys):
     out = tmp_path / "nav2.mp4"
-    code, err = _replay([str(data / "nav2_turtlebot.mcap"), "--topic", "/odom", "--mount", "0.1,0,0.2,0,0,0",
+    code, err = _replay([str(trajectory_data / "nav2_turtlebot.mcap"), "--topic", "/odom", "--mount", "0.1,0,0.2,0,0,0",
                          "--start", "30", "--duration", "1", "--twin", "rooms/0", "--out", str(out)], capsys)
     assert code == 0, err
     video, tum, meta = _outputs(out)
@@ -89,8 +78,8 @@ def test_nav2_bag_with_twin_side_by_side(data, tmp_path, capsys):
     assert meta["intrinsics_source"] == "twin camera (model fov)"
 
 
-def test_stamp_gap_fails_with_where_or_is_interpolated_when_allowed(data, tmp_path, capsys):
-    bag = str(data / "nav2_turtlebot.mcap")
+def test_stamp_gap_fails_with_where_or_is_interpolated_when_allowed(trajectory_data, tmp_path, capsys):
+    bag = str(trajectory_data / "nav2_turtlebot.mcap")
     out = tmp_path / "gap.mp4"
     args = [bag, "--topic", "/odom", "--image", str(EXAMPLE), "--start", "40", "--duration", "1.5", "--out", str(out)]
     code, err = _replay(args, capsys)
@@ -102,8 +91,8 @@ def test_stamp_gap_fails_with_where_or_is_interpolated_when_allowed(data, tmp_pa
     assert meta["trajectory"]["largest_stamp_gap_s"] == pytest.approx(1.764, abs=1e-3)
 
 
-def test_bad_inputs_fail_before_generation(data, tmp_path, capsys):
-    traj = str(data / "V102_groundtruth.csv")
+def test_bad_inputs_fail_before_generation(trajectory_data, tmp_path, capsys):
+    traj = str(trajectory_data / "V102_groundtruth.csv")
     out = tmp_path / "bad.mp4"
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")

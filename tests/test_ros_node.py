@@ -29,8 +29,6 @@ from sana_wm_env.envs.core import load_image  # noqa: E402
 from sana_wm_env.trajectories import camera_mount, load  # noqa: E402
 from sana_wm_ros.node import SanaWMNode, array_to_image, stamp_to_sec  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "trajectories"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="shared/testdata not beside the repository")
 SEED_IMAGE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 DOMAIN = random.Random(os.getpid() ^ int(time.time())).randint(100, 200)
 
@@ -134,9 +132,8 @@ def _c2w(msgs) -> np.ndarray:
                                   m.pose.orientation.w]) for m in msgs])
 
 
-@needs_data
-def test_odom_replay_with_the_bundled_model(ctx, one_thread):
-    bag = DATA / "nav2_turtlebot.mcap"
+def test_odom_replay_with_the_bundled_model(trajectory_data, ctx, one_thread):
+    bag = trajectory_data / "nav2_turtlebot.mcap"
     mount = ([0.05, 0.0, 0.2], [0.0, 0.1, 0.0])
     h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "odometry", "pose_topic": "/odom",
                       "mount_xyz": mount[0], "mount_rpy": mount[1], "frame_id": "cam_optical", "max_lag": 60.0})
@@ -173,12 +170,11 @@ def test_odom_replay_with_the_bundled_model(ctx, one_thread):
         h.close()
 
 
-@needs_data
-def test_tf_input_chains_the_tf_example_bag(ctx, wm, one_thread):
+def test_tf_input_chains_the_tf_example_bag(trajectory_data, ctx, wm, one_thread):
     pytest.importorskip("tf2_msgs", reason="tf2_msgs: build it with python -m sana_wm_ros.build_tf2_msgs")
     from tf2_msgs.msg import TFMessage
 
-    bag = DATA / "tf_example"
+    bag = trajectory_data / "tf_example"
     h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "tf", "parent_frame": "odom",
                       "child_frame": "base_link", "max_lag": 60.0}, model=wm)
     try:
@@ -202,9 +198,8 @@ def test_tf_input_chains_the_tf_example_bag(ctx, wm, one_thread):
         h.close()
 
 
-@needs_data
-def test_pose_with_covariance_input_replays_amcl_pose(ctx, wm, one_thread):
-    bag = DATA / "nav2_turtlebot.mcap"
+def test_pose_with_covariance_input_replays_amcl_pose(trajectory_data, ctx, wm, one_thread):
+    bag = trajectory_data / "nav2_turtlebot.mcap"
     mount = ([0.1, -0.02, 0.25], [0.0, 0.15, 0.05])
     # /amcl_pose comes every 0.6 s (after a first one 9.3 s earlier, skipped): max_gap above the update period
     h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "pose_with_covariance", "pose_topic": "/amcl_pose",

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +9,6 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from sana_wm_env.trajectories import Trajectory, camera_mount, detect_format, load, save
-
-DATA = Path(os.environ.get("SANA_WM_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata")) / (
-    "trajectories"
-)
-needs_data = pytest.mark.usefixtures("trajectory_data")
-
-
-@pytest.fixture
-def trajectory_data() -> Path:
-    """The real recordings (shared/testdata beside the repo, or $SANA_WM_TESTDATA); missing data is a failure."""
-    if not DATA.is_dir():
-        pytest.fail(f"real trajectory files not found at {DATA}; set SANA_WM_TESTDATA to the testdata folder")
-    return DATA
 
 
 def _data_lines(path: Path, sep=None) -> list[list[float]]:
@@ -45,9 +31,8 @@ def _check_monotonic(traj: Trajectory) -> None:
     assert np.all(np.diff(traj.timestamps) > 0)
 
 
-@needs_data
-def test_tum_fr1_counts_first_last_and_round_trip(tmp_path):
-    path = DATA / "freiburg1_xyz-groundtruth.txt"
+def test_tum_fr1_counts_first_last_and_round_trip(trajectory_data, tmp_path):
+    path = trajectory_data / "freiburg1_xyz-groundtruth.txt"
     raw = _data_lines(path)
     traj = load(path)
     assert detect_format(path) == "tum" and len(traj) == len(raw) == 3000
@@ -62,9 +47,8 @@ def test_tum_fr1_counts_first_last_and_round_trip(tmp_path):
     np.testing.assert_allclose(back.poses, traj.poses, rtol=0, atol=1e-9)
 
 
-@needs_data
-def test_euroc_v102_w_first_quaternion_and_ns_stamps():
-    path = DATA / "V102_groundtruth.csv"
+def test_euroc_v102_w_first_quaternion_and_ns_stamps(trajectory_data):
+    path = trajectory_data / "V102_groundtruth.csv"
     raw = _data_lines(path, ",")
     traj = load(path)
     assert len(traj) == len(raw) == 16702 and traj.convention == "rep103"
@@ -76,11 +60,10 @@ def test_euroc_v102_w_first_quaternion_and_ns_stamps():
         np.testing.assert_allclose(traj.poses[i], _pose(raw[i][1:4], [x, y, z, w]), atol=1e-6)
 
 
-@needs_data
-def test_kitti_00_with_times_file():
-    path = DATA / "KITTI_00_gt.txt"
+def test_kitti_00_with_times_file(trajectory_data):
+    path = trajectory_data / "KITTI_00_gt.txt"
     raw = np.array(_data_lines(path))
-    times = np.array(_data_lines(DATA / "KITTI_00_gt_times.txt"))[:, 0]
+    times = np.array(_data_lines(trajectory_data / "KITTI_00_gt_times.txt"))[:, 0]
     traj = load(path)
     assert len(traj) == len(raw) == 4541 and traj.convention == "opencv"
     _check_monotonic(traj)
@@ -89,9 +72,8 @@ def test_kitti_00_with_times_file():
         np.testing.assert_allclose(traj.poses[i, :3, :4], raw[i].reshape(3, 4), atol=1e-5)
 
 
-@needs_data
-def test_tum_estimate_with_duplicate_stamps_is_rejected_or_dropped_with_count():
-    path = DATA / "V102.txt"
+def test_tum_estimate_with_duplicate_stamps_is_rejected_or_dropped_with_count(trajectory_data):
+    path = trajectory_data / "V102.txt"
     with pytest.raises(ValueError, match=r"V102\.txt:433: duplicate timestamp"):
         load(path)
     with pytest.warns(UserWarning, match="dropped 0 row.* and 4 with duplicate"):
@@ -100,11 +82,10 @@ def test_tum_estimate_with_duplicate_stamps_is_rejected_or_dropped_with_count():
     _check_monotonic(traj)
 
 
-@needs_data
-def test_mcap_odom_and_amcl_pose():
+def test_mcap_odom_and_amcl_pose(trajectory_data):
     from rosbags.highlevel import AnyReader
 
-    bag = DATA / "nav2_turtlebot.mcap"
+    bag = trajectory_data / "nav2_turtlebot.mcap"
     odom = load(bag, topic="/odom")
     amcl = load(bag, topic="/amcl_pose")
     assert len(odom) == 2639 and len(amcl) == 135
@@ -121,16 +102,15 @@ def test_mcap_odom_and_amcl_pose():
         assert odom.timestamps[i] == pytest.approx(m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, abs=1e-9)
 
 
-@needs_data
-def test_tf_chains_sqlite_and_mcap():
-    tf = load(DATA / "tf_example", parent_frame="odom", child_frame="base_link")
+def test_tf_chains_sqlite_and_mcap(trajectory_data):
+    tf = load(trajectory_data / "tf_example", parent_frame="odom", child_frame="base_link")
     assert len(tf) == 517 and tf.frame_id == "odom" and tf.child_frame_id == "base_link"
     _check_monotonic(tf)
-    direct = load(DATA / "tf_example", parent_frame="odom", child_frame="base_footprint")
-    static = load(DATA / "tf_example", parent_frame="base_footprint", child_frame="odom")  # inverse chain
+    direct = load(trajectory_data / "tf_example", parent_frame="odom", child_frame="base_footprint")
+    static = load(trajectory_data / "tf_example", parent_frame="base_footprint", child_frame="odom")  # inverse chain
     np.testing.assert_allclose(static.poses @ direct.poses, np.tile(np.eye(4), (517, 1, 1)), atol=1e-9)
     # map -> base_link through map->odom (AMCL) and odom->base_link (odometry) agrees with /amcl_pose.
-    bag = DATA / "nav2_turtlebot.mcap"
+    bag = trajectory_data / "nav2_turtlebot.mcap"
     chain = load(bag, parent_frame="map", child_frame="base_link")
     amcl = load(bag, topic="/amcl_pose")
     assert chain.metadata["tf_chain"] == ["odom->base_link", "map->odom"]
@@ -142,12 +122,11 @@ def test_tf_chains_sqlite_and_mcap():
         load(bag, parent_frame="map", child_frame="nope")
 
 
-@needs_data
-def test_unknown_topic_lists_topics_with_types():
+def test_unknown_topic_lists_topics_with_types(trajectory_data):
     with pytest.raises(ValueError, match=r"'/pose' is not in .*/amcl_pose \(geometry_msgs/msg/PoseWithCovariance"):
-        load(DATA / "nav2_turtlebot.mcap", topic="/pose")
+        load(trajectory_data / "nav2_turtlebot.mcap", topic="/pose")
     with pytest.raises(ValueError, match="2 pose topics; pass topic="):
-        load(DATA / "nav2_turtlebot.mcap")
+        load(trajectory_data / "nav2_turtlebot.mcap")
 
 
 def test_malformed_nan_and_quaternion_rows(tmp_path):

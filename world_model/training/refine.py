@@ -283,9 +283,6 @@ class RefinerTrainer(Trainer):
         cam = CameraInputs(camera.conditions[rows, idx], take(camera.plucker))
         return take(g), take(z1), cam
 
-    def compute_loss(self, x0, camera, gen):  # pragma: no cover - batch_loss is the entry point
-        raise NotImplementedError("RefinerTrainer trains on (stage-1, ground truth) pairs: see batch_loss")
-
     # -- exported refiner and validation -------------------------------------------------------------
     def refiner(self, strength: float | None = None) -> WorldModelRefiner:
         c = self.config
