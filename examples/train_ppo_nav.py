@@ -14,6 +14,9 @@ Choices, top to bottom:
 * **Policy**: ``MultiInputPolicy`` because observations are a dict: ``image`` (uint8, through SB3's NatureCNN,
   which needs images of at least 36x36) and ``pose``/``goal`` (7 floats each, through an MLP). Nav rewards
   metric progress, so the pose and goal carry most of the signal; the image lets the policy avoid walls.
+  ``policies.sb3.GoalFrameExtractor`` adds the goal as seen from the current body (position, distance,
+  relative rotation): a fixed function of pose and goal that spares the MLP learning quaternion algebra.
+  ImageNav observes no pose, so there it is SB3's plain extractor.
 * **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
   a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
   (episodes are at most 100 steps; a goal is reached in 10-30).
@@ -56,6 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-seed", type=int, default=10_000, help="first evaluation seed (default: %(default)s)")
     p.add_argument("--eval-json", type=Path, default=None, help="write the evaluation JSON here")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--progress", action="store_true", help="show SB3's training progress bar (needs tqdm + rich)")
     return p.parse_args(argv)
 
 
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from stable_baselines3 import PPO
 
-    from policies.sb3 import SB3Policy, make_sb3_vec_env
+    from policies.sb3 import GoalFrameExtractor, SB3Policy, make_sb3_vec_env
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
     if args.threads is not None:
@@ -89,9 +93,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. PPO with a dict-observation policy (CNN for the image, MLP for pose and goal).
     agent = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=4,
-                gamma=0.98, learning_rate=3e-4, seed=args.seed, device="cpu", verbose=0)
+                gamma=0.98, learning_rate=3e-4, seed=args.seed, device="cpu", verbose=0,
+                policy_kwargs={"features_extractor_class": GoalFrameExtractor})
     t0 = time.perf_counter()
-    agent.learn(total_timesteps=args.total_steps, progress_bar=False)
+    agent.learn(total_timesteps=args.total_steps, progress_bar=args.progress)
     train_s = time.perf_counter() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     agent.save(args.out)

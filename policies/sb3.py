@@ -16,6 +16,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 import sana_wm_env  # noqa: F401  (registers the ids)
@@ -93,6 +95,52 @@ def make_sb3_vec_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> SB3VecEnv
     """``gym.make_vec(env_id, num_envs, vectorization_mode="vector_entry_point", **kwargs)`` wrapped for SB3."""
     venv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
     return SB3VecEnv(venv)
+
+
+def _quat_xyzw_to_matrix(q: torch.Tensor) -> torch.Tensor:
+    """(N, 4) quaternions [qx, qy, qz, qw] (normalised here) -> (N, 3, 3) rotation matrices."""
+    x, y, z, w = (q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)).unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], dim=-1).reshape(-1, 3, 3)
+
+
+def goal_in_body_frame(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """The goal seen from the current body: ``(N, 10)`` = position (3, m, REP-103 body axes), distance (1) and the
+    first two columns of the relative rotation ``R_pose^T R_goal`` (6, a continuous rotation code).
+
+    ``pose`` and ``goal`` are ``(N, 7)`` [x, y, z, qx, qy, qz, qw] in one frame (the env's start frame).
+    """
+    r_pose, r_goal = _quat_xyzw_to_matrix(pose[:, 3:]), _quat_xyzw_to_matrix(goal[:, 3:])
+    rel_pos = torch.einsum("nji,nj->ni", r_pose, goal[:, :3] - pose[:, :3])
+    rel_rot = r_pose.transpose(1, 2) @ r_goal
+    return torch.cat([rel_pos, rel_pos.norm(dim=-1, keepdim=True), rel_rot[:, :, 0], rel_rot[:, :, 1]], dim=-1)
+
+
+class GoalFrameExtractor(BaseFeaturesExtractor):
+    """SB3's ``CombinedExtractor`` (NatureCNN per image, flatten the rest) plus the goal in the body frame.
+
+    A pose-goal task (Nav) observes its pose and goal in the start frame; an MLP would have to learn quaternion
+    algebra to turn them into "where is the goal from here". This extractor appends :func:`goal_in_body_frame`,
+    which makes that explicit (a fixed function of the observation, no privileged input). Observation spaces
+    without both ``pose`` and ``goal`` 7-vectors (ImageNav) get the plain ``CombinedExtractor`` features.
+    Use with ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``.
+    """
+
+    def __init__(self, observation_space: gym.spaces.Dict, cnn_output_dim: int = 256) -> None:
+        combined = CombinedExtractor(observation_space, cnn_output_dim=cnn_output_dim)
+        spaces_ = observation_space.spaces
+        self.uses_goal_frame = all(k in spaces_ and spaces_[k].shape == (7,) for k in ("pose", "goal"))
+        super().__init__(observation_space, combined.features_dim + (10 if self.uses_goal_frame else 0))
+        self.combined = combined
+
+    def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        features = self.combined(observations)
+        if not self.uses_goal_frame:
+            return features
+        return torch.cat([features, goal_in_body_frame(observations["pose"], observations["goal"])], dim=1)
 
 
 class SB3Policy:

@@ -12,7 +12,7 @@ import pytest
 
 import sana_wm_env  # noqa: F401
 from policies import make_policy
-from policies.sb3 import SB3Policy
+from policies.sb3 import GoalFrameExtractor, SB3Policy, goal_in_body_frame
 from policies.scripted import PoseController, PrivilegedPoseController, RandomPolicy
 from sana_wm_env.cli.main import main as cli_main
 from sana_wm_env.envs.actions import ActionLimits
@@ -162,6 +162,48 @@ def test_evaluate_policy_cli_errors(capsys):
     assert "policy must be one of" in capsys.readouterr().err
     assert cli_main(["evaluate-policy", "--image-size", "16x16", "--episodes", "1"]) == 2
     assert "--image-size" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ SB3 features
+def test_goal_in_body_frame_matches_matrix_algebra():
+    import torch
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    quats = Rotation.random(8, random_state=1).as_quat()  # [qx, qy, qz, qw]
+    pose = np.concatenate([rng.normal(size=(4, 3)), quats[:4]], axis=1)
+    goal = np.concatenate([rng.normal(size=(4, 3)), quats[4:]], axis=1)
+    got = goal_in_body_frame(torch.tensor(pose, dtype=torch.float64), torch.tensor(goal, dtype=torch.float64)).numpy()
+    for i in range(4):
+        tp, tg = np.eye(4), np.eye(4)
+        tp[:3, :3], tp[:3, 3] = Rotation.from_quat(pose[i, 3:]).as_matrix(), pose[i, :3]
+        tg[:3, :3], tg[:3, 3] = Rotation.from_quat(goal[i, 3:]).as_matrix(), goal[i, :3]
+        rel = np.linalg.inv(tp) @ tg
+        np.testing.assert_allclose(got[i, :3], rel[:3, 3], atol=1e-9)
+        np.testing.assert_allclose(got[i, 3], np.linalg.norm(rel[:3, 3]), atol=1e-9)
+        np.testing.assert_allclose(got[i, 4:], np.concatenate([rel[:3, 0], rel[:3, 1]]), atol=1e-9)
+    # the goal straight ahead of an unrotated body is +x (REP-103 forward)
+    ahead = goal_in_body_frame(torch.tensor([[0, 0, 0, 0, 0, 0, 1.0]]), torch.tensor([[2.0, 0, 0, 0, 0, 0, 1]]))
+    np.testing.assert_allclose(ahead[0, :4].numpy(), [2, 0, 0, 2], atol=1e-6)
+
+
+def test_goal_frame_extractor_feature_sizes():
+    import torch
+
+    nav = gym.make("SanaWM-TwinNav-v0", image_hw=(36, 36))
+    image_nav = gym.make("SanaWM-TwinImageNav-v0", image_hw=(36, 36))
+    for env, extra in ((nav, 10), (image_nav, 0)):
+        space = gym.spaces.Dict({k: (gym.spaces.Box(0, 255, (3, 36, 36), np.uint8) if sp.shape == (36, 36, 3) else sp)
+                                 for k, sp in env.observation_space.spaces.items()})
+        ext = GoalFrameExtractor(space, cnn_output_dim=16)
+        assert ext.uses_goal_frame == (extra == 10)
+        obs = {k: torch.as_tensor(np.stack([sp.sample(), sp.sample()]), dtype=torch.float32)
+               for k, sp in space.spaces.items()}
+        if extra:
+            obs["pose"][:, 3:] = torch.tensor([0, 0, 0, 1.0])
+            obs["goal"][:, 3:] = torch.tensor([0, 0, 0, 1.0])
+        assert ext(obs).shape == (2, ext.features_dim)
+        assert ext.features_dim == ext.combined.features_dim + extra
 
 
 # ------------------------------------------------------------------------------------------------ PPO example
