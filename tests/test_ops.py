@@ -6,11 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from world_model.layers.positional import rope_freqs
 from world_model.ops import (
     chunked_temporal_conv,
     fast_path,
     frame_delta_numerator,
     frame_gdn,
+    gdn_features,
     register_fast_path,
     short_conv,
     unregister_fast_path,
@@ -129,6 +131,36 @@ def test_chunked_temporal_conv_matches_conv2d_per_chunk_with_left_context():
     torch.testing.assert_close(y_chunks[:, :, :4], right_cut)  # chunk 0 does not see frame 4
     torch.testing.assert_close(y_chunks[:, :, 4:], y[:, :, 4:])  # chunk 1 sees frame 3 on its left
     torch.testing.assert_close(tail, h[:, :, -1:])
+
+
+def test_gdn_features_norm_relu_scale_and_interleaved_rope():
+    """Reference §3 steps 3-6, written out: full-channel RMSNorm, heads, ReLU, key scale, RoPE on channel pairs."""
+    g = torch.Generator().manual_seed(9)
+    qkv = torch.randn(2, 3, 6, 96, generator=g)
+    q, k = qkv[..., :32], qkv[..., 32:64]  # strided views of one projection, as in the layer
+    qw, kw = 1 + 0.2 * torch.randn(32, generator=g), 1 + 0.2 * torch.randn(32, generator=g)
+    rope = rope_freqs(16, 3, 2, 3)  # (T*S, D/2) complex
+    fq, fk, fqr, fkr = gdn_features(q, k, qw, kw, num_heads=2, key_scale=0.3, eps=1e-5, rope=rope)
+
+    def literal(x, w):
+        normed = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w
+        return normed.reshape(2, 3, 6, 2, 16).permute(0, 3, 1, 2, 4).clamp_min(0)  # (B, H, T, S, D)
+
+    def rotate(x):
+        angle = rope.angle().reshape(3, 6, 8)
+        cos, sin = angle.cos(), angle.sin()
+        even, odd = x[..., 0::2], x[..., 1::2]
+        return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).flatten(-2)
+
+    torch.testing.assert_close(fq, literal(q, qw))
+    torch.testing.assert_close(fk, literal(k, kw) * 0.3)
+    torch.testing.assert_close(fqr, rotate(literal(q, qw)))
+    torch.testing.assert_close(fkr, rotate(literal(k, kw) * 0.3))
+    assert gdn_features(q, k, qw, kw, num_heads=2, key_scale=0.3, eps=1e-5)[2:] == (None, None)
+    with pytest.raises(ValueError, match="num_heads"):
+        gdn_features(q, k, qw, kw, num_heads=3, key_scale=0.3, eps=1e-5)
+    with pytest.raises(ValueError, match="rope"):
+        gdn_features(q, k, qw, kw, num_heads=2, key_scale=0.3, eps=1e-5, rope=rope[:5])
 
 
 def test_bounds_must_tile_the_frames():

@@ -76,6 +76,11 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
             yield from _tensors(item)
 
 
+def map_tensors(obj, fn):
+    """``obj`` (a tensor, a state dataclass, a tuple of them, or None) with ``fn`` applied to every tensor."""
+    return _map(obj, fn)
+
+
 def _map(obj, fn):
     if isinstance(obj, torch.Tensor):
         return fn(obj)

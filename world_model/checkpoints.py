@@ -50,6 +50,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "build_transformer",
     "diffusers_config_to_model_config",
+    "diffusers_kwargs_from_model_config",
     "load_transformer",
     "read_metadata",
     "save_transformer",
@@ -281,6 +282,24 @@ def diffusers_config_to_model_config(data: Mapping[str, Any]) -> ModelConfig:
     if kwargs.get("caption_channels", 1) <= 0:
         raise ValueError(f"diffusers config field 'caption_channels' must be > 0, got {kwargs['caption_channels']}")
     return ModelConfig(**kwargs, **_DIFFUSERS_NUMERICS, meta={"source": "diffusers"})
+
+
+def diffusers_kwargs_from_model_config(config: ModelConfig) -> dict[str, Any]:
+    """Constructor kwargs of diffusers' ``SanaWMTransformer3DModel`` with ``config``'s architecture.
+
+    The inverse of :func:`diffusers_config_to_model_config` (benchmarks and oracles build the diffusers model
+    from our configs). diffusers always has text cross-attention, so ``config`` must be a text model.
+    """
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"config must be a ModelConfig, got {type(config).__name__}")
+    if not config.has_text:
+        raise ValueError("diffusers' SanaWMTransformer3DModel always has text cross-attention; config has "
+                         "caption_channels=0")
+    kwargs = {theirs: getattr(config, ours) for theirs, ours in _DIFFUSERS_FIELDS.items()}
+    kwargs["patch_size"] = tuple(config.patch_size)
+    if config.plucker_blocks < 0:
+        kwargs["chunk_plucker_post_attn_blocks"] = config.depth
+    return kwargs
 
 
 # --------------------------------------------------------------------------------------------------

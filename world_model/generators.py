@@ -311,10 +311,17 @@ class StreamingGenerator(_CausalGenerator):
         sigmas: torch.Tensor | None = None,
         guidance_scale: float = 1.0,
         window_chunks: int | None | str = "config",
+        compile: str | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
+        """``compile``: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` = CUDA graphs) for the transformer's
+        streaming step, see :meth:`SanaWMTransformer.compile_streaming` (it applies to the transformer, so to
+        every generator sharing it); ``None`` leaves the transformer as it is."""
         super().__init__(transformer, codec, sigmas=distilled_sigmas() if sigmas is None else sigmas,
                          guidance_scale=guidance_scale)
         self.window_chunks = window_chunks
+        if compile is not None:
+            transformer.compile_streaming(compile, backend=compile_backend)
 
 
 class ChunkCausalGenerator(_CausalGenerator):

@@ -7,6 +7,7 @@ Three ways to run it over latent video ``(B, C, T, H, W)`` with per-frame timest
   (chunks of ``chunk_size`` latent frames after a first chunk of ``first_chunk_size``).
 - ``forward_stream(chunk, ..., cache)``: one chunk at a time, carrying a :class:`StreamCache`;
   with an unbounded softmax window this equals the chunk-causal forward exactly.
+  :meth:`SanaWMTransformer.compile_streaming` opts its block stack into ``torch.compile`` (+ CUDA graphs).
 
 Camera inputs are a :class:`world_model.camera.CameraInputs` (relative OpenCV camera-to-world per latent
 frame + latent-scale intrinsics, and the packed Plücker map). Text is optional: ``text (B, L,
@@ -24,14 +25,17 @@ import torch
 import torch.nn as nn
 import torch.utils.checkpoint
 
-from .cache import StreamCache
+from .cache import StreamCache, map_tensors
 from .config import ModelConfig, get_config
-from .layers.attention import AttentionContext, CameraTransforms
-from .layers.block import Block
+from .layers.attention import AttentionContext, CameraTransforms, SoftmaxChunk, retain_softmax_cache
+from .layers.block import Block, BlockState
 from .layers.common import CaptionEmbedder, FinalLayer, PatchEmbed3D, RMSNorm, TimestepEmbedder
 from .layers.positional import rope_freqs, se3_inverse_matrices, slice_rope_for_camera, ucpe_ray_matrices
 
 Mode = Literal["bidirectional", "chunk_causal"]
+# torch.compile modes for compile_streaming (inductor); the first two capture CUDA graphs.
+STREAM_COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
+_CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 class SanaWMTransformer(nn.Module):
@@ -54,6 +58,10 @@ class SanaWMTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(config.depth))
         self.final_layer = FinalLayer(c, config.in_channels * math.prod(patch))
         self.gradient_checkpointing = False
+        self._stream_blocks = None  # compiled block stack for forward_stream (compile_streaming)
+        self._stream_cudagraphs = False
+        self.stream_compile: dict | None = None  # the compile_streaming settings in force, or None
+        self.quantization: dict | None = None  # set by world_model.quantization.quantize
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -70,6 +78,47 @@ class SanaWMTransformer(nn.Module):
         window = cfg.stream_window_chunks if window_chunks == "config" else window_chunks
         sink = cfg.stream_sink_chunks if sink_chunks is None else sink_chunks
         return StreamCache.empty(cfg.depth, sink_chunks=sink, window_chunks=window)
+
+    def compile_streaming(
+        self,
+        mode: str | None = "reduce-overhead",
+        *,
+        backend: str = "inductor",
+        fullgraph: bool = False,
+        dynamic: bool = False,
+    ) -> None:
+        """Run the block stack of :meth:`forward_stream` through ``torch.compile`` (opt-in; ``mode=None`` undoes it).
+
+        Why it pays off: with a bounded softmax window (sink + window chunks) every chunk from chunk
+        ``sink + window`` on has the same shapes, so one compiled graph (and, for ``"reduce-overhead"`` /
+        ``"max-autotune"``, one captured CUDA graph per pass kind) serves the rest of the stream, removing
+        Python and kernel-launch overhead. The first chunks have other shapes (the first chunk is longer, the
+        cache is still filling) and each compiles its own graph: expect them to be slow (warm-up). Pass kinds:
+        denoising passes and the cache-writing pass compile separately (~6 graphs in all with the defaults).
+
+        Only the per-block computation is compiled: embeddings, RoPE tables, camera matrices and the cache
+        bookkeeping (which chunks are kept) run eagerly, so chunk counters never cause recompiles. Caches
+        with an unbounded window (the chunk-causal teacher) grow every chunk and always run eagerly.
+        With CUDA-graph modes, state that outlives a call is cloned out of the graph's memory pool.
+
+        Args:
+            mode: an inductor mode from ``STREAM_COMPILE_MODES`` or ``None`` (back to eager).
+            backend: ``"inductor"`` (GPU speed), or ``"eager"`` / ``"aot_eager"`` (tracing checks on CPU; ``mode``
+                is then ignored).
+            fullgraph, dynamic: passed to ``torch.compile`` (static shapes by default: they are fixed per pass).
+        """
+        if mode is None:
+            self._stream_blocks, self._stream_cudagraphs, self.stream_compile = None, False, None
+            return
+        if mode not in STREAM_COMPILE_MODES:
+            raise ValueError(f"mode must be one of {STREAM_COMPILE_MODES} or None, got {mode!r}")
+        if not isinstance(backend, str) or not backend:
+            raise ValueError(f"backend must be a torch.compile backend name such as 'inductor', got {backend!r}")
+        options = {"mode": mode} if backend == "inductor" else {}
+        self._stream_blocks = torch.compile(self._block_stack, backend=backend, fullgraph=fullgraph,
+                                            dynamic=dynamic, **options)
+        self._stream_cudagraphs = backend == "inductor" and mode in _CUDAGRAPH_MODES
+        self.stream_compile = {"mode": mode, "backend": backend, "fullgraph": fullgraph, "dynamic": dynamic}
 
     def forward(
         self,
@@ -124,11 +173,21 @@ class SanaWMTransformer(nn.Module):
         )
         if not write_cache:
             return out, None
+        blocks = tuple(self._merge_state(old, new, cache) for old, new in zip(cache.blocks, states, strict=True))
         new_cache = dataclasses.replace(
-            cache, blocks=tuple(states), next_frame=cache.next_frame + t,
+            cache, blocks=blocks, next_frame=cache.next_frame + t,
             num_chunks=cache.num_chunks + 1, partial=t < expected,
         )
         return out, new_cache
+
+    @staticmethod
+    def _merge_state(old: BlockState | None, new: BlockState, cache: StreamCache) -> BlockState:
+        """Fold a block's new softmax chunk K/V into its retained sink + window cache (GDN states replace)."""
+        if not isinstance(new.attn, SoftmaxChunk):
+            return new
+        attn = retain_softmax_cache(None if old is None else old.attn, new.attn, cache.num_chunks,
+                                    cache.sink_chunks, cache.window_chunks)
+        return dataclasses.replace(new, attn=attn)
 
     # ------------------------------------------------------------------------------------------
     def _check_latents(self, latents: torch.Tensor) -> int:
@@ -208,17 +267,28 @@ class SanaWMTransformer(nn.Module):
         rope = rope_freqs(cfg.head_dim, t, *grid_hw, frame_offset=offset, theta=cfg.rope_theta, device=x.device)
         cam, plucker = self._camera_context(camera, b, t, grid_hw, rope)
         text, text_mask = self._text(text, text_mask, b)
-        ctx = AttentionContext(
-            bounds=bounds, rope=rope, camera=cam, causal=causal, streaming=cache is not None,
-            chunk_index=0 if cache is None else cache.num_chunks,
-            sink_chunks=0 if cache is None else cache.sink_chunks,
-            window_chunks=None if cache is None else cache.window_chunks,
-        )
+        ctx = AttentionContext(bounds=bounds, rope=rope, camera=cam, causal=causal, streaming=cache is not None)
+        prior = None if cache is None else cache.blocks
+        args = (x, modulation, ctx, grid_hw, text, text_mask, plucker, prior, write_state)
+        if self._stream_blocks is not None and cache is not None and cache.window_chunks is not None:
+            if self._stream_cudagraphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            x, states = self._stream_blocks(*args)
+            if self._stream_cudagraphs and write_state:  # the next replay reuses the graph's output memory
+                states = [map_tensors(st, torch.clone) for st in states]
+        else:
+            x, states = self._block_stack(*args)
+        out = self.final_layer(x, t_emb)  # (B, T, S, p*p*C)
+        return self._unpatchify(out, t, grid_hw), states
+
+    def _block_stack(self, x, modulation, ctx, grid_hw, text, text_mask, plucker, prior, write_state):
+        """All blocks: ``x (B, T, S, C)`` -> ``(x, [BlockState | None per block])`` (the part compile_streaming
+        compiles: tensors and call-invariant structure in, tensors out)."""
         states = []
         for i, block in enumerate(self.blocks):
             kwargs = dict(
                 text=text, text_mask=text_mask, plucker=plucker,
-                state=None if cache is None else cache.blocks[i], write_state=write_state,
+                state=None if prior is None else prior[i], write_state=write_state,
             )
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 x, st = torch.utils.checkpoint.checkpoint(
@@ -227,8 +297,7 @@ class SanaWMTransformer(nn.Module):
             else:
                 x, st = block(x, modulation, ctx, grid_hw, **kwargs)
             states.append(st)
-        out = self.final_layer(x, t_emb)  # (B, T, S, p*p*C)
-        return self._unpatchify(out, t, grid_hw), states
+        return x, states
 
     def _unpatchify(self, x: torch.Tensor, t: int, grid_hw) -> torch.Tensor:
         cfg = self.config

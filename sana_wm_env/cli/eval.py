@@ -50,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "refined offline; no stability rollout)")
     p.add_argument("--strength", type=float, default=None, help="--refiner strength override (WorldModelRefiner)")
     p.add_argument("--no-untrained", action="store_true", help="skip the untrained-model baseline")
+    p.add_argument("--quantize", default=None, choices=["fp8", "int8", "nvfp4"],
+                   help="evaluate the streaming student after post-training quantization (ModelOpt fake-quant, "
+                        "dynamic activation scales; camera branch, embedders and final layer stay in full "
+                        "precision; nvfp4 needs --device cuda). Needs the quant extra: pip install "
+                        "\"sana-wm-env[quant]\"")
     p.add_argument("--seed", type=int, default=0, help="generation seed offset (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device for the model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None,
@@ -128,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_or_explain(args.model, args.device)
     cfg = build_config(args, model)
     model.student.eval()
+    if args.quantize is not None:
+        from world_model.quantization import quantize
+
+        quantize(model.student, args.quantize)
     candidates = world_model_candidates(model, teacher=args.teacher, untrained=not args.no_untrained)
     if args.refiner is not None:
         from sana_wm_env.evaluation.candidates import generator_candidate
@@ -154,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
         "model": {"name": model.name, "requested": args.model, "path": str(model.path) if model.path else None,
                   "image_hw": list(model.image_hw), "fps": model.fps, "fov_deg": model.fov_deg,
                   "streaming_sampler": model.streaming, "has_teacher": model.teacher is not None,
-                  "parameters": sum(p.numel() for p in model.student.parameters()), "device": args.device},
+                  "parameters": sum(p.numel() for p in model.student.parameters()), "device": args.device,
+                  "quantization": model.student.quantization},
         "arguments": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"},
         "quick": bool(args.quick),
         **results,

@@ -18,7 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import chunk_causal_mask, frame_delta_numerator, frame_gdn, short_conv, softmax_attention
+from ..ops import (
+    frame_delta_numerator,
+    frame_gdn,
+    gdn_features,
+    short_conv,
+    softmax_attention,
+)
+from ..ops.attention import chunk_causal_attention
 from .common import RMSNorm
 from .positional import apply_rope, downscale_to_reference_rms, ucpe_apply
 
@@ -37,14 +44,14 @@ class CameraTransforms:
 
 @dataclass(frozen=True)
 class AttentionContext:
+    """What a block call needs besides its input. Only tensors and call-invariant structure: no chunk counters,
+    so a compiled streaming step sees the same context for every chunk of the same shape."""
+
     bounds: Sequence[tuple[int, int]]
     rope: torch.Tensor  # (T*S, D/2) complex
     camera: CameraTransforms | None
     causal: bool  # chunk-causal mask in softmax blocks (ignored when streaming)
     streaming: bool
-    chunk_index: int = 0  # streaming: index of the chunk in this call
-    sink_chunks: int = 1  # streaming softmax cache: chunks kept from the start ...
-    window_chunks: int | None = 1  # ... and most recent chunks kept (None = all)
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,18 @@ class GDNState:
     conv_tail: torch.Tensor
     cam_kv: torch.Tensor | None = None
     cam_conv_tail: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class SoftmaxChunk:
+    """The K/V one streaming call adds to a softmax block's cache (``(B, H, N, D)`` each; camera ones or None).
+
+    Blocks return this; :func:`retain_softmax_cache` merges it into the block's :class:`SoftmaxState`."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    cam_keys: torch.Tensor | None = None
+    cam_values: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -185,10 +204,11 @@ class SelfAttention(nn.Module):
         k_tail = None
         if self.conv_k is not None:
             k, k_tail = self.conv_k(k, ctx.bounds, None if state is None else state.conv_tail)
-        q = F.relu(self._heads(self.q_norm(q)))
-        k = F.relu(self._heads(self.k_norm(k))) * key_scale
+        q, k, q_rot, k_rot = gdn_features(
+            q, k, self.q_norm.weight, self.k_norm.weight, num_heads=self.num_heads, key_scale=key_scale,
+            eps=self.q_norm.eps, rope=ctx.rope,
+        )
         v = self._heads(v)
-        q_rot, k_rot = apply_rope(q, ctx.rope.reshape(t, s, -1)), apply_rope(k, ctx.rope.reshape(t, s, -1))
         bounds = ctx.bounds
         main, (kv, z) = frame_gdn(
             q, k, v, q_rot, k_rot, beta, decay, bounds=bounds,
@@ -201,8 +221,10 @@ class SelfAttention(nn.Module):
             qc, kc, vc = self._cam_qkv(x)
             if self.conv_k_cam is not None:
                 kc, kc_tail = self.conv_k_cam(kc, ctx.bounds, None if state is None else state.cam_conv_tail)
-            qc = F.relu(self._heads(self.q_norm_cam(qc)))
-            kc = F.relu(self._heads(self.k_norm_cam(kc))) * key_scale
+            qc, kc, _, _ = gdn_features(
+                qc, kc, self.q_norm_cam.weight, self.k_norm_cam.weight, num_heads=self.num_heads,
+                key_scale=key_scale, eps=self.q_norm_cam.eps,
+            )
             vc = self._heads(vc)
             pre_norm = torch.linalg.vector_norm(kc, dim=-1).clamp_min(1e-6)
             qu, ku, vu = self._ucpe_inputs(qc, kc, vc, ctx.camera)
@@ -225,14 +247,12 @@ class SelfAttention(nn.Module):
         q = apply_rope(self._heads(self.q_norm(q)), rope).flatten(2, 3)  # (B, H, N, D)
         k = apply_rope(self._heads(self.k_norm(k)), rope).flatten(2, 3)
         v = self._heads(v).flatten(2, 3)
-        mask = None
+        chunked = not ctx.streaming and ctx.causal and len(ctx.bounds) > 1
         if ctx.streaming:
             keys, values = self._with_cache(k, v, state, "keys", "values")
         else:
             keys, values = k, v
-            if ctx.causal and len(ctx.bounds) > 1:
-                mask = chunk_causal_mask(ctx.bounds, s, device=x.device)
-        main = softmax_attention(q, keys, values, mask=mask, scale=self.head_dim**-0.5)
+        main = self._attend(q, keys, values, ctx, s, chunked, self.head_dim**-0.5)
         main = main.transpose(1, 2).reshape(b, t, s, c)
 
         cam_out, kc_u, vc_u = None, None, None
@@ -243,14 +263,18 @@ class SelfAttention(nn.Module):
             kc_u, vc_u = ku, vu
             if ctx.streaming:
                 ku, vu = self._with_cache(ku, vu, state, "cam_keys", "cam_values")
-            cam = softmax_attention(qu, ku, vu, mask=mask, scale=self._cam_scale())
+            cam = self._attend(qu, ku, vu, ctx, s, chunked, self._cam_scale())
             cam = cam.reshape(b, self.num_heads, t, s, self.head_dim)
             cam_out = self._merge(ucpe_apply(cam, ctx.camera.P, ctx.camera.freqs, inverse_rope=True))
 
-        new_state = None
-        if write_state:
-            new_state = _retain(state, ctx, k, v, kc_u, vc_u)
+        new_state = SoftmaxChunk(k, v, kc_u, vc_u) if write_state else None
         return main, cam_out, new_state
+
+    @staticmethod
+    def _attend(q, k, v, ctx: AttentionContext, tokens_per_frame: int, chunked: bool, scale: float) -> torch.Tensor:
+        if chunked:  # chunk-causal over several chunks: per-chunk calls, no (N, N) mask
+            return chunk_causal_attention(q, k, v, bounds=ctx.bounds, tokens_per_frame=tokens_per_frame, scale=scale)
+        return softmax_attention(q, k, v, scale=scale)
 
     def _cam_scale(self) -> float:
         d = self.head_dim
@@ -267,19 +291,25 @@ class SelfAttention(nn.Module):
         return keys, values
 
 
-def _retain(state: SoftmaxState | None, ctx: AttentionContext, k, v, kc, vc) -> SoftmaxState:
-    """Append this chunk's K/V to the cache and keep the sink chunks plus the most recent window."""
+def retain_softmax_cache(
+    state: SoftmaxState | None, chunk: SoftmaxChunk, chunk_index: int, sink_chunks: int, window_chunks: int | None
+) -> SoftmaxState:
+    """Append chunk ``chunk_index``'s K/V to the cache; keep the sink chunks plus the most recent window.
+
+    Chunks with index ``< sink_chunks`` are kept for ever, others while among the last ``window_chunks`` (``None``:
+    keep all). The retained size is therefore bounded by sink + window, whatever the video length.
+    """
     old = state or SoftmaxState(chunk_ids=(), keys=(), values=())
-    ids = (*old.chunk_ids, ctx.chunk_index)
+    ids = (*old.chunk_ids, chunk_index)
     entries = [
-        (*old.keys, k),
-        (*old.values, v),
-        (*old.cam_keys, kc) if kc is not None else old.cam_keys,
-        (*old.cam_values, vc) if vc is not None else old.cam_values,
+        (*old.keys, chunk.keys),
+        (*old.values, chunk.values),
+        (*old.cam_keys, chunk.cam_keys) if chunk.cam_keys is not None else old.cam_keys,
+        (*old.cam_values, chunk.cam_values) if chunk.cam_values is not None else old.cam_values,
     ]
     keep = [
         i for i, cid in enumerate(ids)
-        if cid < ctx.sink_chunks or ctx.window_chunks is None or cid >= ctx.chunk_index + 1 - ctx.window_chunks
+        if cid < sink_chunks or window_chunks is None or cid >= chunk_index + 1 - window_chunks
     ]
     pick = lambda seq: tuple(seq[i] for i in keep) if len(seq) == len(ids) else tuple(seq)  # noqa: E731
     return SoftmaxState(tuple(ids[i] for i in keep), *(pick(e) for e in entries))

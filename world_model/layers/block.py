@@ -9,14 +9,17 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
-from .attention import AttentionContext, GDNState, SelfAttention, SoftmaxState
+from .attention import AttentionContext, GDNState, SelfAttention, SoftmaxChunk, SoftmaxState
 from .common import CrossAttention
 from .ffn import GLUConvFFN
 
 
 @dataclass(frozen=True)
 class BlockState:
-    attn: GDNState | SoftmaxState | None
+    """A block's streaming state. Blocks return softmax K/V as a :class:`SoftmaxChunk` (this chunk only); the
+    transformer merges it into a :class:`SoftmaxState` (sink + window) before it goes into the cache."""
+
+    attn: GDNState | SoftmaxState | SoftmaxChunk | None
     ffn_tail: torch.Tensor | None
 
 

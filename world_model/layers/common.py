@@ -11,6 +11,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops.attention import softmax_attention
+from ..ops.features import rms_norm
+
 
 class RMSNorm(nn.Module):
     """RMSNorm over the last dim with a learnable weight; statistics in float32."""
@@ -21,8 +24,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.full((dim,), float(init)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        variance = x.float().pow(2).mean(-1, keepdim=True)
-        return (x.float() * torch.rsqrt(variance + self.eps) * self.weight.float()).to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 def timestep_sinusoids(timesteps: torch.Tensor, dim: int = 256, max_period: float = 10000.0) -> torch.Tensor:
@@ -100,7 +102,7 @@ class CrossAttention(nn.Module):
         k = self.k_norm(k).reshape(b, -1, h, c // h).transpose(1, 2)
         v = v.reshape(b, -1, h, c // h).transpose(1, 2)
         mask = None if text_mask is None else text_mask[:, None, None, :].to(torch.bool)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        out = softmax_attention(q, k, v, mask=mask, scale=(c // h) ** -0.5)  # CUDA: head dim padded for flash
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

@@ -1,5 +1,10 @@
 """GLU-conv feed-forward (``GLUMBConvTemp``): per-frame inverted bottleneck with a gated depthwise conv,
-then a temporal residual conv over frames whose future half stops at chunk ends (see ops.conv)."""
+then a temporal residual conv over frames whose future half stops at chunk ends (see ops.conv).
+
+The two 1x1 convs (``inverted_conv``, ``point_conv``) are stored as ``Conv2d`` (checkpoint layout) and run as
+linear maps on the same weights. :meth:`GLUConvFFN.linearize` swaps them for real ``nn.Linear`` modules that the
+forward calls, so module-level tools that wrap ``nn.Linear`` (quantizers) see these matmuls.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,13 @@ class _Conv(nn.Module):
         return self.conv(x)
 
 
+def _pointwise(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv on channels-last ``x``: call a linearised ``nn.Linear`` module, else use the conv's weights."""
+    if isinstance(module, nn.Linear):
+        return module(x)
+    return F.linear(x, module.weight.flatten(1), module.bias)
+
+
 class GLUConvFFN(nn.Module):
     def __init__(self, hidden_size: int, ffn_hidden: int, t_kernel_size: int = 3) -> None:
         super().__init__()
@@ -35,6 +47,29 @@ class GLUConvFFN(nn.Module):
         )
         nn.init.zeros_(self.t_conv.weight)
 
+    @property
+    def linearized(self) -> bool:
+        return isinstance(self.inverted_conv.conv, nn.Linear)
+
+    @torch.no_grad()
+    def linearize(self) -> None:
+        """Replace the 1x1 ``Conv2d`` of ``inverted_conv`` / ``point_conv`` by ``nn.Linear`` on the same weights.
+
+        Outputs are unchanged (the forward already runs them as linear maps); parameter names stay the same but
+        the weights become 2-D, so a linearised model's state dict is not in the checkpoint layout. Used by
+        :mod:`world_model.quantization`, which quantizes ``nn.Linear`` modules.
+        """
+        for holder in (self.inverted_conv, self.point_conv):
+            conv = holder.conv
+            if isinstance(conv, nn.Linear):
+                continue
+            lin = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                            device=conv.weight.device, dtype=conv.weight.dtype)
+            lin.weight.copy_(conv.weight.flatten(1))
+            if conv.bias is not None:
+                lin.bias.copy_(conv.bias)
+            holder.conv = lin
+
     def forward(
         self, x: torch.Tensor, grid_hw: tuple[int, int], bounds, tail: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,12 +79,11 @@ class GLUConvFFN(nn.Module):
         """
         b, t, s, c = x.shape
         h, w = grid_hw
-        inv = self.inverted_conv.conv
-        y = F.silu(F.linear(x, inv.weight.flatten(1), inv.bias))  # (B, T, S, 2h)
+        y = F.silu(_pointwise(self.inverted_conv.conv, x))  # (B, T, S, 2h)
         y = y.reshape(b * t, h, w, -1).permute(0, 3, 1, 2)
         y = self.depth_conv(y).permute(0, 2, 3, 1)  # (B*T, h, w, 2h)
         value, gate = y.chunk(2, dim=-1)
-        y = F.linear(value * F.silu(gate), self.point_conv.conv.weight.flatten(1))  # (B*T, h, w, C)
+        y = _pointwise(self.point_conv.conv, value * F.silu(gate))  # (B*T, h, w, C)
         y = y.reshape(b, t, s, c).permute(0, 3, 1, 2)  # (B, C, T, S)
         conv, new_tail = chunked_temporal_conv(y, self.t_conv.weight, bounds=bounds, tail=tail)
         y = y + conv

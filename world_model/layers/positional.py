@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..ops.features import apply_rope  # the one RoPE implementation (also used by the ops)
+
 
 def rope_band_sizes(head_dim: int) -> tuple[int, int, int]:
     """Complex frequencies per (t, h, w) band for a head dim."""
@@ -59,13 +61,6 @@ def slice_rope_for_camera(freqs: torch.Tensor, head_dim: int) -> torch.Tensor:
     nt, nh, _ = rope_band_sizes(head_dim)
     ct, ch, cw = rope_band_sizes(head_dim // 2)
     return torch.cat([freqs[..., :ct], freqs[..., nt : nt + ch], freqs[..., nt + nh : nt + nh + cw]], dim=-1)
-
-
-def apply_rope(x: torch.Tensor, freqs: torch.Tensor, *, inverse: bool = False) -> torch.Tensor:
-    """Rotate interleaved channel pairs of ``x (..., N, D)`` by the complex ``freqs (N, D/2)`` (computed in fp32)."""
-    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2).contiguous())
-    rotated = pairs * (freqs.conj() if inverse else freqs)
-    return torch.view_as_real(rotated).flatten(-2).to(x.dtype)
 
 
 def ucpe_ray_matrices(

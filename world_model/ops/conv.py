@@ -53,10 +53,10 @@ def short_conv(
     if bounds:
         # future taps, zero-padded at the end of every chunk: tap j looks (k - 1 - j) frames ahead
         future = torch.cat([F.pad(x[:, c0:c1], (0, 0, 0, 0, 0, k - 1)) for c0, c1 in bounds], dim=1)
-        starts = torch.tensor([c0 + i * (k - 1) for i, (c0, _) in enumerate(bounds)])
-        lengths = torch.tensor([c1 - c0 for c0, c1 in bounds])
-        base = (torch.repeat_interleave(starts, lengths) + torch.arange(t) - torch.repeat_interleave(
-            torch.tensor([c0 for c0, _ in bounds]), lengths)).to(x.device)
+        # frame f of chunk i sits at f + i * (k - 1) in ``future`` (built from Python ints: no data-dependent
+        # shapes, so torch.compile keeps the streaming step in one graph)
+        base = torch.tensor([f + i * (k - 1) for i, (c0, c1) in enumerate(bounds) for f in range(c0, c1)],
+                            device=x.device)
         y = y + sum(kernel[:, j] * future.index_select(1, base + (k - 1 - j)) for j in range(k - 1))
     new_tail = past[:, past.shape[1] - (k - 1) :].clone()
     return y, new_tail
