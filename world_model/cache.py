@@ -57,7 +57,7 @@ class StreamCache:
 
     def map_tensors(self, fn) -> StreamCache:
         """A cache with ``fn`` applied to every tensor (e.g. ``lambda t: t.to(device)`` or batch selection)."""
-        return dataclasses.replace(self, blocks=tuple(None if b is None else _map(b, fn) for b in self.blocks))
+        return dataclasses.replace(self, blocks=tuple(map_tensors(b, fn) for b in self.blocks))
 
     def select(self, index: torch.Tensor | list[int]) -> StreamCache:
         """The cache of a subset (or reordering) of the batch."""
@@ -78,14 +78,11 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
 
 def map_tensors(obj, fn):
     """``obj`` (a tensor, a state dataclass, a tuple of them, or None) with ``fn`` applied to every tensor."""
-    return _map(obj, fn)
-
-
-def _map(obj, fn):
     if isinstance(obj, torch.Tensor):
         return fn(obj)
     if dataclasses.is_dataclass(obj):
-        return dataclasses.replace(obj, **{f.name: _map(getattr(obj, f.name), fn) for f in dataclasses.fields(obj)})
+        fields = dataclasses.fields(obj)
+        return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in fields})
     if isinstance(obj, tuple):
-        return tuple(_map(item, fn) for item in obj)
+        return tuple(map_tensors(item, fn) for item in obj)
     return obj

@@ -34,7 +34,7 @@ Modes (:data:`MODES`); all are *fake quantization* (quantize-dequantize in PyTor
   fidelity experiment (no real INT8 GEMM path here).
 
 Calibration: with ``calibration=None`` activation scales are computed from every input (dynamic, per call);
-with a callable ``calibration(model)`` that runs representative forwards (e.g. :func:`generator_calibration`),
+with a callable ``calibration(model)`` that runs representative forwards (e.g. a short generation),
 they are fixed to the max seen ("max" calibration), which is what a deployment would use.
 """
 
@@ -61,7 +61,6 @@ __all__ = [
     "QuantizationSummary",
     "QuantizationUnavailableError",
     "compress",
-    "generator_calibration",
     "load_quantized",
     "quantization_summary",
     "quantize",
@@ -318,15 +317,3 @@ def load_quantized(fresh_model: nn.Module, path: str | Path) -> nn.Module:
     fresh_model.quantization = dict(data["quantization"])
     return fresh_model
 
-
-def generator_calibration(generator, image: torch.Tensor, intrinsics, c2w: torch.Tensor, *, seed: int = 0
-                          ) -> Callable[[nn.Module], None]:
-    """A calibration callable that generates the clip ``c2w (B, F, 4, 4)`` from ``image`` with ``generator``.
-
-    The generator must hold the transformer being quantized; ModelOpt records activation ranges during the run.
-    """
-    def run(_model: nn.Module) -> None:
-        with torch.no_grad():
-            generator.generate(image, intrinsics, c2w, seed=seed)
-
-    return run

@@ -59,7 +59,6 @@ class SanaWMTransformer(nn.Module):
         self.final_layer = FinalLayer(c, config.in_channels * math.prod(patch))
         self.gradient_checkpointing = False
         self._stream_blocks = None  # compiled block stack for forward_stream (compile_streaming)
-        self._stream_cudagraphs = False
         self.stream_compile: dict | None = None  # the compile_streaming settings in force, or None
         self.quantization: dict | None = None  # set by world_model.quantization.quantize
 
@@ -78,6 +77,12 @@ class SanaWMTransformer(nn.Module):
         window = cfg.stream_window_chunks if window_chunks == "config" else window_chunks
         sink = cfg.stream_sink_chunks if sink_chunks is None else sink_chunks
         return StreamCache.empty(cfg.depth, sink_chunks=sink, window_chunks=window)
+
+    @property
+    def _stream_cudagraphs(self) -> bool:
+        """Whether the compiled streaming step captures CUDA graphs (inductor with a CUDA-graph mode)."""
+        c = self.stream_compile
+        return c is not None and c["backend"] == "inductor" and c["mode"] in _CUDAGRAPH_MODES
 
     def compile_streaming(
         self,
@@ -108,7 +113,7 @@ class SanaWMTransformer(nn.Module):
             fullgraph, dynamic: passed to ``torch.compile`` (static shapes by default: they are fixed per pass).
         """
         if mode is None:
-            self._stream_blocks, self._stream_cudagraphs, self.stream_compile = None, False, None
+            self._stream_blocks, self.stream_compile = None, None
             return
         if mode not in STREAM_COMPILE_MODES:
             raise ValueError(f"mode must be one of {STREAM_COMPILE_MODES} or None, got {mode!r}")
@@ -117,7 +122,6 @@ class SanaWMTransformer(nn.Module):
         options = {"mode": mode} if backend == "inductor" else {}
         self._stream_blocks = torch.compile(self._block_stack, backend=backend, fullgraph=fullgraph,
                                             dynamic=dynamic, **options)
-        self._stream_cudagraphs = backend == "inductor" and mode in _CUDAGRAPH_MODES
         self.stream_compile = {"mode": mode, "backend": backend, "fullgraph": fullgraph, "dynamic": dynamic}
 
     def forward(

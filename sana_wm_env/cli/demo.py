@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import set_torch_threads
+
 # Scripted path, in seconds from the start: (t0, t1, forward speed factor, yaw deg/s, climb m/s factor, roll deg/s)
 SCRIPT: tuple[tuple[float, float, float, float, float, float], ...] = (
     (0.0, 2.0, 1.0, 0.0, 0.0, 0.0),  # forward
@@ -138,10 +140,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seconds must be > 0, got {args.seconds}")
     if args.scale is not None and args.scale < 1:
         raise ValueError(f"--scale must be a positive int, got {args.scale}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     model = load_model_or_explain(args.model, args.device)
     gen = model.streaming_generator()
     h, w = model.image_hw

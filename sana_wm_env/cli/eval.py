@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+from . import set_torch_threads
+
 QUICK = {"episodes_per_family": 1, "frames": 33, "revisit_episodes": 1, "stability_frames": 200}
 DEFAULTS = {"episodes_per_family": 3, "frames": 129, "revisit_episodes": 3, "stability_frames": 1000}
 
@@ -126,10 +128,7 @@ def run(args: argparse.Namespace) -> int:
     from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, versions, write_json
 
     t0 = time.perf_counter()
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     model = load_model_or_explain(args.model, args.device)
     cfg = build_config(args, model)
     model.student.eval()

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import set_torch_threads
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -47,16 +49,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from policies import make_policy  # the CLI is an application: it may use the policies layer
     from sana_wm_env.cli.generate import parse_hw
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.max_steps is not None and args.max_steps < 1:

@@ -22,6 +22,8 @@ import json
 import time
 from pathlib import Path
 
+from . import set_torch_threads
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("refine", help="refine a recorded stage-1 rollout (frames, poses, latents)",
@@ -55,16 +57,12 @@ def bundled_refiner_path(manifest: dict) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from sana_wm_env.rollouts import check_refiner_for, read_rollout, refine_rollout
     from world_model.refiner import load_refiner
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     # ---- every check before any work ----
     ro = read_rollout(args.rollout)
     if (args.out / "rollout.json").exists() and not args.overwrite:

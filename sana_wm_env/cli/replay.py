@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import set_torch_threads
+
 CONVENTION_CHOICES = ("opencv", "rep103")
 
 
@@ -115,10 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- everything that can be wrong with the input fails here, before any generation ----
     tum_path, json_path = sidecar_paths(args.out)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     if args.twin is None and args.image is None:
         raise ValueError("--image FIRST.png is required (or --twin FAMILY/SEED, whose render is the first frame)")
     if args.twin is not None and (args.image is not None or args.intrinsics is not None or args.fov is not None):

@@ -24,6 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
+from . import set_torch_threads
 from .train import FIELDS, add_common, explicit_overrides, parse_model, resolve_config
 
 
@@ -61,17 +62,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from sana_wm_env.cli.eval import load_model_or_explain
     from sana_wm_env.datasets import TwinClipDataset
     from world_model.training.refine import RefinerTrainConfig, RefinerTrainer, Stage1Pairs, write_stage1_pairs
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be a positive int, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    set_torch_threads(args.threads)
     pairs_dir = args.pairs or args.out / "pairs"
     model = load_model_or_explain(args.model, "cpu" if args.device is None else args.device)
     if not (args.resume and (pairs_dir / "pairs.json").is_file()):
