@@ -16,7 +16,8 @@ Choices, top to bottom:
   metric progress, so the pose and goal carry most of the signal; the image lets the policy avoid walls.
   ``policies.sb3.GoalFrameExtractor`` adds the goal as seen from the current body (position, distance,
   relative rotation): a fixed function of pose and goal that spares the MLP learning quaternion algebra.
-  ImageNav observes no pose, so there it is SB3's plain extractor.
+  ImageNav observes no pose; there the same extractor stacks the current and the goal image into one CNN
+  (early fusion), so the first convolution compares the two views pixel by pixel.
 * **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
   a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
   (episodes are at most 100 steps; a goal is reached in 10-30).

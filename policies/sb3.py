@@ -17,7 +17,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, NatureCNN
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 import sana_wm_env  # noqa: F401  (registers the ids)
@@ -120,23 +120,47 @@ def goal_in_body_frame(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
 
 
 class GoalFrameExtractor(BaseFeaturesExtractor):
-    """SB3's ``CombinedExtractor`` (NatureCNN per image, flatten the rest) plus the goal in the body frame.
+    """SB3's ``CombinedExtractor`` plus the goal expressed relative to the current view.
 
-    A pose-goal task (Nav) observes its pose and goal in the start frame; an MLP would have to learn quaternion
-    algebra to turn them into "where is the goal from here". This extractor appends :func:`goal_in_body_frame`,
-    which makes that explicit (a fixed function of the observation, no privileged input). Observation spaces
-    without both ``pose`` and ``goal`` 7-vectors (ImageNav) get the plain ``CombinedExtractor`` features.
-    Use with ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``.
+    * Pose goal (Nav: ``pose`` and ``goal`` 7-vectors in the start frame): an MLP would have to learn quaternion
+      algebra to turn them into "where is the goal from here", so :func:`goal_in_body_frame` is appended
+      (a fixed function of the observation, no privileged input).
+    * Image goal (ImageNav: ``goal`` an image of the same shape as ``image``): the two images are stacked on
+      the channel axis into one NatureCNN (early fusion). With one CNN per image (SB3's default) the policy must
+      match two separately pooled feature vectors; stacked, the first convolution sees both views of each
+      pixel, so "the goal view is a zoomed / shifted version of this one" is a local pattern it can learn.
+
+    Other keys are flattened as in ``CombinedExtractor``. Use with
+    ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``.
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, cnn_output_dim: int = 256) -> None:
-        combined = CombinedExtractor(observation_space, cnn_output_dim=cnn_output_dim)
         spaces_ = observation_space.spaces
         self.uses_goal_frame = all(k in spaces_ and spaces_[k].shape == (7,) for k in ("pose", "goal"))
+        image, goal = spaces_.get("image"), spaces_.get("goal")
+        self.uses_goal_image = (image is not None and goal is not None and goal.shape == image.shape
+                                and len(image.shape) == 3)
+        if self.uses_goal_image:
+            # SB3 hands image observations channel-first (VecTransposeImage), so channels are axis 0 here.
+            c, h, w = image.shape
+            stacked = gym.spaces.Box(0, 255, (2 * c, h, w), dtype=np.uint8)
+            rest = gym.spaces.Dict({k: v for k, v in spaces_.items() if k not in ("image", "goal")})
+            fused = NatureCNN(stacked, features_dim=cnn_output_dim)
+            others = CombinedExtractor(rest, cnn_output_dim=cnn_output_dim) if rest.spaces else None
+            super().__init__(observation_space, cnn_output_dim + (others.features_dim if others else 0))
+            self.fused, self.others = fused, others
+            return
+        combined = CombinedExtractor(observation_space, cnn_output_dim=cnn_output_dim)
         super().__init__(observation_space, combined.features_dim + (10 if self.uses_goal_frame else 0))
         self.combined = combined
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.uses_goal_image:
+            features = self.fused(torch.cat([observations["image"], observations["goal"]], dim=1))
+            if self.others is None:
+                return features
+            rest = {k: v for k, v in observations.items() if k not in ("image", "goal")}
+            return torch.cat([features, self.others(rest)], dim=1)
         features = self.combined(observations)
         if not self.uses_goal_frame:
             return features

@@ -32,6 +32,21 @@ def test_bundle_round_trip_generates_identical_frames(tmp_path):
     assert (tmp_path / "b" / "MODEL_CARD.md").read_text() == "# tiny\n"
 
 
+def test_float16_bundle_is_half_the_size_and_loads_in_float32(tmp_path):
+    wm = untrained_world_model("tiny-notext", seed=1, image_hw=(16, 16))
+    save_world_model(wm, tmp_path / "f32")
+    save_world_model(wm, tmp_path / "f16", weights_dtype=torch.float16)
+    size = {k: (tmp_path / k / "student" / "model.safetensors").stat().st_size for k in ("f32", "f16")}
+    assert size["f16"] < 0.55 * size["f32"]
+    loaded = load_world_model(tmp_path / "f16")
+    assert loaded.student.dtype == torch.float32  # stored float16, computed in float32
+    for name, value in wm.student.state_dict().items():
+        assert torch.equal(loaded.student.state_dict()[name], value.half().float()), name
+    assert load_world_model(tmp_path / "f16", dtype=torch.bfloat16).student.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be a floating"):
+        save_world_model(wm, tmp_path / "bad", weights_dtype=torch.int8)
+
+
 def test_missing_and_bad_bundles(tmp_path):
     with pytest.raises(CheckpointNotFoundError, match="no world-model bundle"):
         load_world_model(tmp_path / "nothing")

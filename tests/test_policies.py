@@ -192,18 +192,24 @@ def test_goal_frame_extractor_feature_sizes():
 
     nav = gym.make("SanaWM-TwinNav-v0", image_hw=(36, 36))
     image_nav = gym.make("SanaWM-TwinImageNav-v0", image_hw=(36, 36))
-    for env, extra in ((nav, 10), (image_nav, 0)):
+    for env, kind in ((nav, "pose"), (image_nav, "image")):
         space = gym.spaces.Dict({k: (gym.spaces.Box(0, 255, (3, 36, 36), np.uint8) if sp.shape == (36, 36, 3) else sp)
                                  for k, sp in env.observation_space.spaces.items()})
         ext = GoalFrameExtractor(space, cnn_output_dim=16)
-        assert ext.uses_goal_frame == (extra == 10)
+        assert ext.uses_goal_frame == (kind == "pose") and ext.uses_goal_image == (kind == "image")
         obs = {k: torch.as_tensor(np.stack([sp.sample(), sp.sample()]), dtype=torch.float32)
                for k, sp in space.spaces.items()}
-        if extra:
+        if kind == "pose":
             obs["pose"][:, 3:] = torch.tensor([0, 0, 0, 1.0])
             obs["goal"][:, 3:] = torch.tensor([0, 0, 0, 1.0])
+            assert ext.features_dim == ext.combined.features_dim + 10
+        else:  # image and goal go through one CNN, stacked on the channel axis
+            assert ext.features_dim == 16 and ext.fused.cnn[0].in_channels == 6
         assert ext(obs).shape == (2, ext.features_dim)
-        assert ext.features_dim == ext.combined.features_dim + extra
+    # early fusion: the features depend on the goal image, not only on the current one
+    obs = {k: torch.as_tensor(np.stack([sp.sample()]), dtype=torch.float32) for k, sp in space.spaces.items()}
+    changed = dict(obs, goal=255.0 - obs["goal"])
+    assert not torch.allclose(ext(obs), ext(changed))
 
 
 # ------------------------------------------------------------------------------------------------ PPO example

@@ -77,13 +77,19 @@ def bundled_names() -> list[str]:
     return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / "bundle.json").is_file())
 
 
-def save_world_model(model: WorldModel, folder: str | Path, *, card: str | None = None) -> Path:
-    """Write ``model`` as a bundle folder (overwrites files of the same names)."""
+def save_world_model(
+    model: WorldModel, folder: str | Path, *, card: str | None = None, weights_dtype: torch.dtype | None = None
+) -> Path:
+    """Write ``model`` as a bundle folder (overwrites files of the same names).
+
+    ``weights_dtype`` stores the transformers' weights in that dtype (``torch.float16`` for a shipped bundle:
+    half the size; :func:`load_world_model` computes in float32 unless asked otherwise).
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_transformer(model.student, folder / "student")
+    save_transformer(model.student, folder / "student", dtype=weights_dtype)
     if model.teacher is not None:
-        save_transformer(model.teacher, folder / "teacher")
+        save_transformer(model.teacher, folder / "teacher", dtype=weights_dtype)
     (folder / "codec.json").write_text(json.dumps(model.codec.to_config(), indent=2) + "\n")
     meta = {
         "format": FORMAT, "version": 1, "name": model.name, "fps": model.fps, "image_hw": list(model.image_hw),
@@ -116,7 +122,12 @@ def resolve_bundle(name_or_path: str | Path) -> Path:
 def load_world_model(
     name_or_path: str | Path = "default", *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> WorldModel:
-    """Load a bundle (a shipped name, ``"default"``, or a folder path)."""
+    """Load a bundle (a shipped name, ``"default"``, or a folder path).
+
+    ``dtype`` is the compute dtype of the transformers; ``None`` means float32 whatever the stored dtype (shipped
+    bundles store float16 weights to stay small; half precision on a CPU is slow and less accurate).
+    """
+    dtype = torch.float32 if dtype is None else dtype
     folder = resolve_bundle(name_or_path)
     meta = json.loads((folder / "bundle.json").read_text())
     if meta.get("format") != FORMAT:

@@ -151,15 +151,22 @@ def build_transformer(
 
 
 def save_transformer(
-    model: SanaWMTransformer, folder: str | Path, *, metadata: Mapping[str, Any] | None = None
+    model: SanaWMTransformer,
+    folder: str | Path,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write ``model`` as a sana-wm-env folder (``config.json`` + ``model.safetensors``); returns the folder.
 
     ``metadata`` (JSON-serialisable: training step, data, ...) is stored in ``config.json`` under
-    ``_metadata``; read it back with :func:`read_metadata`.
+    ``_metadata``; read it back with :func:`read_metadata`. ``dtype`` stores the floating weights in that dtype
+    (e.g. ``torch.float16`` halves a shipped bundle); ``None`` keeps the model's dtype.
     """
     if not isinstance(model, SanaWMTransformer):
         raise ValueError(f"model must be a SanaWMTransformer, got {type(model).__name__}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch.dtype or None, got {dtype!r}")
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -171,7 +178,8 @@ def save_transformer(
     except TypeError as exc:
         raise ValueError(f"metadata must be JSON-serialisable: {exc}") from exc
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().to("cpu", dtype=dtype if dtype is not None and v.is_floating_point() else v.dtype)
+               .contiguous() for k, v in model.state_dict().items()}
     save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt", "producer": FORMAT_NAME})
     doc = {"_format": FORMAT_NAME, "_format_version": FORMAT_VERSION, "_metadata": meta, **model.config.to_dict()}
     (folder / CONFIG_NAME).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

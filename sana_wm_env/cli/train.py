@@ -63,6 +63,9 @@ def parse_model(text: str) -> str | dict:
     raise ValueError(f"--preset must be one of {sorted(PRESETS)} or a ModelConfig .json file, got {text!r}")
 
 
+EXPORT_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """Flags shared by train and distill (defaults None = take the config's value)."""
     p.add_argument("--data", type=Path, required=True, help="twin dataset folder (sana-wm dataset make)")
@@ -94,6 +97,12 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
+def add_export_dtype(p: argparse.ArgumentParser) -> None:
+    """``--export-dtype`` for the commands that write a world-model bundle (train, distill)."""
+    p.add_argument("--export-dtype", choices=tuple(EXPORT_DTYPES), default="float32",
+                   help="dtype of the bundle's stored weights (float16 halves it; loading computes in float32)")
+
+
 FIELDS = ("steps", "batch_size", "lr", "weight_decay", "grad_clip", "warmup_steps", "ema_decay", "frames_schedule",
           "seed", "precision", "gradient_checkpointing", "log_every", "sample_every", "checkpoint_every",
           "num_workers")
@@ -103,6 +112,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a world model on a twin dataset (flow matching)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
+    add_export_dtype(p)
     p.add_argument("--preset", default=None, help="model: a preset name (e.g. small-cpu) or a ModelConfig .json")
     p.add_argument("--codec", default=None, help="patch:P[:S] (PatchCodec) or ltx2:PATH (default patch:4)")
     p.add_argument("--mode", choices=("chunk_causal", "bidirectional"), default=None)
@@ -146,7 +156,9 @@ def open_dataset(args: argparse.Namespace, codec_cfg: dict, max_latent: int):
 
 def finish(trainer, args: argparse.Namespace, summary: dict) -> int:
     export = args.export or args.out / "bundle"
-    path = trainer.export(export, name=args.name)
+    import torch
+
+    path = trainer.export(export, name=args.name, weights_dtype=getattr(torch, EXPORT_DTYPES[args.export_dtype]))
     summary = {**summary, "run_dir": str(args.out), "bundle": str(path), "model": str(args.out / "model")}
     print(json.dumps(summary, default=float))
     return 0

@@ -625,13 +625,14 @@ class Trainer:
                           teacher_sampler={"num_steps": self.config.sample_steps, "shift": self.config.sample_shift},
                           notes=notes)
 
-    def export(self, folder: str | Path, *, name: str | None = None, card: str | None = None) -> Path:
-        """Write the run's world-model bundle (``save_world_model``) to ``folder``."""
+    def export(self, folder: str | Path, *, name: str | None = None, card: str | None = None,
+               weights_dtype: torch.dtype | None = None) -> Path:
+        """Write the run's world-model bundle (``save_world_model``, weights stored as ``weights_dtype``)."""
         from ..bundles import save_world_model
 
         wm = self.world_model(name or Path(folder).name)
         card = card or model_card(self, wm)
-        return save_world_model(wm, folder, card=card)
+        return save_world_model(wm, folder, card=card, weights_dtype=weights_dtype)
 
 
 def item_info(item: dict) -> dict[str, Any]:
