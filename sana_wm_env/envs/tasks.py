@@ -13,7 +13,8 @@ the same rewards; only the pixels differ.
   ``- step_cost`` per step; never succeeds, ends by truncation. Observes the pose.
 
 Every task, when the episode runs in a twin-world scene: leaving the scene bounds or coming closer than
-``collision_clearance`` to a surface terminates with ``- collision_penalty``. Episodes are truncated after
+``collision_clearance`` to a surface terminates with ``- collision_penalty`` (default 2, above the whole episode's
+step cost ``max_steps * step_cost`` = 1, so ending an episode by crashing never pays). Episodes are truncated after
 ``max_steps`` steps.
 """
 
@@ -61,7 +62,7 @@ class TaskConfig:
     success_bonus: float = 1.0
     success_distance: float = 0.3  # metres
     success_angle_deg: float = 15.0
-    collision_penalty: float = 1.0
+    collision_penalty: float = 2.0  # > max_steps * step_cost: crashing early never beats staying safe
     collision_clearance: float = 0.1  # metres
     goal_distance: tuple[float, float] = (1.0, 3.0)  # metres from the start
     goal_bearing_deg: float = 90.0  # goals lie within +- this bearing of the start heading
