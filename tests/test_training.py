@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 from world_model.bundles import load_world_model
 from world_model.checkpoints import build_transformer, load_transformer
@@ -328,13 +329,17 @@ def test_cli_train_resume_distill_export(twin_data, tmp_path, capsys):
 
     out = tmp_path / "student"
     assert main(["distill", *common, "--teacher", str(run / "bundle"), "--out", str(out), "--steps", "2",
-                 "--teacher-steps", "2", "--export", str(tmp_path / "bundle2")]) == 0
+                 "--teacher-steps", "2", "--export", str(tmp_path / "bundle2"), "--export-dtype", "float16",
+                 "--export-fov", "70"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["step"] == 2
     wm2 = load_world_model(tmp_path / "bundle2")
     assert wm2.streaming == {"timesteps": [1000, 960, 889, 727]} and wm2.teacher is not None
+    assert wm2.fov_deg == 70.0 and wm.fov_deg != 70.0  # --export-fov; default: the first clip's FoV
+    stored = load_file(str(tmp_path / "bundle2" / "student" / "model.safetensors"))
+    assert {v.dtype for v in stored.values()} == {torch.float16}
     for (k, v), (_, v2) in zip(wm2.teacher.state_dict().items(), wm.teacher.state_dict().items()):
-        assert torch.equal(v, v2), k  # the teacher ships unchanged
+        assert torch.equal(v, v2.half().float()), k  # the teacher ships unchanged (float16 on disk)
     gen = wm2.streaming_generator()
     frames, _ = gen.step(gen.start(torch.zeros(1, 3, 16, 16), torch.tensor([16.0, 16.0, 7.5, 7.5])),
                          torch.eye(4).repeat(1, 3, 1, 1))

@@ -20,7 +20,7 @@ from typing import Any
 from .train import (
     FIELDS,
     add_common,
-    add_export_dtype,
+    add_export_options,
     explicit_overrides,
     finish,
     open_dataset,
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("distill", help="distil the chunk-causal teacher into the few-step streaming student",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
-    add_export_dtype(p)
+    add_export_options(p)
     p.add_argument("--teacher", default=None, help="train run folder, bundle folder or transformer folder")
     p.add_argument("--codec", default=None, help="patch:P[:S] or ltx2:PATH (only for a bare transformer folder)")
     p.add_argument("--teacher-steps", type=int, default=None, dest="teacher_steps_per_segment",

@@ -97,10 +97,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
 
-def add_export_dtype(p: argparse.ArgumentParser) -> None:
-    """``--export-dtype`` for the commands that write a world-model bundle (train, distill)."""
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """Options of the world-model bundle written at the end (train, distill)."""
     p.add_argument("--export-dtype", choices=tuple(EXPORT_DTYPES), default="float32",
                    help="dtype of the bundle's stored weights (float16 halves it; loading computes in float32)")
+    p.add_argument("--export-fov", type=float, default=None, metavar="DEG",
+                   help="the bundle's default horizontal FoV in degrees, used by envs for first frames "
+                        "(default: the first training clip's)")
 
 
 FIELDS = ("steps", "batch_size", "lr", "weight_decay", "grad_clip", "warmup_steps", "ema_decay", "frames_schedule",
@@ -112,7 +115,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a world model on a twin dataset (flow matching)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common(p)
-    add_export_dtype(p)
+    add_export_options(p)
     p.add_argument("--preset", default=None, help="model: a preset name (e.g. small-cpu) or a ModelConfig .json")
     p.add_argument("--codec", default=None, help="patch:P[:S] (PatchCodec) or ltx2:PATH (default patch:4)")
     p.add_argument("--mode", choices=("chunk_causal", "bidirectional"), default=None)
@@ -158,7 +161,8 @@ def finish(trainer, args: argparse.Namespace, summary: dict) -> int:
     export = args.export or args.out / "bundle"
     import torch
 
-    path = trainer.export(export, name=args.name, weights_dtype=getattr(torch, EXPORT_DTYPES[args.export_dtype]))
+    path = trainer.export(export, name=args.name, weights_dtype=getattr(torch, EXPORT_DTYPES[args.export_dtype]),
+                          fov_deg=args.export_fov)
     summary = {**summary, "run_dir": str(args.out), "bundle": str(path), "model": str(args.out / "model")}
     print(json.dumps(summary, default=float))
     return 0

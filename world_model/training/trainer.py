@@ -626,11 +626,19 @@ class Trainer:
                           notes=notes)
 
     def export(self, folder: str | Path, *, name: str | None = None, card: str | None = None,
-               weights_dtype: torch.dtype | None = None) -> Path:
-        """Write the run's world-model bundle (``save_world_model``, weights stored as ``weights_dtype``)."""
+               weights_dtype: torch.dtype | None = None, fov_deg: float | None = None) -> Path:
+        """Write the run's world-model bundle (``save_world_model``, weights stored as ``weights_dtype``).
+
+        ``fov_deg``: the bundle's default horizontal field of view (what envs render first frames with); ``None``
+        takes the first training clip's, which for a dataset with a FoV range is one draw from it.
+        """
         from ..bundles import save_world_model
 
         wm = self.world_model(name or Path(folder).name)
+        if fov_deg is not None:
+            if not 1.0 <= float(fov_deg) <= 179.0:
+                raise ValueError(f"fov_deg must be a horizontal field of view in degrees in [1, 179], got {fov_deg}")
+            wm.fov_deg = float(fov_deg)
         card = card or model_card(self, wm)
         return save_world_model(wm, folder, card=card, weights_dtype=weights_dtype)
 
