@@ -61,3 +61,18 @@ def test_missing_and_bad_bundles(tmp_path):
         untrained_world_model("tiny-notext", patch_size=3)
     with pytest.raises(ValueError, match="ships no teacher"):
         wm.teacher_generator()
+
+
+def test_the_shipped_bundle_has_student_and_teacher_within_25_mb():
+    from world_model.bundles import resolve_bundle
+
+    folder = resolve_bundle("default")
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 25 * 2**20
+    wm = load_world_model("default")
+    assert wm.teacher is not None and wm.student.dtype == wm.teacher.dtype == torch.float32
+    assert wm.student.config.to_dict() == wm.teacher.config.to_dict()
+    assert len(wm.streaming["timesteps"]) == 4 and wm.teacher_sampler["num_steps"] >= 20
+    assert wm.fov_deg == 70.0 and wm.image_hw == (64, 64) and (folder / "MODEL_CARD.md").is_file()
+    # distilled: the student is not the teacher
+    assert any(not torch.equal(a, b) for a, b in zip(wm.student.state_dict().values(),
+                                                      wm.teacher.state_dict().values()))
