@@ -20,6 +20,7 @@ from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E4
 from nav_msgs.msg import Odometry  # noqa: E402
 from nav_msgs.msg import Path as PathMsg  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
@@ -414,3 +415,37 @@ def test_console_script_shuts_down_cleanly_on_sigint(tmp_path, wm):
     assert proc.returncode == 0, out + rest
     assert "shut down" in rest
     assert "Traceback" not in rest
+
+
+class _StubNode(Node):
+    """A bare node for main(): the console script's shutdown paths, without a world model."""
+
+    def __init__(self) -> None:
+        super().__init__("sana_wm_stub")
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("shut_down_first", [True, False])
+def test_main_treats_a_wait_set_error_after_sigint_as_shutdown(monkeypatch, capsys, shut_down_first):
+    """SIGINT can shut the context down between executor iterations; rclpy then raises RCLError (a RuntimeError,
+    "the given context is not valid") while building the next wait set. That is a clean shutdown (exit 0); the
+    same error with a live context is a failure (exit 2)."""
+    import sana_wm_ros.node as node_module
+
+    def spin(self):
+        if shut_down_first:
+            rclpy.shutdown()
+        raise RuntimeError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setattr(node_module, "SanaWMNode", _StubNode)
+    monkeypatch.setattr(node_module.MultiThreadedExecutor, "spin", spin)
+    code = node_module.main(["sana-wm-ros"])
+    err = capsys.readouterr().err
+    assert not rclpy.ok()  # main always leaves the default context shut down
+    if shut_down_first:
+        assert code == 0 and "shut down" in err
+    else:
+        assert code == 2 and "context is not valid" in err

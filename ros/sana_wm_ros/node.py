@@ -341,8 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except (ValueError, RuntimeError) as err:
-        print(f"sana-wm-ros: {err}", file=sys.stderr)
-        return 2
+        if isinstance(err, RuntimeError) and not rclpy.ok():
+            # SIGINT shut the context down between two executor iterations: rclpy then fails to build the next
+            # wait set ("the given context is not valid") instead of raising ExternalShutdownException.
+            pass
+        else:
+            print(f"sana-wm-ros: {err}", file=sys.stderr)
+            return 2
     finally:
         # Order matters: the executor's SIGINT guard condition must go before the context, or its __del__
         # raises at interpreter exit.
