@@ -46,11 +46,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sana_wm_env.datasets import TwinClipDataset
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
+from sana_wm_env.evaluation.report import versions
 from world_model.codecs import LatentCodec, LTX2Codec, PatchCodec
 
 DEFAULT_PATCHES = ("8:2:96", "8:2:64", "8:1:64")
@@ -432,8 +432,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {
         "format": "sana-wm-env/bench-codecs", "version": 1,
         "command": " ".join(["python", "benchmarks/bench_codecs.py", *(argv if argv is not None else sys.argv[1:])]),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "diffusers": diffusers.__version__, "numpy": np.__version__},
+        "versions": {**versions(), "diffusers": diffusers.__version__},
         "machine": {"processor": platform.processor() or platform.machine(), "platform": platform.platform(),
                     "cpu_count": os.cpu_count()},
         "device": str(device), "threads": args.threads, "seed": args.seed,

@@ -49,7 +49,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
     from policies import make_policy  # the CLI is an application: it may use the policies layer
     from sana_wm_env.cli.generate import parse_hw
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results

@@ -63,7 +63,7 @@ def parse_model(text: str) -> str | dict:
     raise ValueError(f"--preset must be one of {sorted(PRESETS)} or a ModelConfig .json file, got {text!r}")
 
 
-EXPORT_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
+EXPORT_DTYPES = ("float32", "float16", "bfloat16")  # torch dtype names
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -99,7 +99,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 def add_export_options(p: argparse.ArgumentParser) -> None:
     """Options of the world-model bundle written at the end (train, distill)."""
-    p.add_argument("--export-dtype", choices=tuple(EXPORT_DTYPES), default="float32",
+    p.add_argument("--export-dtype", choices=EXPORT_DTYPES, default="float32",
                    help="dtype of the bundle's stored weights (float16 halves it; loading computes in float32)")
     p.add_argument("--export-fov", type=float, default=None, metavar="DEG",
                    help="the bundle's default horizontal FoV in degrees, used by envs for first frames "
@@ -161,7 +161,7 @@ def finish(trainer, args: argparse.Namespace, summary: dict) -> int:
     export = args.export or args.out / "bundle"
     import torch
 
-    path = trainer.export(export, name=args.name, weights_dtype=getattr(torch, EXPORT_DTYPES[args.export_dtype]),
+    path = trainer.export(export, name=args.name, weights_dtype=getattr(torch, args.export_dtype),
                           fov_deg=args.export_fov)
     summary = {**summary, "run_dir": str(args.out), "bundle": str(path), "model": str(args.out / "model")}
     print(json.dumps(summary, default=float))
