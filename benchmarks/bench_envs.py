@@ -54,6 +54,9 @@ def main() -> None:
     p.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 8, 16])
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="run the model's weights on another chunk grid (latent frames per step; timing probe: "
+                        "weights trained on one grid need distillation to work on another)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,6 +69,12 @@ def main() -> None:
         from world_model.bundles import load_world_model
 
         model = load_world_model(args.model)
+    if args.chunk_size is not None and args.chunk_size != model.student.config.chunk_size:
+        from world_model.transformer import SanaWMTransformer
+
+        student = SanaWMTransformer(model.student.config.with_chunk_size(args.chunk_size))
+        student.load_state_dict(model.student.state_dict())
+        model.student = student.eval()
     rows = []
     for n in args.num_envs:
         row = bench(model, n, args.steps)

@@ -48,3 +48,16 @@ def test_unknown_fields_and_presets():
         ModelConfig.from_dict({"depthh": 3})
     with pytest.raises(ValueError, match="unknown model config"):
         get_config("sana-wm-99b")
+
+
+def test_with_chunk_size_keeps_the_streaming_context_in_frames():
+    cfg = get_config("tiny-notext")  # chunks of 3, window 1 chunk
+    one = cfg.with_chunk_size(1)
+    assert (one.chunk_size, one.first_chunk_size, one.stream_window_chunks) == (1, 2, 3)
+    assert one.stream_sink_chunks == cfg.stream_sink_chunks and one.hidden_size == cfg.hidden_size
+    assert one.chunk_bounds(5) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert cfg.with_chunk_size(2).stream_window_chunks == 2  # 3 frames -> 2 chunks of 2 (at least as long)
+    assert cfg.with_chunk_size(3) == cfg
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="chunk_size"):
+            cfg.with_chunk_size(bad)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -149,6 +150,16 @@ class ModelConfig:
         if not str(text_or_path).lstrip().startswith("{") and p.exists():
             text_or_path = p.read_text()
         return cls.from_dict(json.loads(str(text_or_path)))
+
+    def with_chunk_size(self, chunk_size: int) -> ModelConfig:
+        """This config on a chunk grid of ``chunk_size`` latent frames (first chunk: the clean image + one chunk),
+        with a streaming softmax window at least as long in frames as before (the sink stays the first chunk).
+        The parameters do not depend on the grid, so a model's weights load into either (a new grid needs
+        training: see ``sana-wm distill --student-chunk-size``)."""
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        window = math.ceil(self.stream_window_chunks * self.chunk_size / chunk_size)
+        return self.replace(chunk_size=chunk_size, first_chunk_size=1 + chunk_size, stream_window_chunks=window)
 
     def replace(self, **changes: Any) -> ModelConfig:
         return dataclasses.replace(self, **changes)

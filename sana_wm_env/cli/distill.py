@@ -6,6 +6,9 @@ chunk by chunk from the clip's first frame along its poses; the student learns t
 each of the teacher's latents at [1000, 960, 889, 727] on the teacher's next one. At the end a bundle with
 the student and the teacher is written (--export, default RUN_DIR/bundle).
 
+--student-chunk-size 1 makes a student that streams one latent frame (2 video frames) per step from a teacher
+with larger chunks (faster env steps and replies; see world_model.training.distill.Distiller).
+
 Example:
   sana-wm distill --teacher runs/teacher --data data/twin64 --out runs/student --steps 500 --batch 2
 """
@@ -41,6 +44,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher-shift", type=float, default=None, dest="teacher_shift")
     p.add_argument("--target", choices=("next", "x0"), default=None,
                    help="regress the teacher's next latent (default) or its final x0")
+    p.add_argument("--init-from", default=None, dest="init_from",
+                   help="start the student from this transformer folder (default: a copy of the teacher)")
+    p.add_argument("--student-chunk-size", type=int, default=None, dest="student_chunk_size",
+                   help="latent frames per student chunk (default: the teacher's); e.g. 1 for 2-frame streaming steps")
     p.set_defaults(func=run)
 
 
@@ -70,7 +77,8 @@ def resolve_teacher(path_text: str, codec_text: str | None) -> tuple[str, dict[s
 def run(args: argparse.Namespace) -> int:
     from world_model.training import DistillConfig, Distiller
 
-    overrides = explicit_overrides(args, FIELDS + ("teacher_steps_per_segment", "teacher_shift", "target"))
+    overrides = explicit_overrides(args, FIELDS + ("teacher_steps_per_segment", "teacher_shift", "target",
+                                                 "student_chunk_size", "init_from"))
     if not args.resume:
         if args.teacher is None:
             raise ValueError("--teacher is required (a train run folder, a bundle or a transformer folder)")

@@ -136,11 +136,13 @@ class DistillConfig(TrainConfig):
 
     ``teacher``: the teacher transformer (a ``save_transformer`` folder, e.g. ``RUN_DIR/model`` or
     ``BUNDLE/teacher``). ``student_timesteps``: the student's schedule (default ``[1000, 960, 889, 727]``).
-    ``teacher_steps_per_segment`` x 4 = teacher Euler steps. Defaults follow upstream ODE regression
+    ``teacher_steps_per_segment`` x 4 = teacher Euler steps. ``student_chunk_size``: latent frames per student
+    chunk (0 = the teacher's; see :class:`Distiller`). Defaults follow upstream ODE regression
     (lr 2e-5, weight decay 0.01, clip 1.0).
     """
 
     teacher: str = ""
+    student_chunk_size: int = 0
     student_timesteps: tuple[int, ...] = DISTILLED_TIMESTEPS
     teacher_steps_per_segment: int = 8
     teacher_shift: float = 8.0
@@ -164,6 +166,9 @@ class DistillConfig(TrainConfig):
         if (isinstance(self.teacher_steps_per_segment, bool) or not isinstance(self.teacher_steps_per_segment, int)
                 or self.teacher_steps_per_segment < 1):
             errors.append(f"teacher_steps_per_segment must be a positive int, got {self.teacher_steps_per_segment!r}")
+        if (isinstance(self.student_chunk_size, bool) or not isinstance(self.student_chunk_size, int)
+                or self.student_chunk_size < 0):
+            errors.append(f"student_chunk_size must be an int >= 0 (0: the teacher's), got {self.student_chunk_size!r}")
         if not self.teacher_shift > 0:
             errors.append(f"teacher_shift must be > 0, got {self.teacher_shift}")
         if errors:
@@ -179,7 +184,17 @@ class Distiller(Trainer):
     """ODE-regression distillation run (see module doc). Checkpoints, EMA, resume, logs: as :class:`Trainer`.
 
     ``Distiller(config, dataset, run_dir, teacher=None, ...)``: ``teacher`` defaults to
-    ``load_transformer(config.teacher)``; the student starts as a copy of it (or of ``model=``).
+    ``load_transformer(config.teacher)``; the student starts as a copy of it (or of ``model=``, or of
+    ``config.init_from``, a transformer folder of the same architecture such as an earlier student).
+
+    A **smaller student chunk** (``config.student_chunk_size``, e.g. 1 from a chunk-3 teacher: a streaming step
+    of 2 frames instead of 6, so an env step or a ROS reply comes 3x sooner) keeps the teacher's weights and
+    changes only the chunk grid (:meth:`~world_model.config.ModelConfig.with_chunk_size`: chunk sizes, and a
+    streaming window as long in frames).
+    The teacher still
+    samples on its own grid; the student regresses, one student chunk at a time, the teacher's trajectory of
+    those frames, with the teacher's final frames before them as context. A student chunk cannot see the later
+    frames of the teacher chunk it sits in, so it learns their average effect.
     """
 
     kind = "distill"
@@ -194,10 +209,22 @@ class Distiller(Trainer):
             teacher = load_transformer(config.teacher, dtype=torch.float32)
         if not isinstance(teacher, SanaWMTransformer):
             raise ValueError(f"teacher must be a SanaWMTransformer, got {type(teacher).__name__}")
-        if teacher.config.to_dict() != config.model_config.to_dict():
-            config.model = teacher.config.to_dict()
+        student_cfg = teacher.config
+        if config.student_chunk_size:
+            student_cfg = teacher.config.with_chunk_size(config.student_chunk_size)
+        if student_cfg.to_dict() != config.model_config.to_dict():
+            config.model = student_cfg.to_dict()
         self._teacher_init = teacher
-        kwargs.setdefault("model", teacher)
+        if "model" not in kwargs:  # the teacher's weights, or config.init_from's (e.g. an earlier student)
+            source = load_transformer(config.init_from, dtype=torch.float32) if config.init_from else teacher
+            grid = {k: getattr(student_cfg, k) for k in ("chunk_size", "first_chunk_size", "stream_window_chunks")}
+            if source.config.replace(**grid) != student_cfg:
+                raise ValueError(f"init_from {config.init_from!r} is not the teacher's architecture")
+            student = source
+            if source.config != student_cfg:  # same parameters, another chunk grid
+                student = SanaWMTransformer(student_cfg).to(dtype=source.dtype)
+                student.load_state_dict(source.state_dict())
+            kwargs["model"] = student
         super().__init__(config, dataset, run_dir, **kwargs)
         self.teacher = copy.deepcopy(teacher).to(device=self.device, dtype=torch.float32).eval().requires_grad_(False)
         del self._teacher_init
@@ -205,25 +232,34 @@ class Distiller(Trainer):
         self.grid, self.record_idx = teacher_grid(self.student_sigmas, config.teacher_steps_per_segment,
                                                   config.teacher_shift)
 
-    def _chunk_noises(self, x0: torch.Tensor, bounds, gen: torch.Generator) -> list[torch.Tensor]:
-        b, c, _, h, w = x0.shape
-        return [torch.randn((b, c, hi - lo, h, w), generator=gen, device=self.device) for lo, hi in bounds]
+    @staticmethod
+    def _split_noise(noise: torch.Tensor, bounds) -> list[torch.Tensor]:
+        """Per-chunk views of one clip-long noise tensor (so two chunk grids can start from the same noise)."""
+        return [noise[:, :, lo:hi] for lo, hi in bounds]
+
+    def _teacher_bounds_through(self, frame_end: int, num_frames: int) -> list[tuple[int, int]]:
+        """The teacher's chunks, up to the one that contains latent frame ``frame_end - 1``."""
+        bounds = self.teacher.config.chunk_bounds(num_frames)
+        n = next(i for i, (_, hi) in enumerate(bounds) if hi >= frame_end)
+        return bounds[: n + 1]
 
     def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         cfg = self.model.config
         bounds_all = cfg.chunk_bounds(x0.shape[2])
         c = int(torch.randint(0, len(bounds_all), (1,), generator=gen, device=self.device).item())
-        bounds = bounds_all[: c + 1]
-        noises = self._chunk_noises(x0, bounds, gen)
-        records, finals = teacher_rollout(self.teacher, x0[:, :, :1], camera, bounds, self.grid, noises,
-                                          record=self.record_idx, autocast=self._autocast)
-        rec = records[c]  # x at student sigmas 0..K-1, then the final chunk
+        lo, hi = bounds_all[c]  # the student chunk this step trains
+        t_bounds = self._teacher_bounds_through(hi, x0.shape[2])
+        b, ch, _, h, w = x0.shape
+        noise = torch.randn((b, ch, t_bounds[-1][1], h, w), generator=gen, device=self.device)
+        records, finals = teacher_rollout(self.teacher, x0[:, :, :1], camera, t_bounds, self.grid,
+                                          self._split_noise(noise, t_bounds), record=self.record_idx,
+                                          autocast=self._autocast)
+        # the teacher's trajectory of frames lo:hi at the student sigmas (then final), and its clean past
+        rec = [torch.cat([r[j] for r in records], dim=2)[:, :, lo:hi] for j in range(len(self.record_idx))]
+        past = torch.cat(finals, dim=2)[:, :, :lo]
         sig = self.student_sigmas.tolist()
         k_steps = len(sig) - 1
-        lo, hi = bounds[c]
-        b = x0.shape[0]
-        ctx = [f for f in finals[:c]]
-        inputs = torch.cat([torch.cat([*ctx, rec[i]], dim=2) for i in range(k_steps)], dim=0)
+        inputs = torch.cat([torch.cat([past, rec[i]], dim=2) for i in range(k_steps)], dim=0)
         ts = torch.zeros(k_steps * b, hi, device=self.device)
         for i in range(k_steps):
             ts[i * b:(i + 1) * b, lo:hi] = sig[i] * 1000.0
@@ -246,13 +282,14 @@ class Distiller(Trainer):
     def student_teacher_gap(self, x0: torch.Tensor, camera, seed: int = 0) -> dict[str, float]:
         """Latent MSE between the student's few-step streaming rollout (on its own context) and the teacher's,
         from the same first frame, poses and noise (frame 0 excluded); plus each one's MSE to ``x0``."""
-        bounds = self.model.config.chunk_bounds(x0.shape[2])
+        t = x0.shape[2]
+        s_bounds, t_bounds = self.model.config.chunk_bounds(t), self.teacher.config.chunk_bounds(t)
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        noises = self._chunk_noises(x0, bounds, gen)
-        _, t_fin = teacher_rollout(self.teacher, x0[:, :, :1], camera, bounds, self.grid, noises,
-                                   autocast=self._autocast)
-        _, s_fin = teacher_rollout(self.ema, x0[:, :, :1], camera, bounds, self.student_sigmas, noises,
-                                   autocast=self._autocast)
+        noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        _, t_fin = teacher_rollout(self.teacher, x0[:, :, :1], camera, t_bounds, self.grid,
+                                   self._split_noise(noise, t_bounds), autocast=self._autocast)
+        _, s_fin = teacher_rollout(self.ema, x0[:, :, :1], camera, s_bounds, self.student_sigmas,
+                                   self._split_noise(noise, s_bounds), autocast=self._autocast)
         t_all, s_all = torch.cat(t_fin, 2)[:, :, 1:], torch.cat(s_fin, 2)[:, :, 1:]
         gt = x0[:, :, 1:]
         return {"gap_mse": float((s_all - t_all).pow(2).mean()), "student_mse": float((s_all - gt).pow(2).mean()),
