@@ -17,7 +17,9 @@ Choices, top to bottom:
   ``policies.sb3.GoalFrameExtractor`` adds the goal as seen from the current body (position, distance,
   relative rotation): a fixed function of pose and goal that spares the MLP learning quaternion algebra.
   ImageNav observes no pose; there the same extractor stacks the current and the goal image into one CNN
-  (early fusion), so the first convolution compares the two views pixel by pixel.
+  (early fusion), so the first convolution compares the two views pixel by pixel. From scratch that CNN does not
+  learn to find goals on a CPU budget; ``--goal-pose-net PATH`` swaps it for a frozen network pretrained on the
+  twin to predict where the goal is (``examples/pretrain_relative_pose.py``), and PPO learns to act on it.
 * **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
   a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
   (episodes are at most 100 steps; a goal is reached in 10-30).
@@ -59,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-episodes", type=int, default=20, help="episodes per world (0: skip; default 20)")
     p.add_argument("--eval-seed", type=int, default=10_000, help="first evaluation seed (default: %(default)s)")
     p.add_argument("--eval-json", type=Path, default=None, help="write the evaluation JSON here")
+    p.add_argument("--goal-pose-net", type=Path, default=None,
+                   help="ImageNav: frozen pretrained goal encoder (examples/pretrain_relative_pose.py) for the policy")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", action="store_true", help="show SB3's training progress bar (needs tqdm + rich)")
     return p.parse_args(argv)
@@ -93,9 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
     venv.seed(args.seed)
 
     # 2. PPO with a dict-observation policy (CNN for the image, MLP for pose and goal).
+    if args.goal_pose_net is not None and task != "imagenav":
+        raise ValueError("--goal-pose-net is for the ImageNav ids (the goal given as an image)")
+    extractor = {} if args.goal_pose_net is None else {"goal_pose_net": str(args.goal_pose_net.resolve())}
     agent = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=4,
                 gamma=0.98, learning_rate=3e-4, seed=args.seed, device="cpu", verbose=0,
-                policy_kwargs={"features_extractor_class": GoalFrameExtractor})
+                policy_kwargs={"features_extractor_class": GoalFrameExtractor, "features_extractor_kwargs": extractor})
     t0 = time.perf_counter()
     agent.learn(total_timesteps=args.total_steps, progress_bar=args.progress)
     train_s = time.perf_counter() - t0

@@ -6,14 +6,16 @@
 * ``scripted``  - ``scripted.PoseController`` on Nav; on ImageNav (no pose observed) the privileged oracle
   ``scripted.PrivilegedPoseController``, labelled ``privileged`` in results;
 * ``cem`` / ``mppi`` - ``planners.PlannerPolicy`` (pose-goal cost on Nav, image-goal cost on ImageNav);
-* ``ppo:PATH.zip`` (or ``sac:``, ``td3:``, ...) - ``sb3.SB3Policy``, a saved Stable-Baselines3 model.
+* ``ppo:PATH.zip`` (or ``sac:``, ``td3:``, ...) - ``sb3.SB3Policy``, a saved Stable-Baselines3 model;
+* ``servo:PATH.pt`` - ImageNav: ``relative_pose.VisualServoPolicy``, the pose controller on a pretrained
+  relative-pose network's estimate of the goal (observation-only).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-POLICY_SPECS: tuple[str, ...] = ("random", "scripted", "cem", "mppi", "ppo:PATH.zip")
+POLICY_SPECS: tuple[str, ...] = ("random", "scripted", "cem", "mppi", "ppo:PATH.zip", "servo:PATH.pt")
 
 
 def make_policy(spec: str, env, *, seed: int = 0, planner: dict[str, Any] | None = None):
@@ -33,6 +35,10 @@ def make_policy(spec: str, env, *, seed: int = 0, planner: dict[str, Any] | None
 
         return PlannerPolicy((CEM if spec == "cem" else MPPI)(seed=seed, **(planner or {})), name=spec)
     algo, sep, path = spec.partition(":")
+    if algo == "servo" and path:
+        from policies.relative_pose import VisualServoPolicy
+
+        return VisualServoPolicy(path)
     if sep and path:
         from policies.sb3 import SB3Policy
 

@@ -119,6 +119,18 @@ def goal_in_body_frame(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     return torch.cat([rel_pos, rel_pos.norm(dim=-1, keepdim=True), rel_rot[:, :, 0], rel_rot[:, :, 1]], dim=-1)
 
 
+class _Frozen(torch.nn.Module):
+    """A pretrained module that stays as it was loaded: no gradients, and ``apply`` skips it, so initialisers run
+    over the enclosing model (SB3's orthogonal init of the features extractor) leave its weights alone."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module.requires_grad_(False)
+
+    def apply(self, fn):  # noqa: ARG002 - deliberately not applied
+        return self
+
+
 class GoalFrameExtractor(BaseFeaturesExtractor):
     """SB3's ``CombinedExtractor`` plus the goal expressed relative to the current view.
 
@@ -130,33 +142,61 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
       match two separately pooled feature vectors; stacked, the first convolution sees both views of each
       pixel, so "the goal view is a zoomed / shifted version of this one" is a local pattern it can learn.
 
+    * Image goal with ``goal_pose_net=PATH`` (a :mod:`policies.relative_pose` network, pretrained on the twin):
+      the frozen network's features of the two stacked images plus its prediction of the goal relative to the
+      body (the 10 numbers of :func:`goal_in_body_frame`). The policy then learns to act on "where the goal is"
+      instead of discovering it from the reward. The network's weights are saved inside the SB3 zip, but
+      loading the zip rebuilds the extractor from ``PATH``, which must still exist.
+
     Other keys are flattened as in ``CombinedExtractor``. Use with
-    ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``.
+    ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``; the images
+    arrive as SB3's default normalised floats in [0, 1].
     """
 
-    def __init__(self, observation_space: gym.spaces.Dict, cnn_output_dim: int = 256) -> None:
+    def __init__(self, observation_space: gym.spaces.Dict, cnn_output_dim: int = 256,
+                 goal_pose_net: str | Path | None = None) -> None:
         spaces_ = observation_space.spaces
         self.uses_goal_frame = all(k in spaces_ and spaces_[k].shape == (7,) for k in ("pose", "goal"))
         image, goal = spaces_.get("image"), spaces_.get("goal")
         self.uses_goal_image = (image is not None and goal is not None and goal.shape == image.shape
                                 and len(image.shape) == 3)
+        if goal_pose_net is not None and not self.uses_goal_image:
+            raise ValueError("goal_pose_net needs image goals (ImageNav: 'goal' an image of the same shape as "
+                             f"'image'); this observation space has keys {sorted(spaces_)}")
         if self.uses_goal_image:
             # SB3 hands image observations channel-first (VecTransposeImage), so channels are axis 0 here.
             c, h, w = image.shape
-            stacked = gym.spaces.Box(0, 255, (2 * c, h, w), dtype=np.uint8)
             rest = gym.spaces.Dict({k: v for k, v in spaces_.items() if k not in ("image", "goal")})
-            fused = NatureCNN(stacked, features_dim=cnn_output_dim)
             others = CombinedExtractor(rest, cnn_output_dim=cnn_output_dim) if rest.spaces else None
-            super().__init__(observation_space, cnn_output_dim + (others.features_dim if others else 0))
+            if goal_pose_net is not None:
+                from policies.relative_pose import TARGET_DIM, load_relative_pose_net
+
+                net = load_relative_pose_net(goal_pose_net)
+                if tuple(net.config.image_hw) != (h, w):
+                    raise ValueError(f"goal_pose_net was trained on {tuple(net.config.image_hw)} images, the env "
+                                     f"gives {(h, w)}")
+                fused, fused_dim = _Frozen(net), net.config.features_dim + TARGET_DIM
+            else:
+                fused = NatureCNN(gym.spaces.Box(0, 255, (2 * c, h, w), dtype=np.uint8), features_dim=cnn_output_dim)
+                fused_dim = cnn_output_dim
+            super().__init__(observation_space, fused_dim + (others.features_dim if others else 0))
             self.fused, self.others = fused, others
+            self.uses_goal_pose_net = goal_pose_net is not None
             return
+        self.uses_goal_pose_net = False
         combined = CombinedExtractor(observation_space, cnn_output_dim=cnn_output_dim)
         super().__init__(observation_space, combined.features_dim + (10 if self.uses_goal_frame else 0))
         self.combined = combined
 
     def forward(self, observations: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.uses_goal_image:
-            features = self.fused(torch.cat([observations["image"], observations["goal"]], dim=1))
+            if self.uses_goal_pose_net:  # frozen: features and the predicted relative goal, no gradient
+                with torch.no_grad():
+                    net = self.fused.module
+                    feats = net.features(observations["image"] * 255.0, observations["goal"] * 255.0)
+                    features = torch.cat([feats, net.head(feats)], dim=1)
+            else:
+                features = self.fused(torch.cat([observations["image"], observations["goal"]], dim=1))
             if self.others is None:
                 return features
             rest = {k: v for k, v in observations.items() if k not in ("image", "goal")}

@@ -85,7 +85,10 @@ class PoseController:
 
     def command(self, pose: np.ndarray, goal: np.ndarray) -> np.ndarray:
         """The action (6,) float32 that moves ``pose`` towards ``goal`` (both pose7 in the same frame)."""
-        rel = np.linalg.inv(pose7_matrix(pose)) @ pose7_matrix(goal)
+        return self.command_relative(np.linalg.inv(pose7_matrix(pose)) @ pose7_matrix(goal))
+
+    def command_relative(self, rel: np.ndarray) -> np.ndarray:
+        """The action (6,) float32 towards a goal at ``rel`` (4, 4), the goal pose in the current body frame."""
         twist = self.gain * np.concatenate([rel[:3, 3], Rotation.from_matrix(rel[:3, :3]).as_rotvec()])
         movable = self.max_step > 0
         a = np.zeros(6)

@@ -1,0 +1,159 @@
+"""The ImageNav goal encoder: twin data collection, training, files, and its use as a frozen PPO extractor."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import sana_wm_env  # noqa: F401
+from policies.relative_pose import (
+    RelativePoseNet,
+    RelativePoseNetConfig,
+    collect_pairs,
+    evaluate_relative_pose_net,
+    load_relative_pose_net,
+    pose_errors,
+    save_relative_pose_net,
+    train_relative_pose_net,
+)
+from policies.sb3 import GoalFrameExtractor, SB3Policy, goal_in_body_frame
+
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pairs() -> dict[str, np.ndarray]:
+    return collect_pairs(48, model=None, seed=3, max_steps=20)
+
+
+def test_collect_pairs_labels_match_the_privileged_poses(pairs):
+    n = 48
+    env = gym.make("SanaWM-TwinImageNav-v0")
+    h, w = env.unwrapped.sim.image_hw
+    assert pairs["image"].shape == pairs["goal"].shape == (n, 3, h, w) and pairs["image"].dtype == np.uint8
+    assert pairs["target"].shape == (n, 10) and pairs["target"].dtype == np.float32
+    # the first sample of an episode is taken at the start: the goal lies 1-3 m away (TaskConfig.goal_distance),
+    # and its distance entry is the norm of its position entry
+    first = pairs["target"][0]
+    assert 1.0 <= first[3] <= 3.0 and np.isclose(np.linalg.norm(first[:3]), first[3], atol=1e-5)
+    # the same reset seed reproduces the same goal image and label
+    obs, _ = env.reset(seed=3 * 1_000_003)
+    np.testing.assert_array_equal(obs["goal"].transpose(2, 0, 1), pairs["goal"][0])
+    expected = goal_in_body_frame(torch.as_tensor(env.unwrapped.pose)[None],
+                                  torch.as_tensor(env.unwrapped.goal_pose)[None])[0]
+    np.testing.assert_allclose(pairs["target"][0], expected.numpy(), atol=1e-6)
+    # the controller moves towards the goal: later samples of the first episode are closer
+    assert pairs["target"][5, 3] < first[3]
+
+
+def test_training_fits_and_the_file_round_trips(pairs, tmp_path):
+    net0 = RelativePoseNet(RelativePoseNetConfig(image_hw=pairs["image"].shape[2:], width=8, features_dim=32))
+    before = evaluate_relative_pose_net(net0, pairs)["val_loss"]
+    net, metrics = train_relative_pose_net(pairs, pairs, config=net0.config, epochs=25, batch_size=16, lr=3e-3)
+    after = metrics["val"]["val_loss"]
+    assert after < 0.5 * before, (before, after)  # it can fit the data it saw
+    assert len(metrics["history"]) == 25 and {"median_position_error_m", "median_heading_error_deg"} <= set(
+        metrics["val"])
+    path = save_relative_pose_net(net, tmp_path / "rp.pt", metrics)
+    back = load_relative_pose_net(path)
+    img, goal = torch.as_tensor(pairs["image"][:4]), torch.as_tensor(pairs["goal"][:4])
+    torch.testing.assert_close(back(img, goal), net(img, goal), rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match="pretrain_relative_pose"):
+        load_relative_pose_net(tmp_path / "missing.pt")
+    torch.save({"x": 1}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a relative-pose network"):
+        load_relative_pose_net(tmp_path / "other.pt")
+
+
+def test_bad_inputs_are_named():
+    net = RelativePoseNet(RelativePoseNetConfig(image_hw=(32, 32), width=4, features_dim=8))
+    with pytest.raises(ValueError, match="image must have shape"):
+        net(torch.zeros(1, 32, 32, 3), torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        net(torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="image_hw"):
+        RelativePoseNetConfig(image_hw=(16, 16))
+    with pytest.raises(ValueError, match="num_samples"):
+        collect_pairs(0)
+
+
+def test_pose_errors_are_metres_and_degrees():
+    yaw45 = [2.0, 0, 0, 0, 0, np.sin(np.pi / 8), np.cos(np.pi / 8)]
+    target = goal_in_body_frame(torch.tensor([[0.0, 0, 0, 0, 0, 0, 1]]), torch.tensor([yaw45], dtype=torch.float32))
+    pred = target.clone()
+    pred[:, 0] += 0.5  # half a metre too far
+    errs = pose_errors(pred, target)
+    assert errs["median_position_error_m"] == pytest.approx(0.5) and errs["median_heading_error_deg"] == 0.0
+    assert errs["median_goal_distance_m"] == pytest.approx(2.0)
+
+
+def test_frozen_goal_encoder_in_ppo(pairs, tmp_path):
+    net, _ = train_relative_pose_net(pairs, None, config=RelativePoseNetConfig(image_hw=(64, 64), width=4,
+                                                                              features_dim=8), epochs=1)
+    net_path = save_relative_pose_net(net, tmp_path / "rp.pt")
+    spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    zip_path = tmp_path / "ppo.zip"
+    example.main(["--env-id", "SanaWM-TwinImageNav-v0", "--model", "none", "--total-steps", "64",
+                  "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--max-steps", "4",
+                  "--eval-episodes", "0", "--out", str(zip_path), "--goal-pose-net", str(net_path)])
+    policy = SB3Policy(zip_path)
+    ext = policy.model.policy.features_extractor
+    assert isinstance(ext, GoalFrameExtractor) and ext.uses_goal_pose_net
+    assert ext.features_dim == 8 + 10
+    # PPO (its orthogonal init included) trained around the encoder without changing it
+    for name, p in net.state_dict().items():
+        torch.testing.assert_close(ext.fused.module.state_dict()[name], p, rtol=0, atol=0)
+    assert not any(p.requires_grad for p in ext.fused.parameters())
+    # the extractor hands the policy the encoder's own prediction (images rescaled from SB3's [0, 1] floats)
+    img, goal = torch.as_tensor(pairs["image"][:2]), torch.as_tensor(pairs["goal"][:2])
+    feats = ext({"image": img.float() / 255.0, "goal": goal.float() / 255.0})
+    torch.testing.assert_close(feats[:, 8:], net(img, goal), rtol=1e-5, atol=1e-5)
+    env = gym.make("SanaWM-TwinImageNav-v0")
+    obs, _ = env.reset(seed=0)
+    assert policy.act(obs, env).shape == (6,)
+    # a pose-goal task has no image goal for it
+    nav = gym.make("SanaWM-TwinNav-v0").observation_space
+    with pytest.raises(ValueError, match="goal_pose_net needs image goals"):
+        GoalFrameExtractor(nav, goal_pose_net=net_path)
+
+
+def test_visual_servo_policy(pairs, tmp_path):
+    from policies import make_policy
+    from policies.relative_pose import VisualServoPolicy, relative_goal_matrix
+    from policies.scripted import PoseController, pose7_matrix
+
+    env = gym.make("SanaWM-TwinImageNav-v0")
+    obs, _ = env.reset(seed=5)
+    pose, goal = env.unwrapped.pose, env.unwrapped.goal_pose
+    # an exact estimate gives exactly the pose controller's command
+    exact = goal_in_body_frame(torch.as_tensor(pose)[None], torch.as_tensor(goal)[None])[0].numpy()
+    np.testing.assert_allclose(relative_goal_matrix(exact), np.linalg.inv(pose7_matrix(pose)) @ pose7_matrix(goal),
+                               atol=1e-5)
+    ctl = PoseController.for_env(env)
+    np.testing.assert_allclose(ctl.command_relative(relative_goal_matrix(exact)), ctl.command(pose, goal), atol=1e-5)
+    # any prediction maps to a proper rotation
+    r = relative_goal_matrix(np.arange(10, dtype=np.float32))[:3, :3]
+    np.testing.assert_allclose(r.T @ r, np.eye(3), atol=1e-9)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+    net, _ = train_relative_pose_net(pairs, None, config=RelativePoseNetConfig(width=4, features_dim=8), epochs=1)
+    path = save_relative_pose_net(net, tmp_path / "rp.pt")
+    policy = make_policy(f"servo:{path}", env)
+    assert isinstance(policy, VisualServoPolicy) and not policy.privileged
+    with pytest.raises(ValueError, match="reset"):
+        policy.act(obs, env)
+    policy.reset(env, seed=5)
+    a = policy.act(obs, env)
+    assert a.shape == (6,) and a.dtype == np.float32 and np.abs(a).max() <= 1.0
+    with pytest.raises(ValueError, match="ImageNav"):
+        policy.reset(gym.make("SanaWM-TwinNav-v0"))
+    with pytest.raises(ValueError, match="finite"):
+        relative_goal_matrix(np.full(10, np.nan))
