@@ -207,7 +207,8 @@ def train_relative_pose_net(
     for name, data in (("train", train), ("val", val)):
         if data is None:
             continue
-        if set(data) < {"image", "goal", "target"} or len({len(data[k]) for k in ("image", "goal", "target")}) != 1:
+        keys = ("image", "goal", "target")
+        if not set(keys) <= set(data) or len({len(data[k]) for k in keys}) != 1:
             raise ValueError(f"{name} must hold 'image', 'goal', 'target' arrays of one length (collect_pairs)")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs}, {batch_size}")

@@ -82,6 +82,8 @@ def test_bad_inputs_are_named():
         RelativePoseNetConfig(image_hw=(16, 16))
     with pytest.raises(ValueError, match="num_samples"):
         collect_pairs(0)
+    with pytest.raises(ValueError, match="'image', 'goal', 'target'"):
+        train_relative_pose_net({"image": np.zeros((2, 3, 32, 32), np.uint8), "target": np.zeros((2, 10))})
 
 
 def test_pose_errors_are_metres_and_degrees():
