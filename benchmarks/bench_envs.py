@@ -70,11 +70,7 @@ def main() -> None:
 
         model = load_world_model(args.model)
     if args.chunk_size is not None and args.chunk_size != model.student.config.chunk_size:
-        from world_model.transformer import SanaWMTransformer
-
-        student = SanaWMTransformer(model.student.config.with_chunk_size(args.chunk_size))
-        student.load_state_dict(model.student.state_dict())
-        model.student = student.eval()
+        model.student = model.student.regridded(model.student.config.with_chunk_size(args.chunk_size)).eval()
     rows = []
     for n in args.num_envs:
         row = bench(model, n, args.steps)

@@ -36,6 +36,8 @@ Mode = Literal["bidirectional", "chunk_causal"]
 # torch.compile modes for compile_streaming (inductor); the first two capture CUDA graphs.
 STREAM_COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "default")
 _CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+# config fields that set the chunk grid; the parameters do not depend on them (SanaWMTransformer.regridded)
+GRID_FIELDS = ("chunk_size", "first_chunk_size", "stream_window_chunks")
 
 
 class SanaWMTransformer(nn.Module):
@@ -310,6 +312,18 @@ class SanaWMTransformer(nn.Module):
         b = x.shape[0]
         x = x.reshape(b, t, h, w, ph, pw, cfg.in_channels)
         return x.permute(0, 6, 1, 2, 4, 3, 5).reshape(b, cfg.in_channels, t, h * ph, w * pw)
+
+    def regridded(self, config: ModelConfig) -> SanaWMTransformer:
+        """The same weights on ``config``, which may differ from this model's only in its chunk grid
+        (:data:`GRID_FIELDS`; e.g. ``self.config.with_chunk_size(1)``). Returns ``self`` when nothing changes."""
+        grid = {k: getattr(config, k) for k in GRID_FIELDS}
+        if self.config.replace(**grid) != config:
+            raise ValueError(f"config differs from this model's in more than the chunk grid {GRID_FIELDS}")
+        if config == self.config:
+            return self
+        model = SanaWMTransformer(config).to(device=self.device, dtype=self.dtype)
+        model.load_state_dict(self.state_dict())
+        return model.train(self.training)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -190,11 +190,10 @@ class Distiller(Trainer):
     A **smaller student chunk** (``config.student_chunk_size``, e.g. 1 from a chunk-3 teacher: a streaming step
     of 2 frames instead of 6, so an env step or a ROS reply comes 3x sooner) keeps the teacher's weights and
     changes only the chunk grid (:meth:`~world_model.config.ModelConfig.with_chunk_size`: chunk sizes, and a
-    streaming window as long in frames).
-    The teacher still
-    samples on its own grid; the student regresses, one student chunk at a time, the teacher's trajectory of
-    those frames, with the teacher's final frames before them as context. A student chunk cannot see the later
-    frames of the teacher chunk it sits in, so it learns their average effect.
+    streaming window as long in frames). The teacher still samples on its own grid; the student regresses, one
+    student chunk at a time, the teacher's trajectory of those frames, with the teacher's final frames before
+    them as context. A student chunk cannot see the later frames of the teacher chunk it sits in, so it learns
+    their average effect.
     """
 
     kind = "distill"
@@ -217,14 +216,10 @@ class Distiller(Trainer):
         self._teacher_init = teacher
         if "model" not in kwargs:  # the teacher's weights, or config.init_from's (e.g. an earlier student)
             source = load_transformer(config.init_from, dtype=torch.float32) if config.init_from else teacher
-            grid = {k: getattr(student_cfg, k) for k in ("chunk_size", "first_chunk_size", "stream_window_chunks")}
-            if source.config.replace(**grid) != student_cfg:
-                raise ValueError(f"init_from {config.init_from!r} is not the teacher's architecture")
-            student = source
-            if source.config != student_cfg:  # same parameters, another chunk grid
-                student = SanaWMTransformer(student_cfg).to(dtype=source.dtype)
-                student.load_state_dict(source.state_dict())
-            kwargs["model"] = student
+            try:
+                kwargs["model"] = source.regridded(student_cfg)  # same parameters, maybe another chunk grid
+            except ValueError as exc:
+                raise ValueError(f"init_from {config.init_from!r} is not the teacher's architecture ({exc})") from None
         super().__init__(config, dataset, run_dir, **kwargs)
         self.teacher = copy.deepcopy(teacher).to(device=self.device, dtype=torch.float32).eval().requires_grad_(False)
         del self._teacher_init
