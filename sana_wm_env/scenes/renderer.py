@@ -11,8 +11,6 @@ the frustum is set directly from the intrinsics, which also supports off-centre 
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 
 from sana_wm_env.scenes.gl import gl_context, import_mujoco
@@ -141,8 +139,12 @@ class SceneRenderer:
     def __del__(self) -> None:
         # Free our GL objects with our own context current: MjrContext frees by object id, and ids are
         # reused across contexts, so freeing it under another renderer's context would break that one.
-        with contextlib.suppress(Exception):  # interpreter shutdown may have torn GL down already
+        # Interpreter shutdown may have torn GL (and module globals such as ``contextlib``) down already: a bare
+        # try/except needs no global.
+        try:  # noqa: SIM105
             self.close()
+        except Exception:
+            pass
 
     def __enter__(self) -> SceneRenderer:
         return self

@@ -28,6 +28,7 @@ from ..ops import (
 from ..ops.attention import chunk_causal_attention
 from .common import RMSNorm
 from .positional import apply_rope, downscale_to_reference_rms, ucpe_apply
+from .stream_cpu import attention_forward, attention_lean_ok, lean_applies
 
 OUTPUT_GATE_BIAS = 1.278464542761074  # silu(b) == 1: the gate starts as identity
 
@@ -182,7 +183,11 @@ class SelfAttention(nn.Module):
         return self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
 
     def forward(self, x: torch.Tensor, ctx: AttentionContext, state=None, write_state: bool = False):
-        """``x (B, T, S, C)`` -> ``(out (B, T, S, C), new_state or None)``."""
+        """``x (B, T, S, C)`` -> ``(out (B, T, S, C), new_state or None)``.
+
+        Streaming inference on a CPU runs :func:`.stream_cpu.attention_forward` (same maths, fewer ops)."""
+        if lean_applies(x, ctx.streaming) and attention_lean_ok(self):
+            return attention_forward(self, x, ctx, state, write_state)
         if self.softmax:
             main, cam, new_state = self._softmax_forward(x, ctx, state, write_state)
         else:

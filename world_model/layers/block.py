@@ -72,7 +72,8 @@ class Block(nn.Module):
             b, t, s, c = x.shape
             x = x + self.cross_attn(x.reshape(b, t * s, c), text, text_mask).reshape(b, t, s, c)
         mlp_in = self.norm2(x) * (1 + scale_mlp) + shift_mlp
-        mlp_out, ffn_tail = self.mlp(mlp_in, grid_hw, ctx.bounds, None if state is None else state.ffn_tail)
+        mlp_out, ffn_tail = self.mlp(mlp_in, grid_hw, ctx.bounds, None if state is None else state.ffn_tail,
+                                     streaming=ctx.streaming)
         x = x + gate_mlp * mlp_out
         new_state = BlockState(attn_state, ffn_tail.clone()) if write_state else None
         return x, new_state

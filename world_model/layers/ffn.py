@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import chunked_temporal_conv
+from .stream_cpu import lean_applies, temporal_residual
 
 
 class _Conv(nn.Module):
@@ -71,20 +72,25 @@ class GLUConvFFN(nn.Module):
             holder.conv = lin
 
     def forward(
-        self, x: torch.Tensor, grid_hw: tuple[int, int], bounds, tail: torch.Tensor | None = None
+        self, x: torch.Tensor, grid_hw: tuple[int, int], bounds, tail: torch.Tensor | None = None, *,
+        streaming: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, T, S, C)`` -> ``(y (B, T, S, C), tail of the pre-temporal-conv activations)``.
 
-        The 1x1 convs run as linear maps on channels-last tokens (same weights, faster on CPU).
+        The 1x1 convs run as linear maps on channels-last tokens (same weights, faster on CPU). A ``streaming``
+        call (one chunk, ``bounds == [(0, T)]``) on a CPU runs the temporal conv as one matmul
+        (:func:`.stream_cpu.temporal_residual`).
         """
         b, t, s, c = x.shape
         h, w = grid_hw
         y = F.silu(_pointwise(self.inverted_conv.conv, x))  # (B, T, S, 2h)
-        y = y.reshape(b * t, h, w, -1).permute(0, 3, 1, 2)
+        y = y.reshape(b * t, h, w, -1).permute(0, 3, 1, 2)  # channels-last strides: the depthwise conv keeps them
         y = self.depth_conv(y).permute(0, 2, 3, 1)  # (B*T, h, w, 2h)
         value, gate = y.chunk(2, dim=-1)
-        y = _pointwise(self.point_conv.conv, value * F.silu(gate))  # (B*T, h, w, C)
-        y = y.reshape(b, t, s, c).permute(0, 3, 1, 2)  # (B, C, T, S)
+        y = _pointwise(self.point_conv.conv, value * F.silu(gate)).reshape(b, t, s, c)
+        if streaming and lean_applies(x, streaming):
+            return temporal_residual(y, self.t_conv.weight, tail, self)
+        y = y.permute(0, 3, 1, 2)  # (B, C, T, S)
         conv, new_tail = chunked_temporal_conv(y, self.t_conv.weight, bounds=bounds, tail=tail)
         y = y + conv
         return y.permute(0, 2, 3, 1), new_tail

@@ -16,7 +16,7 @@ from .dispatch import fast_path
 Bounds = Sequence[tuple[int, int]]
 
 
-def _left_context(x: torch.Tensor, tail: torch.Tensor | None, size: int, dim: int) -> torch.Tensor:
+def left_context(x: torch.Tensor, tail: torch.Tensor | None, size: int, dim: int) -> torch.Tensor:
     """Prepend ``size`` frames of past context along ``dim`` (the cached tail, zero-padded if short)."""
     if size == 0:
         return x
@@ -48,7 +48,7 @@ def short_conv(
     t = x.shape[1]
     kernel = weight[:, 0, :].to(x.dtype)  # (C, k)
     k = kernel.shape[-1]
-    past = _left_context(x, tail, k - 1, dim=1)  # (B, T + k - 1, S, C)
+    past = left_context(x, tail, k - 1, dim=1)  # (B, T + k - 1, S, C)
     y = sum(kernel[:, j] * past[:, j : j + t] for j in range(k))
     if bounds:
         # future taps, zero-padded at the end of every chunk: tap j looks (k - 1 - j) frames ahead
@@ -74,7 +74,7 @@ def chunked_temporal_conv(
     if fast is not None:
         return fast(h, weight, bounds=bounds, tail=tail)
     pad = (weight.shape[2] - 1) // 2
-    past = _left_context(h, tail, pad, dim=2)  # (B, C, T + pad, S)
+    past = left_context(h, tail, pad, dim=2)  # (B, C, T + pad, S)
     w = weight.to(h.dtype)
     outs = []
     for c0, c1 in bounds:

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .conv import _left_context
+from .conv import left_context
 from .gdn import _check_bounds
 
 Bounds = Sequence[tuple[int, int]]
@@ -107,5 +107,5 @@ def triton_short_conv(
     # the next call's tail: the last k-1 frames of [tail | x] (zero-padded), as the reference returns it
     keep = k - 1
     recent = x[:, max(0, t - keep):]
-    new_tail = _left_context(recent, tail, max(0, keep - t), dim=1).clone()
+    new_tail = left_context(recent, tail, max(0, keep - t), dim=1).clone()
     return y, new_tail

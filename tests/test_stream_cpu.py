@@ -1,0 +1,204 @@
+"""The lean CPU streaming path (world_model/layers/stream_cpu.py) against the reference layers.
+
+Every parameter is randomised (the zero-initialised camera residual, temporal conv and gates included) and the
+cameras rotate and translate, so every branch of both paths contributes to the outputs being compared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+import world_model.layers.attention as attention_module
+import world_model.layers.ffn as ffn_module
+from world_model.camera import CameraInputs
+from world_model.config import PRESETS
+from world_model.transformer import SanaWMTransformer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _model(seed: int = 0, **changes) -> SanaWMTransformer:
+    model = SanaWMTransformer(PRESETS["tiny-notext"].replace(**changes)).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if "norm" in name else 0.0
+            p.copy_(base + 0.15 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def _camera(b: int, t: int, hw: tuple[int, int], channels: int, seed: int = 5) -> CameraInputs:
+    rng = np.random.default_rng(seed)
+    cond = torch.zeros(b, t, 20)
+    for i in range(b):
+        rot = Rotation.from_rotvec(rng.normal(scale=0.3, size=(t, 3))).as_matrix()
+        pose = np.tile(np.eye(4), (t, 1, 1))
+        pose[:, :3, :3] = rot
+        pose[:, :3, 3] = rng.normal(scale=0.5, size=(t, 3))
+        cond[i, :, :16] = torch.as_tensor(pose.reshape(t, 16), dtype=torch.float32)
+    cond[:, :, 16:] = torch.tensor([3.0, 3.5, hw[1] / 2, hw[0] / 2])
+    gen = torch.Generator().manual_seed(seed)
+    return CameraInputs(cond, torch.randn(b, channels, t, *hw, generator=gen))
+
+
+def _one_frame_chunks(seed: int, frames: int, timestep: float):
+    """A one-frame-chunk model (first chunk 2 frames) with a clip of ``frames`` latent frames and its camera."""
+    model = _model(seed=seed, chunk_size=1, first_chunk_size=2)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(1, model.config.in_channels, frames, 3, 3, generator=gen)
+    return model, x, torch.full((1, frames), timestep), _camera(1, frames, (3, 3), model.config.plucker_channels)
+
+
+def _tensors(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if obj is None or isinstance(obj, (int, float, bool, str)):
+        return []
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return [t for f in dataclasses.fields(obj) for t in _tensors(getattr(obj, f.name))]
+
+
+def _stream(model, x, t, cam, *, reference: bool, monkeypatch, cache=None, chunks=None):
+    """Run ``x`` chunk by chunk (two denoising-style calls and one cache write per chunk); return every output
+    and the caches written."""
+    monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "1" if reference else "0")
+    cache = model.new_cache() if cache is None else cache
+    outs, caches = [], []
+    bounds = chunks or model.config.chunk_bounds(x.shape[2])
+    with torch.no_grad():
+        for c0, c1 in bounds:
+            args = dict(camera=cam.slice_frames(c0, c1))
+            for _ in range(2):
+                out, _ = model.forward_stream(x[:, :, c0:c1], t[:, c0:c1], cache=cache, **args)
+                outs.append(out)
+            out, cache = model.forward_stream(x[:, :, c0:c1], torch.zeros_like(t[:, c0:c1]), cache=cache,
+                                              write_cache=True, **args)
+            outs.append(out)
+            caches.append(cache)
+    return outs, caches
+
+
+@pytest.mark.parametrize("chunk_size, renorm", [(1, False), (3, False), (2, True)])
+def test_lean_streaming_matches_the_reference_layers(chunk_size, renorm, monkeypatch):
+    model = _model(chunk_size=chunk_size, first_chunk_size=chunk_size + 1, ucpe_rms_renorm=renorm,
+                   stream_window_chunks=2)
+    cfg = model.config
+    frames = cfg.first_chunk_size + 4 * chunk_size  # 5 chunks: the softmax window fills and rolls
+    b, hw = 2, (3, 4)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(b, cfg.in_channels, frames, *hw, generator=gen)
+    t = torch.randint(0, 1000, (b, frames), generator=gen).float()
+    cam = _camera(b, frames, hw, cfg.plucker_channels)
+
+    calls = {"attention": 0, "ffn": 0}
+    for module, name, key in ((attention_module, "attention_forward", "attention"),
+                              (ffn_module, "temporal_residual", "ffn")):
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _key=key, **kwargs):
+            calls[_key] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    ref, ref_caches = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch)
+    assert calls == {"attention": 0, "ffn": 0}
+    lean, lean_caches = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    assert calls["attention"] == calls["ffn"] == cfg.depth * len(ref)  # the lean path really ran, every block
+
+    assert min(o.abs().max() for o in ref) > 0.5
+    for a, r in zip(lean, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=2e-5)
+    for lc, rc in zip(lean_caches, ref_caches, strict=True):  # same state: GDN, conv tails, softmax K/V
+        lt, rt = _tensors(lc.blocks), _tensors(rc.blocks)
+        assert len(lt) == len(rt) > 0
+        for a, r in zip(lt, rt, strict=True):
+            assert a.shape == r.shape
+            torch.testing.assert_close(a, r, atol=2e-5, rtol=2e-5)
+    # the camera branch matters: a different camera changes the lean outputs
+    moved, _ = _stream(model, x, t, _camera(b, frames, hw, cfg.plucker_channels, seed=9), reference=False,
+                       monkeypatch=monkeypatch)
+    assert (moved[-1] - lean[-1]).abs().max() > 1e-3
+
+
+def test_caches_are_interchangeable_between_the_paths(monkeypatch):
+    model, x, t, cam = _one_frame_chunks(2, 4, 400.0)
+    first = [(0, 2), (2, 3)]
+    _, lean_caches = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch, chunks=first)
+    _, ref_caches = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch, chunks=first)
+    tail = [(3, 4)]
+    a, _ = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch, cache=lean_caches[-1], chunks=tail)
+    b, _ = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch, cache=ref_caches[-1], chunks=tail)
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, atol=2e-5, rtol=2e-5)
+
+
+def test_fused_weights_follow_parameter_updates(monkeypatch):
+    model, x, t, cam = _one_frame_chunks(4, 2, 700.0)
+    before, _ = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    with torch.no_grad():  # in place, as an optimizer step or load_state_dict would
+        model.blocks[0].attn.k_proj_cam.weight.mul_(-1.5)
+        model.blocks[1].mlp.t_conv.weight.add_(0.2)
+    after, _ = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    ref, _ = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch)
+    assert (after[-1] - before[-1]).abs().max() > 1e-3
+    torch.testing.assert_close(after[-1], ref[-1], atol=2e-5, rtol=2e-5)
+
+
+def test_lean_path_stays_out_of_training_and_other_dtypes(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the lean path ran")
+
+    monkeypatch.setattr(attention_module, "attention_forward", fail)
+    monkeypatch.setattr(ffn_module, "temporal_residual", fail)
+    monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "0")
+    model, x, t, cam = _one_frame_chunks(6, 2, 500.0)
+    out, _ = model.forward_stream(x, t, cache=model.new_cache(), camera=cam)  # autograd on
+    out.sum().backward()
+    assert model.blocks[0].attn.k_proj_cam.weight.grad is not None
+    with torch.no_grad():
+        model.double()
+        model.forward_stream(x.double(), t.double(), cache=model.new_cache(),
+                             camera=CameraInputs(cam.conditions.double(), cam.plucker.double()))
+
+
+def test_positional_context_is_shared_within_a_chunk_and_recomputed_when_inputs_change(monkeypatch):
+    import world_model.transformer as transformer_module
+
+    model, x, t, cam = _one_frame_chunks(7, 2, 600.0)
+    calls = []
+    original = transformer_module.ucpe_ray_matrices
+    monkeypatch.setattr(transformer_module, "ucpe_ray_matrices", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cache = model.new_cache()
+    with torch.no_grad():
+        a, _ = model.forward_stream(x, t, cache=cache, camera=cam)
+        b, _ = model.forward_stream(x, t, cache=cache, camera=cam)  # same chunk, same camera object: reused
+        assert len(calls) == 1
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        cam.conditions[:, :, 3] += 0.5  # moved in place: recomputed
+        c, _ = model.forward_stream(x, t, cache=cache, camera=cam)
+        assert len(calls) == 2 and (c - a).abs().max() > 1e-4
+        fresh = CameraInputs(cam.conditions.clone(), cam.plucker.clone())
+        d, _ = model.forward_stream(x, t, cache=cache, camera=fresh)
+        assert len(calls) == 3
+        torch.testing.assert_close(c, d, atol=0, rtol=0)
+    model.forward_stream(x, t, cache=cache, camera=fresh)  # autograd on: never reused
+    assert len(calls) == 4
+
+
+def test_lean_path_and_context_reuse_under_inference_mode(monkeypatch):
+    model, x, t, cam = _one_frame_chunks(8, 2, 300.0)
+    ref, _ = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch)
+    with torch.inference_mode():
+        inference_cam = CameraInputs(cam.conditions.clone(), cam.plucker.clone())  # inference tensors
+        out, _ = _stream(model, x, t, inference_cam, reference=False, monkeypatch=monkeypatch)
+        inference_model = _model(seed=8, chunk_size=1, first_chunk_size=2)  # inference-tensor parameters
+        out2, _ = _stream(inference_model, x, t, inference_cam, reference=False, monkeypatch=monkeypatch)
+    for a, b, r in zip(out, out2, ref, strict=True):
+        torch.testing.assert_close(a, r, atol=2e-5, rtol=2e-5)
+        torch.testing.assert_close(b, r, atol=2e-5, rtol=2e-5)
