@@ -69,21 +69,34 @@ def _fused(module: nn.Module, name: str, params: list[torch.Tensor], build) -> t
 
 
 # -- attention --------------------------------------------------------------------------------------------
-def _attention_weights(attn: SelfAttention, camera: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows ``[q, k, v, output_gate, (beta, gate if GDN), (q_cam, k_cam, v_cam if camera)]``."""
-    lins = [attn.output_gate]
-    if not attn.softmax:
-        lins += [attn.beta_proj, attn.gate_proj]
-    if camera:
-        lins += [attn.q_proj_cam, attn.k_proj_cam, attn.v_proj_cam]
-    params = [attn.qkv.weight] + [p for lin in lins for p in (lin.weight, lin.bias)]
+# Row order of the fused input projection. GDN blocks keep each main/camera pair adjacent (q|qc, v|vc, k|kc) so
+# the pair is normalised, convolved and transformed by single ops; softmax blocks need q, k, v and the gate only.
+_GDN_ROWS = {True: ("q", "qc", "v", "vc", "og", "beta", "gate", "k", "kc"),
+             False: ("q", "v", "og", "beta", "gate", "k")}
+_SOFTMAX_ROWS = {True: ("q", "k", "v", "og", "qc", "kc", "vc"), False: ("q", "k", "v", "og")}
 
-    def build():
-        weight = torch.cat([attn.qkv.weight] + [lin.weight for lin in lins])
-        bias = torch.cat([attn.qkv.weight.new_zeros(attn.qkv.out_features)] + [lin.bias for lin in lins])
-        return weight, bias
 
-    return _fused(attn, f"proj{int(camera)}", params, build)
+def _projection(attn: SelfAttention, rows: tuple[str, ...]) -> tuple[torch.Tensor, torch.Tensor, dict[str, int]]:
+    """One ``(weight, bias)`` for the named projections, and each name's first output column."""
+    c = attn.qkv.in_features
+    linears = {"og": attn.output_gate, "beta": attn.beta_proj, "gate": attn.gate_proj, "qc": attn.q_proj_cam,
+               "kc": attn.k_proj_cam, "vc": attn.v_proj_cam}
+    qkv = {"q": 0, "k": 1, "v": 2}
+
+    def piece(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        if name in qkv:
+            w = attn.qkv.weight[qkv[name] * c : (qkv[name] + 1) * c]
+            return w, w.new_zeros(c)
+        return linears[name].weight, linears[name].bias
+
+    params = [attn.qkv.weight] + [p for n in rows if n in linears for p in (linears[n].weight, linears[n].bias)]
+    weight, bias = _fused(attn, "proj:" + ",".join(rows), params,
+                          lambda: [torch.cat(parts) for parts in zip(*(piece(n) for n in rows), strict=True)])
+    offsets, at = {}, 0
+    for n in rows:
+        offsets[n] = at
+        at += attn.num_heads if n in ("beta", "gate") else c
+    return weight, bias, offsets
 
 
 def _short_conv(x: torch.Tensor, kernel: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,109 +181,144 @@ def _read(queries: torch.Tensor, states: list[torch.Tensor]) -> torch.Tensor:
 
 def attention_forward(attn: SelfAttention, x: torch.Tensor, ctx: AttentionContext, state, write_state: bool):
     """Lean equivalent of ``SelfAttention.forward`` for one streaming chunk; same return values."""
-    from .attention import GDNState, SoftmaxChunk
-
     b, t, s, c = x.shape
-    h, d = attn.num_heads, attn.head_dim
     cam = ctx.camera
-    weight, bias = _attention_weights(attn, cam is not None)
+    rows = (_SOFTMAX_ROWS if attn.softmax else _GDN_ROWS)[cam is not None]
+    weight, bias, at = _projection(attn, rows)
     y = F.linear(x, weight, bias)
-    q, k, v, gate_logits = y[..., :c], y[..., c : 2 * c], y[..., 2 * c : 3 * c], y[..., 3 * c : 4 * c]
-    rest = 4 * c
-    rope = ctx.rope.reshape(t, s, 1, d // 2)
-    if not attn.softmax:
-        beta = torch.sigmoid(y[..., rest : rest + h])  # (B, T, S, H)
-        gate = y[..., rest + h : rest + 2 * h].mean(dim=2)  # (B, T, H)
-        decay = torch.exp(-attn.A_log.exp() * F.softplus(gate + attn.dt_bias))
-        rest += 2 * h
-    if cam is not None:
-        qc, kc, vc = y[..., rest : rest + c], y[..., rest + c : rest + 2 * c], y[..., rest + 2 * c : rest + 3 * c]
-        n = b * t * s
-        m_out = cam.P.reshape(n, 4, 4)  # UCPE: q by P^T, k and v by P^-1, the output by P
-        m_q, m_kv = m_out.transpose(1, 2), cam.P_inv.reshape(n, 4, 4)
-        cam_freqs = cam.freqs.reshape(t, s, 1, d // 4)
-
-    def norm(a: torch.Tensor, rms: nn.Module) -> torch.Tensor:
-        return F.rms_norm(a, (c,), rms.weight, rms.eps)
-
-    if attn.softmax:
-        new_state = None
-        q = _rope(norm(q, attn.q_norm).view(b, t, s, h, d), rope)
-        k = _rope(norm(k, attn.k_norm).view(b, t, s, h, d), rope)
-        q, k = (a.permute(0, 3, 1, 2, 4).reshape(b, h, t * s, d) for a in (q, k))
-        v = v.reshape(b, t * s, h, d).transpose(1, 2).contiguous()  # cached: not a view of the fused output
-        keys, values = attn._with_cache(k, v, state, "keys", "values")
-        main = F.scaled_dot_product_attention(q, keys, values, scale=d**-0.5).transpose(1, 2).reshape(b, t, s, c)
-        cam_out = None
-        if cam is not None:
-            qc = norm(qc, attn.q_norm_cam).view(b, t, s, h, d)
-            kc = norm(kc, attn.k_norm_cam).view(b, t, s, h, d)
-            vc = vc.reshape(b, t, s, h, d)
-            qu, ku, vu = _ucpe(qc, m_q, cam_freqs), _ucpe(kc, m_kv, cam_freqs), _ucpe(vc, m_kv, cam_freqs)
-            if attn.ucpe_rms_renorm:
-                qu, ku, vu = (downscale_to_reference_rms(a, u) for a, u in ((qc, qu), (kc, ku), (vc, vu)))
-            qu, ku, vu = (a.permute(0, 3, 1, 2, 4).reshape(b, h, t * s, d) for a in (qu, ku, vu))
-            kc_u, vc_u = ku, vu
-            ku, vu = attn._with_cache(ku, vu, state, "cam_keys", "cam_values")
-            out = F.scaled_dot_product_attention(qu, ku, vu, scale=attn._cam_scale())
-            out = out.view(b, h, t, s, d).permute(0, 2, 3, 1, 4)
-            cam_out = _ucpe(out, m_out, cam_freqs, inverse_rope=True).reshape(b, t, s, c)
-        if write_state:
-            new_state = SoftmaxChunk(k, v, kc_u if cam is not None else None, vc_u if cam is not None else None)
-    else:
-        key_scale = (d * s) ** -0.5
-        k_tail = None
-        if attn.conv_k is not None:
-            k, k_tail = _short_conv(k, attn.conv_k.weight, None if state is None else state.conv_tail)
-        qn = torch.relu(norm(q, attn.q_norm)).view(b, t, s, h, d)
-        kn = (torch.relu(norm(k, attn.k_norm)) * key_scale).view(b, t, s, h, d)
-        beta_h = beta.permute(0, 3, 1, 2).reshape(b * h, t, s)
-        decay_h = decay.transpose(1, 2).reshape(b * h, t)
-        q_rot, k_rot = _per_head(_rope(qn, rope)), _per_head(_rope(kn, rope))
-        qn, kn = _per_head(qn), _per_head(kn)
-        v = _per_head(v.reshape(b, t, s, h, d))
-        kv0 = x.new_zeros(b * h, d, d) if state is None else state.kv.reshape(b * h, d, d)
-        z0 = x.new_zeros(b * h, 1, d) if state is None else state.z.reshape(b * h, 1, d)
-        kv_states, kv = _scan_chunk(k_rot, v, beta_h, decay_h, kv0)
-        z_states, z = _scan_chunk(kn, None, beta_h, decay_h, z0)
-        out = _read(q_rot, kv_states) / (_read(qn, z_states) + attn.eps)  # (BH, T, S, D)
-        main = out.view(b, h, t, s, d).permute(0, 2, 3, 1, 4).reshape(b, t, s, c)
-
-        cam_out, cam_kv, kc_tail = None, None, None
-        if cam is not None:
-            if attn.conv_k_cam is not None:
-                kc, kc_tail = _short_conv(kc, attn.conv_k_cam.weight, None if state is None else state.cam_conv_tail)
-            qc = torch.relu(norm(qc, attn.q_norm_cam)).view(b, t, s, h, d)
-            kc = (torch.relu(norm(kc, attn.k_norm_cam)) * key_scale).view(b, t, s, h, d)
-            vc = vc.reshape(b, t, s, h, d)
-            pre_norm = torch.linalg.vector_norm(kc, dim=-1).clamp_min(1e-6)  # (B, T, S, H)
-            qu, ku, vu = _ucpe(qc, m_q, cam_freqs), _ucpe(kc, m_kv, cam_freqs), _ucpe(vc, m_kv, cam_freqs)
-            if attn.ucpe_rms_renorm:
-                qu, ku, vu = (downscale_to_reference_rms(a, u) for a, u in ((qc, qu), (kc, ku), (vc, vu)))
-            inflation = (torch.linalg.vector_norm(ku, dim=-1).clamp_min(1e-6) / pre_norm).square().mean(2)  # (B,T,H)
-            beta_cam = beta_h / inflation.clamp_min(1.0).transpose(1, 2).reshape(b * h, t, 1)
-            ck0 = x.new_zeros(b * h, d, d) if state is None or state.cam_kv is None else state.cam_kv.reshape(
-                b * h, d, d)
-            cam_states, cam_kv = _scan_chunk(_per_head(ku), _per_head(vu), beta_cam, decay_h, ck0)
-            out = _read(_per_head(qu), cam_states).view(b, h, t, s, d).permute(0, 2, 3, 1, 4)
-            cam_out = _ucpe(out, m_out, cam_freqs, inverse_rope=True).reshape(b, t, s, c)
-            cam_kv = cam_kv.view(b, h, d, d)
-        new_state = None
-        if write_state:
-            new_state = GDNState(kv.view(b, h, d, d), z.view(b, h, 1, d), k_tail, cam_kv, kc_tail)
-
+    branch = _softmax_branch if attn.softmax else _gdn_branch
+    main, cam_out, new_state = branch(attn, y, at, (b, t, s, c), ctx, state, write_state)
     if cam_out is not None:
         main = torch.addmm(attn.out_proj_cam.bias, cam_out.reshape(-1, c), attn.out_proj_cam.weight.t(),
                            ).view(b, t, s, c).add_(main)
-    gated = main * F.silu(gate_logits)
+    gated = main * F.silu(y[..., at["og"] : at["og"] + c])
     return attn.proj(gated), new_state
 
 
+def _camera_matrices(cam, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """UCPE per token (``(n, 4, 4)`` each): q by ``P^T``, k and v by ``P^-1``, the output by ``P``."""
+    m_out = cam.P.reshape(n, 4, 4)
+    return m_out.transpose(1, 2), cam.P_inv.reshape(n, 4, 4), m_out
+
+
+def _softmax_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state, write_state: bool):
+    from .attention import SoftmaxChunk
+
+    b, t, s, c = shape
+    h, d = attn.num_heads, attn.head_dim
+    cam = ctx.camera
+    rope = ctx.rope.reshape(t, s, 1, d // 2)
+
+    def norm(name: str, rms: nn.Module) -> torch.Tensor:
+        return F.rms_norm(y[..., at[name] : at[name] + c], (c,), rms.weight, rms.eps).view(b, t, s, h, d)
+
+    def heads(a: torch.Tensor) -> torch.Tensor:  # (B, T, S, H, D) -> (B, H, N, D), contiguous (it may be cached)
+        return a.permute(0, 3, 1, 2, 4).reshape(b, h, t * s, d)
+
+    q, k = heads(_rope(norm("q", attn.q_norm), rope)), heads(_rope(norm("k", attn.k_norm), rope))
+    v = heads(y[..., at["v"] : at["v"] + c].reshape(b, t, s, h, d))
+    keys, values = attn._with_cache(k, v, state, "keys", "values")
+    main = F.scaled_dot_product_attention(q, keys, values, scale=d**-0.5).transpose(1, 2).reshape(b, t, s, c)
+    cam_out = kc_u = vc_u = None
+    if cam is not None:
+        m_q, m_kv, m_out = _camera_matrices(cam, b * t * s)
+        freqs = cam.freqs.reshape(t, s, 1, d // 4)
+        qc, kc = norm("qc", attn.q_norm_cam), norm("kc", attn.k_norm_cam)
+        vc = y[..., at["vc"] : at["vc"] + c].reshape(b, t, s, h, d)
+        qu, kc_u, vc_u = _ucpe(qc, m_q, freqs), _ucpe(kc, m_kv, freqs), _ucpe(vc, m_kv, freqs)
+        if attn.ucpe_rms_renorm:
+            qu, kc_u, vc_u = (downscale_to_reference_rms(a, u) for a, u in ((qc, qu), (kc, kc_u), (vc, vc_u)))
+        qu, kc_u, vc_u = heads(qu), heads(kc_u), heads(vc_u)
+        ku, vu = attn._with_cache(kc_u, vc_u, state, "cam_keys", "cam_values")
+        out = F.scaled_dot_product_attention(qu, ku, vu, scale=attn._cam_scale())
+        out = out.view(b, h, t, s, d).permute(0, 2, 3, 1, 4)
+        cam_out = _ucpe(out, m_out, freqs, inverse_rope=True).reshape(b, t, s, c)
+    return main, cam_out, SoftmaxChunk(k, v, kc_u, vc_u) if write_state else None
+
+
+def _pair_weights(attn: SelfAttention, pair: int) -> tuple[torch.Tensor, ...]:
+    """Short-conv kernel ``(pair*C, 1, k)`` (or an empty tensor without convs) and RMSNorm weights ``(pair, C)``
+    of q and k: main first, then the camera branch."""
+    convs = [] if attn.conv_k is None else [attn.conv_k.weight, attn.conv_k_cam.weight][:pair]
+    q_w = [attn.q_norm.weight, attn.q_norm_cam.weight][:pair]
+    k_w = [attn.k_norm.weight, attn.k_norm_cam.weight][:pair]
+    return _fused(attn, f"pair{pair}", convs + q_w + k_w, lambda: (
+        torch.cat(convs) if convs else q_w[0].new_zeros(0), torch.stack(q_w), torch.stack(k_w)))
+
+
+def _gdn_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state, write_state: bool):
+    from .attention import GDNState
+
+    b, t, s, c = shape
+    h, d = attn.num_heads, attn.head_dim
+    cam = ctx.camera
+    pair = 1 if cam is None else 2
+    kernel, q_weight, k_weight = _pair_weights(attn, pair)
+    beta = torch.sigmoid(y[..., at["beta"] : at["beta"] + h])  # (B, T, S, H)
+    gate = y[..., at["gate"] : at["gate"] + h].mean(dim=2)  # (B, T, H)
+    decay = torch.exp(-attn.A_log.exp() * F.softplus(gate + attn.dt_bias))
+    beta_h = beta.permute(0, 3, 1, 2).reshape(b * h, t, s)
+    decay_h = decay.transpose(1, 2).reshape(b * h, t)
+
+    keys, tails = y[..., at["k"] : at["k"] + pair * c], None
+    if attn.conv_k is not None:
+        tail = None
+        if state is not None:
+            tail = state.conv_tail if pair == 1 else torch.cat([state.conv_tail, state.cam_conv_tail], dim=-1)
+        keys, tails = _short_conv(keys, kernel, tail)
+    # q = relu(rms_norm(q) w), k = relu(rms_norm(k) w) * (D S)^-1/2, main and camera halves in one pass each
+    queries = F.rms_norm(y[..., at["q"] : at["q"] + pair * c].reshape(b, t, s, pair, c), (c,), None,
+                         attn.q_norm.eps).mul_(q_weight).relu_()
+    keys = F.rms_norm(keys.reshape(b, t, s, pair, c), (c,), None, attn.q_norm.eps).mul_(
+        k_weight * (d * s) ** -0.5).relu_()
+    values = y[..., at["v"] : at["v"] + pair * c].reshape(b, t, s, pair, c)
+
+    rope = ctx.rope.reshape(t, s, 1, d // 2)
+    qn, kn = queries[..., 0, :].reshape(b, t, s, h, d), keys[..., 0, :].reshape(b, t, s, h, d)
+    kv0 = y.new_zeros(b * h, d, d) if state is None else state.kv.reshape(b * h, d, d)
+    z0 = y.new_zeros(b * h, 1, d) if state is None else state.z.reshape(b * h, 1, d)
+    kv_states, kv = _scan_chunk(_per_head(_rope(kn, rope)), _per_head(values[..., 0, :].reshape(b, t, s, h, d)),
+                                beta_h, decay_h, kv0)
+    z_states, z = _scan_chunk(_per_head(kn), None, beta_h, decay_h, z0)
+    out = _read(_per_head(_rope(qn, rope)), kv_states) / (_read(_per_head(qn), z_states) + attn.eps)
+    main = out.view(b, h, t, s, d).permute(0, 2, 3, 1, 4).reshape(b, t, s, c)
+
+    cam_out = cam_kv = None
+    if cam is not None:
+        n = b * t * s
+        m_q, m_kv, m_out = _camera_matrices(cam, n)
+        freqs = cam.freqs.reshape(t, s, 1, d // 4)
+        pre_norm = torch.linalg.vector_norm(keys[..., 1, :].reshape(b, t, s, h, d), dim=-1).clamp_min(1e-6)
+        raw = torch.stack([queries[..., 1, :], keys[..., 1, :], values[..., 1, :]]).view(3 * b, t, s, h, d)
+        u = _ucpe(raw, torch.stack([m_q, m_kv, m_kv]).view(3 * n, 4, 4), freqs)  # q | k | v as 3B "batches"
+        if attn.ucpe_rms_renorm:
+            u = downscale_to_reference_rms(raw, u)
+        u = u.view(3, b, t, s, h, d)
+        # dynamic beta discount: UCPE inflates key norms; shrink beta by the frame's mean inflation
+        inflation = (torch.linalg.vector_norm(u[1], dim=-1).clamp_min(1e-6) / pre_norm).square().mean(2)  # (B,T,H)
+        beta_cam = beta_h / inflation.clamp_min(1.0).transpose(1, 2).reshape(b * h, t, 1)
+        u = u.permute(0, 1, 4, 2, 3, 5).reshape(3, b * h, t, s, d)
+        ck0 = y.new_zeros(b * h, d, d) if state is None or state.cam_kv is None else state.cam_kv.reshape(
+            b * h, d, d)
+        cam_states, cam_kv = _scan_chunk(u[1], u[2], beta_cam, decay_h, ck0)
+        out = _read(u[0], cam_states).view(b, h, t, s, d).permute(0, 2, 3, 1, 4)
+        cam_out = _ucpe(out, m_out, freqs, inverse_rope=True).reshape(b, t, s, c)
+        cam_kv = cam_kv.view(b, h, d, d)
+    new_state = None
+    if write_state:
+        k_tail = kc_tail = None
+        if tails is not None:
+            k_tail, kc_tail = tails[..., :c], (tails[..., c:] if pair == 2 else None)
+        new_state = GDNState(kv.view(b, h, d, d), z.view(b, h, 1, d), k_tail, cam_kv, kc_tail)
+    return main, cam_out, new_state
+
+
 def attention_lean_ok(attn: SelfAttention) -> bool:
-    """Structural check (once per module): plain linears only (quantizers swap in other classes)."""
+    """Structural check: plain linears only (quantizers swap in other classes), one RMSNorm eps for both branches
+    (the lean GDN path normalises them together)."""
     lins = [attn.qkv, attn.proj, attn.output_gate, attn.beta_proj, attn.gate_proj, attn.q_proj_cam, attn.k_proj_cam,
             attn.v_proj_cam, attn.out_proj_cam]
-    return all(type(m) is nn.Linear for m in lins)
+    return all(type(m) is nn.Linear for m in lins) and attn.q_norm.eps == attn.q_norm_cam.eps
 
 
 # -- FFN --------------------------------------------------------------------------------------------------
