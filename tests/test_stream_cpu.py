@@ -202,3 +202,13 @@ def test_lean_path_and_context_reuse_under_inference_mode(monkeypatch):
     for a, b, r in zip(out, out2, ref, strict=True):
         torch.testing.assert_close(a, r, atol=2e-5, rtol=2e-5)
         torch.testing.assert_close(b, r, atol=2e-5, rtol=2e-5)
+
+
+def test_lean_cache_holds_no_more_memory_than_the_reference(monkeypatch):
+    model = _model(seed=9, chunk_size=1, first_chunk_size=2)
+    x = torch.randn(1, model.config.in_channels, 6, 3, 3)
+    cam = _camera(1, 6, (3, 3), model.config.plucker_channels)
+    t = torch.full((1, 6), 200.0)
+    _, lean = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    _, ref = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch)
+    assert lean[-1].nbytes() == ref[-1].nbytes() > 0

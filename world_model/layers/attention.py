@@ -251,7 +251,7 @@ class SelfAttention(nn.Module):
         rope = ctx.rope.reshape(t, s, -1)
         q = apply_rope(self._heads(self.q_norm(q)), rope).flatten(2, 3)  # (B, H, N, D)
         k = apply_rope(self._heads(self.k_norm(k)), rope).flatten(2, 3)
-        v = self._heads(v).flatten(2, 3)
+        v = self._heads(v).flatten(2, 3).contiguous()  # cached: a view would keep the whole qkv output alive
         chunked = not ctx.streaming and ctx.causal and len(ctx.bounds) > 1
         if ctx.streaming:
             keys, values = self._with_cache(k, v, state, "keys", "values")

@@ -212,8 +212,10 @@ def _softmax_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, st
     def norm(name: str, rms: nn.Module) -> torch.Tensor:
         return F.rms_norm(y[..., at[name] : at[name] + c], (c,), rms.weight, rms.eps).view(b, t, s, h, d)
 
-    def heads(a: torch.Tensor) -> torch.Tensor:  # (B, T, S, H, D) -> (B, H, N, D), contiguous (it may be cached)
-        return a.permute(0, 3, 1, 2, 4).reshape(b, h, t * s, d)
+    def heads(a: torch.Tensor) -> torch.Tensor:
+        """``(B, T, S, H, D) -> (B, H, N, D)``, a compact copy: K/V are cached, and a view would keep the whole
+        fused projection output alive with them."""
+        return a.permute(0, 3, 1, 2, 4).reshape(b, h, t * s, d).contiguous()
 
     q, k = heads(_rope(norm("q", attn.q_norm), rope)), heads(_rope(norm("k", attn.k_norm), rope))
     v = heads(y[..., at["v"] : at["v"] + c].reshape(b, t, s, h, d))
