@@ -111,10 +111,9 @@ def _path(n: int, start: int) -> torch.Tensor:
     return poses
 
 
-def test_compiled_streaming_generator_equals_eager_over_several_chunks(one_thread, monkeypatch):
-    # torch.compile traces the reference layers; eager CPU streaming would take the lean path
-    # (world_model/layers/stream_cpu.py, equal to ~1e-6, tested in test_stream_cpu.py): compare like with like.
-    monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "1")
+@pytest.mark.parametrize("reference_ops", ["0", "1"])  # on CPU: the lean streaming path, then the reference layers
+def test_compiled_streaming_generator_equals_eager_over_several_chunks(one_thread, monkeypatch, reference_ops):
+    monkeypatch.setenv("SANA_WM_REFERENCE_OPS", reference_ops)
     codec = PatchCodec(patch_size=2, temporal_stride=1)
     eager = StreamingGenerator(_model(), codec)
     compiled = StreamingGenerator(_model(), codec, compile="reduce-overhead", compile_backend="eager")

@@ -212,3 +212,44 @@ def test_lean_cache_holds_no_more_memory_than_the_reference(monkeypatch):
     _, lean = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
     _, ref = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch)
     assert lean[-1].nbytes() == ref[-1].nbytes() > 0
+
+
+def test_compiled_lean_step_sees_in_place_weight_updates(monkeypatch):
+    """compile_streaming on a CPU traces the lean path, whose fused weights are refreshed eagerly before each call."""
+    model, x, t, cam = _one_frame_chunks(10, 4, 500.0)
+    eager = _model(seed=10, chunk_size=1, first_chunk_size=2)
+    calls = []
+    original = attention_module.attention_forward
+    monkeypatch.setattr(attention_module, "attention_forward",
+                        lambda *a, **k: calls.append(torch.compiler.is_compiling()) or original(*a, **k))
+    model.compile_streaming("default", backend="eager")
+    first, _ = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    assert any(calls)  # traced under torch.compile
+    expected, _ = _stream(eager, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    for a, b in zip(first, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    with torch.no_grad():
+        for m in (model, eager):
+            m.blocks[0].attn.q_proj_cam.weight.mul_(0.5)
+            m.blocks[2].mlp.t_conv.weight.add_(0.1)
+    second, _ = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    expected, _ = _stream(eager, x, t, cam, reference=False, monkeypatch=monkeypatch)
+    assert (second[-1] - first[-1]).abs().max() > 1e-3
+    for a, b in zip(second, expected, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_env_compile_option_is_checked_and_reaches_the_transformer():
+    import gymnasium as gym
+
+    import sana_wm_env  # noqa: F401  (registers the envs)
+
+    env = gym.make("SanaWM-Explore-v0", compile="default")  # torch.compile is lazy: nothing compiles here
+    assert env.unwrapped.sim.model.student.stream_compile["mode"] == "default"
+    env.close()
+    with pytest.raises(ValueError, match="streaming generator only"):
+        gym.make("SanaWM-Explore-v0", compile="default", generator="chunk_causal")
+    with pytest.raises(ValueError, match="source='world_model'"):
+        gym.make("SanaWM-TwinExplore-v0", compile="default")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        gym.make("SanaWM-Explore-v0", compile="fastest")

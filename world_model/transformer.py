@@ -31,6 +31,8 @@ from .layers.attention import AttentionContext, CameraTransforms, SoftmaxChunk, 
 from .layers.block import Block, BlockState
 from .layers.common import CaptionEmbedder, FinalLayer, PatchEmbed3D, RMSNorm, TimestepEmbedder
 from .layers.positional import rope_freqs, se3_inverse_matrices, slice_rope_for_camera, ucpe_ray_matrices
+from .layers.stream_cpu import lean_applies
+from .layers.stream_cpu import prepare as prepare_lean
 
 Mode = Literal["bidirectional", "chunk_causal"]
 # torch.compile modes for compile_streaming (inductor); the first two capture CUDA graphs.
@@ -101,12 +103,15 @@ class SanaWMTransformer(nn.Module):
         ``"max-autotune"``, one captured CUDA graph per pass kind) serves the rest of the stream, removing
         Python and kernel-launch overhead. The first chunks have other shapes (the first chunk is longer, the
         cache is still filling) and each compiles its own graph: expect them to be slow (warm-up). Pass kinds:
-        denoising passes and the cache-writing pass compile separately (~6 graphs in all with the defaults).
+        denoising passes and the cache-writing pass compile separately (2 x (sink + window + 2) graphs at most;
+        dynamo's recompile limit is raised to that for these calls).
 
         Only the per-block computation is compiled: embeddings, RoPE tables, camera matrices and the cache
         bookkeeping (which chunks are kept) run eagerly, so chunk counters never cause recompiles. Caches
         with an unbounded window (the chunk-causal teacher) grow every chunk and always run eagerly.
-        With CUDA-graph modes, state that outlives a call is cloned out of the graph's memory pool.
+        With CUDA-graph modes, state that outlives a call is cloned out of the graph's memory pool. On a CPU
+        (float32) the lean streaming path (:mod:`world_model.layers.stream_cpu`) is what gets compiled; its fused
+        weights are refreshed eagerly before every call, so in-place weight updates are still seen.
 
         Args:
             mode: an inductor mode from ``STREAM_COMPILE_MODES`` or ``None`` (back to eager).
@@ -301,9 +306,15 @@ class SanaWMTransformer(nn.Module):
         prior = None if cache is None else cache.blocks
         args = (x, modulation, ctx, grid_hw, text, text_mask, plucker, prior, write_state)
         if self._stream_blocks is not None and cache is not None and cache.window_chunks is not None:
+            if lean_applies(x, True):  # the compiled lean path reads its fused weights unchecked: refresh them
+                prepare_lean(self.blocks, cam is not None)
             if self._stream_cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
-            x, states = self._stream_blocks(*args)
+            # one graph per pass kind (denoise / cache write) and cache fill level (first chunk, then 1 .. sink +
+            # window retained chunks): without room for all of them dynamo falls back to eager at the steady state
+            graphs = 2 * (cache.sink_chunks + cache.window_chunks + 2)
+            with torch._dynamo.config.patch(recompile_limit=max(torch._dynamo.config.recompile_limit, graphs)):
+                x, states = self._stream_blocks(*args)
             if self._stream_cudagraphs and write_state:  # the next replay reuses the graph's output memory
                 states = [map_tensors(st, torch.clone) for st in states]
         else:

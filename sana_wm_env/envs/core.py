@@ -114,6 +114,7 @@ class CameraSim:
         model: WorldModel | str | Path | None = "default",
         generator: str = "streaming",
         device: str | torch.device = "cpu",
+        compile: str | None = None,
         action_frame: str = "rep103",
         action_limits: ActionLimits | dict | None = None,
         camera_mount_xyz_rpy: tuple | None = None,
@@ -165,12 +166,16 @@ class CameraSim:
                 )
             if model is None:
                 raise ValueError("model must be a WorldModel, a bundle name or path for source='world_model'")
+            if compile is not None and generator != "streaming":
+                raise ValueError(f"compile applies to the streaming generator only, got generator={generator!r}")
             self.model = resolve_model(model, device)
-            self.backend = WorldModelBackend(self.model, generator)
+            self.backend = WorldModelBackend(self.model, generator, **({} if compile is None else {"compile": compile}))
             self.image_hw, self.fps = tuple(self.model.image_hw), float(self.model.fps)
             self.fov_deg = float(self.model.fov_deg)
             self.frames_per_step = self.backend.frames_per_step
         elif source == "twin":
+            if compile is not None:
+                raise ValueError("compile applies to source='world_model' (a twin env renders with MuJoCo); drop it")
             like = None
             if model is not None and model != "default":
                 like = resolve_model(model, "cpu") if not isinstance(model, WorldModel) else model

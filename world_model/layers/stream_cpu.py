@@ -13,10 +13,10 @@ this path runs about a fifth of that:
 - the FFN's temporal conv is one matmul over a ``k``-frame window.
 
 It applies only to streaming calls (one chunk, ``ctx.streaming``) of float32 CPU modules with plain
-``nn.Linear`` projections, outside autograd and ``torch.compile``; everything else (training, bidirectional and
-chunk-causal forwards, CUDA with its Triton kernels, quantized models) uses the reference layers, and
-``SANA_WM_REFERENCE_OPS=1`` forces them here too. Caches written by either path are interchangeable;
-``tests/test_stream_cpu.py`` compares the two.
+``nn.Linear`` projections, outside autograd; ``compile_streaming`` on a CPU compiles this path (about x1.45 on a
+one-frame chunk). Everything else (training, bidirectional and chunk-causal forwards, CUDA with its Triton
+kernels, quantized models) uses the reference layers, and ``SANA_WM_REFERENCE_OPS=1`` forces them here too.
+Caches written by either path are interchangeable; ``tests/test_stream_cpu.py`` compares the two.
 
 Fused weights are built on first use and rebuilt whenever a source parameter changes (its storage or its
 version counter), so optimizer steps, ``load_state_dict`` and ``.to()`` are all seen.
@@ -45,14 +45,31 @@ def lean_applies(x: torch.Tensor, streaming: bool) -> bool:
         and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
         and os.environ.get("SANA_WM_REFERENCE_OPS") != "1"
     )
 
 
+def prepare(blocks: nn.ModuleList, camera: bool) -> None:
+    """Build or refresh (eagerly) every fused weight the lean path of ``blocks`` will read with or without a
+    ``camera``: the compiled streaming step reads them unchecked (:func:`_fused`)."""
+    for block in blocks:
+        attn = block.attn
+        if attention_lean_ok(attn):
+            _projection(attn, (_SOFTMAX_ROWS if attn.softmax else _GDN_ROWS)[camera])
+            if not attn.softmax:
+                _pair_weights(attn, 2 if camera else 1)
+        _temporal_weight(block.mlp.t_conv.weight, block.mlp)
+
+
 def _fused(module: nn.Module, name: str, params: list[torch.Tensor], build) -> tuple[torch.Tensor, ...]:
     """``build()`` cached on ``module`` until one of ``params`` changes storage or version (never cached for
-    inference tensors, which carry no version counter)."""
+    inference tensors, which carry no version counter).
+
+    Under ``torch.compile`` the cache is read without checks (they would break the graph): :func:`prepare`, run
+    eagerly before every compiled call, has validated it; a missing entry is built inside the graph."""
+    if torch.compiler.is_compiling():
+        hit = module.__dict__.get("_lean_cache", {}).get(name)
+        return hit[1] if hit is not None else tuple(t.contiguous() for t in build())
     if any(p.is_inference() for p in params):
         with torch.no_grad():
             return tuple(t.contiguous() for t in build())
@@ -113,7 +130,7 @@ def _short_conv(x: torch.Tensor, kernel: torch.Tensor, tail: torch.Tensor | None
         y.addcmul_(past[:, j : j + t], w[:, j])
     for o in range(1, min(k, t)):
         y[:, : t - o].addcmul_(x[:, o:], w[:, k - 1 - o])
-    return y, past[:, t:].clone()
+    return y, past[:, t:].clone(memory_format=torch.contiguous_format)  # same strides whatever T (no recompiles)
 
 
 def _ucpe(x: torch.Tensor, mats: torch.Tensor, freqs: torch.Tensor | None, *, inverse_rope: bool = False):
@@ -310,7 +327,8 @@ def _gdn_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state,
     if write_state:
         k_tail = kc_tail = None
         if tails is not None:
-            k_tail, kc_tail = tails[..., :c], (tails[..., c:] if pair == 2 else None)
+            k_tail = tails[..., :c].clone(memory_format=torch.contiguous_format) if pair == 2 else tails
+            kc_tail = tails[..., c:].clone(memory_format=torch.contiguous_format) if pair == 2 else None
         new_state = GDNState(kv.view(b, h, d, d), z.view(b, h, 1, d), k_tail, cam_kv, kc_tail)
     return main, cam_out, new_state
 
@@ -324,6 +342,11 @@ def attention_lean_ok(attn: SelfAttention) -> bool:
 
 
 # -- FFN --------------------------------------------------------------------------------------------------
+def _temporal_weight(weight: torch.Tensor, owner: nn.Module) -> torch.Tensor:
+    """``t_conv.weight (C, C, k, 1)`` as ``(C, k*C)``, taps frame-major, cached on ``owner``."""
+    return _fused(owner, "t_conv", [weight], lambda: (weight[..., 0].permute(0, 2, 1).reshape(weight.shape[0], -1),))[0]
+
+
 def temporal_residual(y: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None, owner: nn.Module):
     """``y + chunked_temporal_conv(y)`` for one streaming chunk, channels-last: ``y (B, T, S, C)``, ``weight
     (C, C, k, 1)`` (cached as ``(C, k*C)`` on ``owner``), ``tail`` in the reference layout ``(B, C, pad, S)``.
@@ -333,10 +356,9 @@ def temporal_residual(y: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor 
     b, t, s, c = y.shape
     k = weight.shape[2]
     pad = (k - 1) // 2
-    frame_major = _fused(owner, "t_conv", [weight],
-                         lambda: (weight[..., 0].permute(0, 2, 1).reshape(weight.shape[0], -1),))[0]  # (C, k*C)
+    frame_major = _temporal_weight(weight, owner)
     past = left_context(y, None if tail is None else tail.permute(0, 2, 3, 1), pad, dim=1)  # (B, pad + T, S, C)
     full = F.pad(past, (0, 0, 0, 0, 0, pad))  # future frames past the chunk end are zeros
     window = full.unfold(1, k, 1).transpose(-1, -2).reshape(b * t * s, k * c)  # taps frame-major
     out = torch.addmm(y.reshape(-1, c), window, frame_major.t()).view(b, t, s, c)
-    return out, full[:, t : t + pad].permute(0, 3, 1, 2).clone()
+    return out, full[:, t : t + pad].permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)

@@ -58,7 +58,7 @@ def short_conv(
         base = torch.tensor([f + i * (k - 1) for i, (c0, c1) in enumerate(bounds) for f in range(c0, c1)],
                             device=x.device)
         y = y + sum(kernel[:, j] * future.index_select(1, base + (k - 1 - j)) for j in range(k - 1))
-    new_tail = past[:, past.shape[1] - (k - 1) :].clone()
+    new_tail = past[:, past.shape[1] - (k - 1) :].clone(memory_format=torch.contiguous_format)  # T-independent strides
     return y, new_tail
 
 
@@ -80,5 +80,5 @@ def chunked_temporal_conv(
     for c0, c1 in bounds:
         window = F.pad(past[:, :, c0 : c1 + pad], (0, 0, 0, pad))
         outs.append(F.conv2d(window, w))
-    new_tail = past[:, :, past.shape[2] - pad :].clone()
+    new_tail = past[:, :, past.shape[2] - pad :].clone(memory_format=torch.contiguous_format)
     return torch.cat(outs, dim=2), new_tail
