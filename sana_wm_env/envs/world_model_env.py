@@ -16,9 +16,9 @@ and how many action components were clipped.
 uint8 array) with ``intrinsics`` ([fx, fy, cx, cy] of that image) and for ImageNav ``goal_image``; ``text``
 (prompt features ``(L, C)`` for a text model). Same seed and actions give the same frames.
 
-``compile="default"`` runs the world model's streaming step through ``torch.compile`` (inductor): on a CPU about
-x1.45 steps/s on a one-frame chunk after ~2 minutes of compiling at the first steps of the first two episodes
-(docs/benchmarks.md); ``None`` (the default) stays eager.
+``compile="default"`` runs the world model's streaming step through ``torch.compile`` (inductor): on a CPU
+x1.3-1.4 steps/s on a one-frame chunk, after 1.5-4 minutes of compiling during the first steps of the first
+episode (docs/benchmarks.md); ``None`` (the default) stays eager.
 """
 
 from __future__ import annotations

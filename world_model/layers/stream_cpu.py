@@ -13,10 +13,10 @@ this path runs about a fifth of that:
 - the FFN's temporal conv is one matmul over a ``k``-frame window.
 
 It applies only to streaming calls (one chunk, ``ctx.streaming``) of float32 CPU modules with plain
-``nn.Linear`` projections, outside autograd; ``compile_streaming`` on a CPU compiles this path (about x1.45 on a
-one-frame chunk). Everything else (training, bidirectional and chunk-causal forwards, CUDA with its Triton
-kernels, quantized models) uses the reference layers, and ``SANA_WM_REFERENCE_OPS=1`` forces them here too.
-Caches written by either path are interchangeable; ``tests/test_stream_cpu.py`` compares the two.
+``nn.Linear`` projections, outside autograd; ``compile_streaming`` on a CPU compiles this path (x1.3-1.4 more
+on a one-frame chunk, docs/benchmarks.md). Everything else (training, bidirectional and chunk-causal forwards,
+CUDA with its Triton kernels, quantized models) uses the reference layers, and ``SANA_WM_REFERENCE_OPS=1``
+forces them here too. Caches written by either path are interchangeable; ``tests/test_stream_cpu.py`` compares the two.
 
 Fused weights are built on first use and rebuilt whenever a source parameter changes (its storage or its
 version counter), so optimizer steps, ``load_state_dict`` and ``.to()`` are all seen.
