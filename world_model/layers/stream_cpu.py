@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops.conv import left_context
+from ..ops.features import apply_rope
 from .positional import downscale_to_reference_rms
 
 if TYPE_CHECKING:
@@ -142,15 +143,8 @@ def _ucpe(x: torch.Tensor, mats: torch.Tensor, freqs: torch.Tensor | None, *, in
     projected = projected.view(b, t, s, h, half)
     rotated = x[..., half:]
     if freqs is not None:
-        pairs = torch.view_as_complex(rotated.reshape(b, t, s, h, half // 2, 2))
-        rotated = torch.view_as_real(pairs * (freqs.conj() if inverse_rope else freqs)).view(b, t, s, h, half)
+        rotated = apply_rope(rotated, freqs, inverse=inverse_rope)
     return torch.cat([projected, rotated], dim=-1)
-
-
-def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-    """Interleaved-pair RoPE on channels-last ``x (B, T, S, H, D)`` with ``freqs (T, S, 1, D/2)``."""
-    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
-    return torch.view_as_real(pairs * freqs).flatten(-2)
 
 
 def _per_head(x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +228,7 @@ def _softmax_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, st
         fused projection output alive with them."""
         return a.permute(0, 3, 1, 2, 4).reshape(b, h, t * s, d).contiguous()
 
-    q, k = heads(_rope(norm("q", attn.q_norm), rope)), heads(_rope(norm("k", attn.k_norm), rope))
+    q, k = heads(apply_rope(norm("q", attn.q_norm), rope)), heads(apply_rope(norm("k", attn.k_norm), rope))
     v = heads(y[..., at["v"] : at["v"] + c].reshape(b, t, s, h, d))
     keys, values = attn._with_cache(k, v, state, "keys", "values")
     main = F.scaled_dot_product_attention(q, keys, values, scale=d**-0.5).transpose(1, 2).reshape(b, t, s, c)
@@ -296,10 +290,10 @@ def _gdn_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state,
     qn, kn = queries[..., 0, :].reshape(b, t, s, h, d), keys[..., 0, :].reshape(b, t, s, h, d)
     kv0 = y.new_zeros(b * h, d, d) if state is None else state.kv.reshape(b * h, d, d)
     z0 = y.new_zeros(b * h, 1, d) if state is None else state.z.reshape(b * h, 1, d)
-    kv_states, kv = _scan_chunk(_per_head(_rope(kn, rope)), _per_head(values[..., 0, :].reshape(b, t, s, h, d)),
-                                beta_h, decay_h, kv0)
+    kv_states, kv = _scan_chunk(_per_head(apply_rope(kn, rope)),
+                                _per_head(values[..., 0, :].reshape(b, t, s, h, d)), beta_h, decay_h, kv0)
     z_states, z = _scan_chunk(_per_head(kn), None, beta_h, decay_h, z0)
-    out = _read(_per_head(_rope(qn, rope)), kv_states) / (_read(_per_head(qn), z_states) + attn.eps)
+    out = _read(_per_head(apply_rope(qn, rope)), kv_states) / (_read(_per_head(qn), z_states) + attn.eps)
     main = out.view(b, h, t, s, d).permute(0, 2, 3, 1, 4).reshape(b, t, s, c)
 
     cam_out = cam_kv = None
