@@ -6,6 +6,8 @@ cameras rotate and translate, so every branch of both paths contributes to the o
 
 from __future__ import annotations
 
+import collections
+import copy
 import dataclasses
 
 import numpy as np
@@ -190,6 +192,42 @@ def test_positional_context_is_shared_within_a_chunk_and_recomputed_when_inputs_
     model.forward_stream(x, t, cache=cache, camera=fresh)  # autograd on: never reused
     assert len(calls) == 4
 
+
+def test_tail_parts_are_computed_once_per_chunk_and_follow_in_place_changes(monkeypatch):
+    import world_model.layers.stream_cpu as stream_cpu
+
+    model, x, t, cam = _one_frame_chunks(10, 3, 500.0)
+    first, second = model.config.chunk_bounds(3)  # 2 frames, then a one-frame chunk reading cached tails
+    _, (cache,) = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch, chunks=[first])
+    builds = collections.Counter()
+    original = stream_cpu._per_chunk
+
+    def counted(owner, name, sources, build):
+        return original(owner, name, sources, lambda: builds.update([name]) or build())
+
+    monkeypatch.setattr(stream_cpu, "_per_chunk", counted)
+    args = dict(camera=cam.slice_frames(*second))
+    xs, ts = x[:, :, second[0] : second[1]], t[:, second[0] : second[1]]
+    with torch.no_grad():
+        outs = [model.forward_stream(xs, ts, cache=cache, **args)[0] for _ in range(3)]
+    gdn = sum(not block.attn.softmax for block in model.blocks)
+    plucker = sum(block.plucker_proj is not None for block in model.blocks)
+    assert gdn > 0 and plucker > 0
+    # three passes over one chunk: every tail part and the Plücker projection built once, not three times
+    assert builds == {"short_conv": gdn, "t_conv_past": model.config.depth, "output": plucker}
+    torch.testing.assert_close(outs[0], outs[2], atol=0, rtol=0)
+
+    with torch.no_grad():  # cached tails edited in place: rebuilt, and the result follows the edit
+        cache.blocks[0].ffn_tail.add_(0.5)
+        next(b.attn for b in cache.blocks if hasattr(b.attn, "conv_tail")).conv_tail.mul_(-1.0)
+        edited = copy.deepcopy(cache)
+        lean, _ = model.forward_stream(xs, ts, cache=cache, **args)
+    assert builds["t_conv_past"] == model.config.depth + 1 and builds["short_conv"] == gdn + 1
+    monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "1")
+    with torch.no_grad():
+        ref, _ = model.forward_stream(xs, ts, cache=edited, **args)
+    assert (lean - outs[0]).abs().max() > 1e-3
+    torch.testing.assert_close(lean, ref, atol=2e-5, rtol=2e-5)
 
 def test_lean_path_and_context_reuse_under_inference_mode(monkeypatch):
     model, x, t, cam = _one_frame_chunks(8, 2, 300.0)

@@ -12,6 +12,7 @@ from ..config import ModelConfig
 from .attention import AttentionContext, GDNState, SelfAttention, SoftmaxChunk, SoftmaxState
 from .common import CrossAttention
 from .ffn import GLUConvFFN
+from .stream_cpu import chunk_constant_linear, lean_applies
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class Block(nn.Module):
         attn_out, attn_state = self.attn(attn_in, ctx, None if state is None else state.attn, write_state)
         x = x + gate_msa * attn_out
         if self.plucker_proj is not None and plucker is not None:
-            x = x + self.plucker_proj(plucker)
+            # the embedding is the same through a chunk's passes: the lean path projects it once per chunk
+            lean = lean_applies(x, ctx.streaming)
+            x = x + (chunk_constant_linear(self.plucker_proj, plucker) if lean else self.plucker_proj(plucker))
         if self.cross_attn is not None and text is not None:
             b, t, s, c = x.shape
             x = x + self.cross_attn(x.reshape(b, t * s, c), text, text_mask).reshape(b, t, s, c)

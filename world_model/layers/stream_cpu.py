@@ -25,6 +25,7 @@ version counter), so optimizer steps, ``load_state_dict`` and ``.to()`` are all 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import TYPE_CHECKING
 
 import torch
@@ -86,6 +87,32 @@ def _fused(module: nn.Module, name: str, params: list[torch.Tensor], build) -> t
     return value
 
 
+def _per_chunk(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], build) -> torch.Tensor:
+    """``build()`` memoised on ``owner`` while ``sources`` are the very tensors (unmodified) it was built from.
+
+    Why: a chunk's denoising passes and its cache pass all read the same cached tails, so what depends on a tail
+    and the weights only is computed once per chunk instead of once per pass. ``sources`` must include the fused
+    weights used (they are new objects whenever a parameter changes, :func:`_fused`). Not memoised under
+    ``torch.compile`` or for inference tensors (no version counter)."""
+    if torch.compiler.is_compiling() or any(src.is_inference() for src in sources):
+        return build()
+    versions = tuple(src._version for src in sources)
+    memo = owner.__dict__.get("_chunk_memo", {}).get(name)
+    if memo is not None and memo[1] == versions and all(ref() is src for ref, src in zip(memo[0], sources)):
+        return memo[2]
+    value = build()
+    owner.__dict__.setdefault("_chunk_memo", {})[name] = (tuple(weakref.ref(src) for src in sources), versions, value)
+    return value
+
+
+def chunk_constant_linear(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``linear(x)`` for an input that stays the same object through a chunk's passes (the per-chunk Plücker
+    embedding, :meth:`SanaWMTransformer._positional_context`): computed once per chunk for a plain ``nn.Linear``."""
+    if type(linear) is not nn.Linear:
+        return linear(x)
+    sources = (x, linear.weight) if linear.bias is None else (x, linear.weight, linear.bias)
+    return _per_chunk(linear, "output", sources, lambda: linear(x))
+
 # -- attention --------------------------------------------------------------------------------------------
 # Row order of the fused input projection. GDN blocks keep each main/camera pair adjacent (q|qc, v|vc, k|kc) so
 # the pair is normalised, convolved and transformed by single ops; softmax blocks need q, k, v and the gate only.
@@ -117,21 +144,39 @@ def _projection(attn: SelfAttention, rows: tuple[str, ...]) -> tuple[torch.Tenso
     return weight, bias, offsets
 
 
-def _short_conv(x: torch.Tensor, kernel: torch.Tensor, tail: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`world_model.ops.short_conv` for one chunk: ``x (B, T, S, C)``, kernel ``(C, 1, k)``, tail
-    ``(B, <=k-1, S, C)`` of earlier frames. The future taps (offset ``o`` reads ``x[f + o]`` with weight
-    ``w[k-1-o]``) stop at the chunk end, so a one-frame chunk has none. Accumulates in place: short reductions
-    over a tap axis are far slower on CPU than a few multiply-adds."""
+def _short_conv(x: torch.Tensor, kernel: torch.Tensor, tails: tuple[torch.Tensor, ...], owner: nn.Module,
+                need_tail: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`world_model.ops.short_conv` for one chunk: ``x (B, T, S, C)``, kernel ``(C, 1, k)`` (the fused one,
+    :func:`_pair_weights`), ``tails``: the cached tails ``(B, <=k-1, S, C_i)`` of earlier frames whose channels
+    concatenate to ``C`` (empty: none). The future taps (offset ``o`` reads ``x[f + o]`` with weight ``w[k-1-o]``)
+    stop at the chunk end, so a one-frame chunk has none. The tails' part of the sum is computed once per chunk
+    (:func:`_per_chunk`). Accumulates in place: short reductions over a tap axis are far slower on CPU than a few
+    multiply-adds. Returns ``(y, new tail or None unless need_tail)``."""
     t = x.shape[1]
     k = kernel.shape[-1]
     w = kernel[:, 0, :]
-    past = left_context(x, tail, k - 1, dim=1)  # (B, T + k - 1, S, C)
     y = x * w[:, k - 1]
-    for j in range(k - 1):
-        y.addcmul_(past[:, j : j + t], w[:, j])
     for o in range(1, min(k, t)):
-        y[:, : t - o].addcmul_(x[:, o:], w[:, k - 1 - o])
-    return y, past[:, t:].clone(memory_format=torch.contiguous_format)  # same strides whatever T (no recompiles)
+        y[:, o:].addcmul_(x[:, : t - o], w[:, k - 1 - o])  # past frames inside the chunk
+        y[:, : t - o].addcmul_(x[:, o:], w[:, k - 1 - o])  # future frames inside the chunk
+    tail = None
+    if tails:
+        m = min(t, k - 1)
+
+        def tail_part() -> torch.Tensor:  # (B, m, S, C): sum over the taps that read cached frames
+            past = left_context(x[:, :0], _joined(tails), k - 1, dim=1)  # (B, k-1, S, C), zero-padded if short
+            return torch.stack([sum(past[:, f + j] * w[:, j] for j in range(k - 1 - f)) for f in range(m)], dim=1)
+
+        y[:, :m].add_(_per_chunk(owner, "short_conv", (*tails, kernel), tail_part))
+        tail = _joined(tails) if need_tail else None
+    if not need_tail:
+        return y, None
+    new_tail = left_context(x, tail, k - 1, dim=1)[:, t:]
+    return y, new_tail.clone(memory_format=torch.contiguous_format)  # same strides whatever T (no recompiles)
+
+
+def _joined(tails: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return tails[0] if len(tails) == 1 else torch.cat(tails, dim=-1)
 
 
 def _ucpe(x: torch.Tensor, mats: torch.Tensor, freqs: torch.Tensor | None, *, inverse_rope: bool = False):
@@ -275,10 +320,8 @@ def _gdn_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state,
 
     keys, tails = y[..., at["k"] : at["k"] + pair * c], None
     if attn.conv_k is not None:
-        tail = None
-        if state is not None:
-            tail = state.conv_tail if pair == 1 else torch.cat([state.conv_tail, state.cam_conv_tail], dim=-1)
-        keys, tails = _short_conv(keys, kernel, tail)
+        cached = () if state is None else (state.conv_tail, state.cam_conv_tail)[:pair]
+        keys, tails = _short_conv(keys, kernel, cached, attn, need_tail=write_state)
     # q = relu(rms_norm(q) w), k = relu(rms_norm(k) w) * (D S)^-1/2, main and camera halves in one pass each
     queries = F.rms_norm(y[..., at["q"] : at["q"] + pair * c].reshape(b, t, s, pair, c), (c,), None,
                          attn.q_norm.eps).mul_(q_weight).relu_()
@@ -345,13 +388,30 @@ def temporal_residual(y: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor 
     """``y + chunked_temporal_conv(y)`` for one streaming chunk, channels-last: ``y (B, T, S, C)``, ``weight
     (C, C, k, 1)`` (cached as ``(C, k*C)`` on ``owner``), ``tail`` in the reference layout ``(B, C, pad, S)``.
 
-    One matmul over each frame's k-frame window replaces the per-chunk ``conv2d`` (and its permutes). Returns
-    ``(y + conv, new tail (B, C, pad, S))`` like the FFN's reference path."""
+    One matmul over each frame's k-frame window replaces the per-chunk ``conv2d`` (and its permutes). A one-frame
+    chunk has no future taps and its past taps read only the cached tail: their part is computed once per chunk
+    (:func:`_per_chunk`) and the pass multiplies by the centre tap alone. Returns ``(y + conv, new tail (B, C,
+    pad, S))`` like the FFN's reference path."""
     b, t, s, c = y.shape
     k = weight.shape[2]
     pad = (k - 1) // 2
     frame_major = _temporal_weight(weight, owner)
-    past = left_context(y, None if tail is None else tail.permute(0, 2, 3, 1), pad, dim=1)  # (B, pad + T, S, C)
+    tail_cl = None if tail is None else tail.permute(0, 2, 3, 1)  # (B, pad, S, C)
+    if t == 1:
+        rows = y.reshape(-1, c)
+        base = rows
+        if tail is not None and pad > 0:
+
+            def past_part() -> torch.Tensor:
+                past = left_context(y[:, :0], tail_cl, pad, dim=1)  # (B, pad, S, C)
+                window = past.permute(0, 2, 1, 3).reshape(b * s, pad * c)  # taps frame-major
+                return torch.mm(window, frame_major[:, : pad * c].t())
+
+            base = rows + _per_chunk(owner, "t_conv_past", (tail, frame_major), past_part)
+        out = torch.addmm(base, rows, frame_major[:, pad * c : (pad + 1) * c].t()).view(b, t, s, c)
+        new_tail = y if pad == 1 else left_context(y, tail_cl, pad, dim=1)[:, t:]
+        return out, new_tail.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+    past = left_context(y, tail_cl, pad, dim=1)  # (B, pad + T, S, C)
     full = F.pad(past, (0, 0, 0, 0, 0, pad))  # future frames past the chunk end are zeros
     window = full.unfold(1, k, 1).transpose(-1, -2).reshape(b * t * s, k * c)  # taps frame-major
     out = torch.addmm(y.reshape(-1, c), window, frame_major.t()).view(b, t, s, c)
