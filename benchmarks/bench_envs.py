@@ -3,7 +3,8 @@
     python benchmarks/bench_envs.py --preset small-cpu --size 64x64 --num-envs 1 4 8 16 --steps 8 --threads 2
 
 The world model is an untrained preset of the given size (the timing does not depend on the weights) unless
-``--model`` names a bundle. Both sides run the same sub-env steps; separate envs step one after another.
+``--model`` names a bundle. Both sides run the same sub-env steps; separate envs step one after another. The two
+sides alternate step by step and report medians, so a noisy machine skews them alike.
 """
 
 from __future__ import annotations
@@ -20,30 +21,31 @@ import sana_wm_env  # noqa: F401
 
 
 def bench(model, n: int, steps: int, warmup: int = 2) -> dict:
+    """Aggregate sub-env steps/s of one batched vector env and of ``n`` separate envs over the same actions.
+
+    The two sides alternate round by round (one batched step, then one step of every separate env), so that the
+    machine's drift over the run hits both alike; the figures are medians over the rounds."""
     rng = np.random.default_rng(0)
     acts = rng.uniform(-0.3, 0.3, (warmup + steps, n, 6)).astype(np.float32)
     kw = {"model": model, "task_config": {"max_steps": 10**6}}
     venv = gym.make_vec("SanaWM-Explore-v0", num_envs=n, vectorization_mode="vector_entry_point", **kw)
     venv.reset(seed=0)
-    for t in range(warmup):
-        venv.step(acts[t])
-    t0 = time.perf_counter()
-    for t in range(warmup, warmup + steps):
-        venv.step(acts[t])
-    batched = n * steps / (time.perf_counter() - t0)
     envs = [gym.make("SanaWM-Explore-v0", **kw) for _ in range(n)]
     for i, e in enumerate(envs):
         e.reset(seed=i)
-    for t in range(warmup):
+    batched, separate = [], []
+    for t in range(warmup + steps):
+        t0 = time.perf_counter()
+        venv.step(acts[t])
+        t1 = time.perf_counter()
         for i, e in enumerate(envs):
             e.step(acts[t, i])
-    t0 = time.perf_counter()
-    for t in range(warmup, warmup + steps):
-        for i, e in enumerate(envs):
-            e.step(acts[t, i])
-    separate = n * steps / (time.perf_counter() - t0)
-    return {"num_envs": n, "batched_steps_per_s": batched, "separate_steps_per_s": separate,
-            "speedup": batched / separate}
+        t2 = time.perf_counter()
+        if t >= warmup:
+            batched.append(t1 - t0)
+            separate.append(t2 - t1)
+    b, s = n / float(np.median(batched)), n / float(np.median(separate))
+    return {"num_envs": n, "batched_steps_per_s": b, "separate_steps_per_s": s, "speedup": b / s}
 
 
 def main() -> None:
