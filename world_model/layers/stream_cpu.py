@@ -11,6 +11,9 @@ this path runs about a fifth of that:
 - the delta-rule update ``S W + U`` is applied without forming ``W``:
   ``S_new = g S + ((V - g K S^T) * beta)^T K`` (identical algebra, (S x D) products instead of (D x D));
 - the FFN's temporal conv is one matmul over a ``k``-frame window.
+- what depends only on a chunk's cached tails (the short conv's and, for one-frame chunks, the temporal conv's
+  taps on earlier frames) and the Plücker residual are computed once per chunk, not once per pass: a chunk's
+  denoising passes and its cache pass read the same cache (:func:`_per_chunk`).
 
 It applies only to streaming calls (one chunk, ``ctx.streaming``) of float32 CPU modules with plain
 ``nn.Linear`` projections, outside autograd; ``compile_streaming`` on a CPU compiles this path (x1.3-1.4 more
@@ -112,6 +115,7 @@ def chunk_constant_linear(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return linear(x)
     sources = (x, linear.weight) if linear.bias is None else (x, linear.weight, linear.bias)
     return _per_chunk(linear, "output", sources, lambda: linear(x))
+
 
 # -- attention --------------------------------------------------------------------------------------------
 # Row order of the fused input projection. GDN blocks keep each main/camera pair adjacent (q|qc, v|vc, k|kc) so
