@@ -10,7 +10,7 @@ this path runs about a fifth of that:
   tokens; RMSNorm is ``F.rms_norm``;
 - the delta-rule update ``S W + U`` is applied without forming ``W``:
   ``S_new = g S + ((V - g K S^T) * beta)^T K`` (identical algebra, (S x D) products instead of (D x D));
-- the FFN's temporal conv is one matmul over a ``k``-frame window.
+- the FFN's temporal conv is one matmul over a ``k``-frame window;
 - what depends only on a chunk's cached tails (the short conv's and, for one-frame chunks, the temporal conv's
   taps on earlier frames) and the Plücker residual are computed once per chunk, not once per pass: a chunk's
   denoising passes and its cache pass read the same cache (:func:`_per_chunk`).
@@ -163,7 +163,6 @@ def _short_conv(x: torch.Tensor, kernel: torch.Tensor, tails: tuple[torch.Tensor
     for o in range(1, min(k, t)):
         y[:, o:].addcmul_(x[:, : t - o], w[:, k - 1 - o])  # past frames inside the chunk
         y[:, : t - o].addcmul_(x[:, o:], w[:, k - 1 - o])  # future frames inside the chunk
-    tail = None
     if tails:
         m = min(t, k - 1)
 
@@ -172,10 +171,9 @@ def _short_conv(x: torch.Tensor, kernel: torch.Tensor, tails: tuple[torch.Tensor
             return torch.stack([sum(past[:, f + j] * w[:, j] for j in range(k - 1 - f)) for f in range(m)], dim=1)
 
         y[:, :m].add_(_per_chunk(owner, "short_conv", (*tails, kernel), tail_part))
-        tail = _joined(tails) if need_tail else None
     if not need_tail:
         return y, None
-    new_tail = left_context(x, tail, k - 1, dim=1)[:, t:]
+    new_tail = left_context(x, _joined(tails) if tails else None, k - 1, dim=1)[:, t:]
     return y, new_tail.clone(memory_format=torch.contiguous_format)  # same strides whatever T (no recompiles)
 
 
