@@ -5,9 +5,11 @@
 
 Top to bottom:
 1. **Data**: twin ImageNav episodes (``train`` scenes for training, held-out ``eval`` scenes for validation),
-   driven by the privileged pose controller with noisy actions; each step gives (current image, goal image,
-   goal relative to the body). The labels use the twin's exact poses; the network only ever sees images.
-2. **Training**: mean squared error on the 10 relative-goal numbers, Adam with a cosine schedule.
+   several per scene, each giving its goal view and views from the start and around the path to the goal
+   (current image, goal image, goal relative to the body). The labels use the twin's exact poses; the network
+   only ever sees images.
+2. **Training**: mean squared error on the 10 relative-goal numbers, Adam with a cosine schedule; by default the
+   siamese network with a cost volume (``--correlation-radius 0`` for the early-fusion CNN).
 3. **Report**: the held-out median position and heading errors, then the network file for
    ``policies.sb3.GoalFrameExtractor(goal_pose_net=...)``.
 See ``policies/relative_pose.py`` for the details and why ImageNav needs this.
@@ -29,6 +31,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(image size, FoV, step length); 'none' for the twin defaults (default: %(default)s)")
     p.add_argument("--train-samples", type=int, default=40_000, help="training pairs (default: %(default)s)")
     p.add_argument("--val-samples", type=int, default=4_000, help="held-out pairs (default: %(default)s)")
+    p.add_argument("--goals-per-scene", type=int, default=8, help="episodes drawn per scene (default: %(default)s)")
+    p.add_argument("--views-per-goal", type=int, default=8,
+                   help="current views per episode, the start included (default: %(default)s)")
+    p.add_argument("--correlation-radius", type=int, default=4,
+                   help="cost-volume radius in feature cells; 0 = early fusion (default: %(default)s)")
+    p.add_argument("--width", type=int, default=24, help="network base width (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -45,7 +53,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     import torch
 
-    from policies.relative_pose import collect_pairs, save_relative_pose_net, train_relative_pose_net
+    from policies.relative_pose import (
+        RelativePoseNetConfig,
+        collect_pairs,
+        save_relative_pose_net,
+        train_relative_pose_net,
+    )
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -60,8 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
         val = {k[4:]: blob[k] for k in blob.files if k.startswith("val_")}
         print(f"loaded {len(train['target'])} training and {len(val['target'])} held-out pairs from {args.data}")
     else:
-        train = collect_pairs(args.train_samples, model=model, split="train", seed=args.seed, progress=show)
-        val = collect_pairs(args.val_samples, model=model, split="eval", seed=args.seed + 1, progress=show)
+        per = {"goals_per_scene": args.goals_per_scene, "views_per_goal": args.views_per_goal, "progress": show}
+        train = collect_pairs(args.train_samples, model=model, split="train", seed=args.seed, **per)
+        val = collect_pairs(args.val_samples, model=model, split="eval", seed=args.seed + 1, **per)
         if args.data is not None:
             args.data.parent.mkdir(parents=True, exist_ok=True)
             np.savez(args.data, **{f"train_{k}": v for k, v in train.items()},
@@ -69,10 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     collect_s = time.perf_counter() - t0
 
     # 2. Training.
-    net, metrics = train_relative_pose_net(train, val, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                           seed=args.seed, progress=show)
+    config = RelativePoseNetConfig(image_hw=tuple(train["image"].shape[2:]), width=args.width,
+                                   correlation_radius=args.correlation_radius)
+    net, metrics = train_relative_pose_net(train, val, config=config, epochs=args.epochs,
+                                           batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=show)
     metrics.update({"collect_seconds": collect_s, "val_samples": int(len(val["target"])),
-                    "train_episodes": int(train["episodes"]), "model": args.model})
+                    "train_scenes": int(train["scenes"]), "model": args.model})
 
     # 3. Report and save.
     v = metrics["val"]

@@ -30,31 +30,62 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def pairs() -> dict[str, np.ndarray]:
-    return collect_pairs(48, model=None, seed=3, max_steps=20)
+    return collect_pairs(48, model=None, seed=3, goals_per_scene=3, views_per_goal=4)
 
 
-def test_collect_pairs_labels_match_the_privileged_poses(pairs):
+def test_collect_pairs_are_renders_of_their_poses_with_exact_labels(pairs):
+    from sana_wm_env.scenes import make_scene
+    from sana_wm_env.scenes.renderer import SceneRenderer
+
     n = 48
-    env = gym.make("SanaWM-TwinImageNav-v0")
-    h, w = env.unwrapped.sim.image_hw
+    sim = gym.make("SanaWM-TwinImageNav-v0").unwrapped.sim
+    h, w = sim.image_hw
     assert pairs["image"].shape == pairs["goal"].shape == (n, 3, h, w) and pairs["image"].dtype == np.uint8
     assert pairs["target"].shape == (n, 10) and pairs["target"].dtype == np.float32
-    # the first sample of an episode is taken at the start: the goal lies 1-3 m away (TaskConfig.goal_distance),
-    # and its distance entry is the norm of its position entry
-    first = pairs["target"][0]
-    assert 1.0 <= first[3] <= 3.0 and np.isclose(np.linalg.norm(first[:3]), first[3], atol=1e-5)
-    # the same reset seed reproduces the same goal image and label
-    obs, _ = env.reset(seed=3 * 1_000_003)
-    np.testing.assert_array_equal(obs["goal"].transpose(2, 0, 1), pairs["goal"][0])
-    expected = goal_in_body_frame(torch.as_tensor(env.unwrapped.pose)[None],
-                                  torch.as_tensor(env.unwrapped.goal_pose)[None])[0]
-    np.testing.assert_allclose(pairs["target"][0], expected.numpy(), atol=1e-6)
-    # the controller moves towards the goal: later samples of the first episode are closer
-    assert pairs["target"][5, 3] < first[3]
+    assert pairs["body"].shape == pairs["goal_body"].shape == (n, 4, 4) and len(pairs["scene"]) == n
+    assert int(pairs["scenes"]) == len(set(pairs["scene"])) >= n // 12
+    # every label is the goal in the body frame, as goal_in_body_frame computes it from the two poses
+    from world_model.camera import matrix_to_pose7
+
+    p7 = lambda t: matrix_to_pose7(torch.as_tensor(t, dtype=torch.float64)).float()  # noqa: E731
+    expected = goal_in_body_frame(p7(pairs["body"]), p7(pairs["goal_body"]))
+    np.testing.assert_allclose(pairs["target"], expected.numpy(), atol=1e-4)
+    # each goal's first view is its episode start: the goal lies 1-3 m away (TaskConfig.goal_distance); the other
+    # views are free poses of the scene around the path
+    starts = np.arange(0, n, 4)
+    assert ((pairs["target"][starts, 3] >= 1.0) & (pairs["target"][starts, 3] <= 3.0)).all()
+    # images are the twin's renders of those poses in those scenes
+    for i in (0, 1, 5, n - 1):
+        family, seed = pairs["scene"][i].split("/")
+        scene = make_scene(family, int(seed))
+        assert scene.free(pairs["body"][i][None, :3, 3].astype(np.float64), 0.1)[0]
+        with SceneRenderer(scene, h, w, depth=False) as r:
+            for key, pose in (("image", pairs["body"][i]), ("goal", pairs["goal_body"][i])):
+                frame = r.render(pose.astype(np.float64) @ sim.mount, sim.default_intrinsics, check_inside=False)[0]
+                np.testing.assert_array_equal(frame.transpose(2, 0, 1), pairs[key][i])
+    # the same seed gives the same data
+    again = collect_pairs(8, model=None, seed=3, goals_per_scene=3, views_per_goal=4)
+    np.testing.assert_array_equal(again["image"], pairs["image"][:8])
 
 
-def test_training_fits_and_the_file_round_trips(pairs, tmp_path):
-    net0 = RelativePoseNet(RelativePoseNetConfig(image_hw=pairs["image"].shape[2:], width=8, features_dim=32))
+def test_local_correlation_matches_shifted_products():
+    from policies.relative_pose import local_correlation
+
+    a, b, r = torch.randn(2, 5, 8, 6, dtype=torch.float64), torch.randn(2, 5, 8, 6, dtype=torch.float64), 2
+    padded = torch.nn.functional.pad(b, (r, r, r, r))
+    ref = torch.stack([(a * padded[:, :, dy:dy + 8, dx:dx + 6]).mean(1) for dy in range(5) for dx in range(5)], 1)
+    torch.testing.assert_close(local_correlation(a, b, r), ref)
+    # offset (dy, dx) = (0, +1) is channel r * (2r + 1) + r + 1: a shifted copy correlates fully there
+    shifted = torch.zeros_like(a)
+    shifted[..., 1:] = a[..., :-1]
+    corr = local_correlation(a, shifted, r)
+    torch.testing.assert_close(corr[:, r * 5 + r + 1, :, :-1], (a[..., :-1] ** 2).mean(1))
+
+
+@pytest.mark.parametrize("radius", [0, 2], ids=["early-fusion", "correlation"])
+def test_training_fits_and_the_file_round_trips(pairs, tmp_path, radius):
+    net0 = RelativePoseNet(RelativePoseNetConfig(image_hw=pairs["image"].shape[2:], width=8, features_dim=32,
+                                                 correlation_radius=radius))
     before = evaluate_relative_pose_net(net0, pairs)["val_loss"]
     net, metrics = train_relative_pose_net(pairs, pairs, config=net0.config, epochs=25, batch_size=16, lr=3e-3)
     after = metrics["val"]["val_loss"]
@@ -80,8 +111,12 @@ def test_bad_inputs_are_named():
         net(torch.zeros(2, 3, 32, 32), torch.zeros(1, 3, 32, 32))
     with pytest.raises(ValueError, match="image_hw"):
         RelativePoseNetConfig(image_hw=(16, 16))
+    with pytest.raises(ValueError, match="correlation_radius"):
+        RelativePoseNetConfig(image_hw=(32, 32), correlation_radius=5)
     with pytest.raises(ValueError, match="num_samples"):
         collect_pairs(0)
+    with pytest.raises(ValueError, match="views_per_goal"):
+        collect_pairs(4, views_per_goal=0)
     with pytest.raises(ValueError, match="'image', 'goal', 'target'"):
         train_relative_pose_net({"image": np.zeros((2, 3, 32, 32), np.uint8), "target": np.zeros((2, 10))})
 

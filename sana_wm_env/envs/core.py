@@ -243,6 +243,27 @@ class CameraSim:
                 return yaw_body(p, float(rng.uniform(-np.pi, np.pi)))
         return None
 
+    def draw_episode(self, rng: np.random.Generator, options: dict | None = None, scene: Scene | None = None):
+        """``(scene, start_body, goal_body)`` of a new twin-world episode, as ``reset`` draws them (world frame;
+        ``goal_body`` is None for tasks without a goal). ``options``: ``"scene"`` and ``"goal"`` as in ``reset``;
+        ``scene``: draw the start and goal in this scene instead of drawing one."""
+        opts = options or {}
+        given = scene
+        for _ in range(50):
+            scene = given or self._draw_scene(rng, opts)
+            start = self._draw_start(rng, scene)
+            if start is None:
+                if given is not None:
+                    raise ValueError(f"scene {scene.family}/{scene.seed}: found no free start pose")
+                if "scene" in opts:
+                    raise ValueError(f"options['scene']={opts['scene']!r}: found no free start pose")
+                continue
+            free = (lambda s: lambda pts: s.free(pts, START_CLEARANCE))(scene)
+            goal = _relative_goal(opts, start) if "goal" in opts else self.task.sample_goal(rng, start, free)
+            if goal is not None or self.task.name == "explore":
+                return scene, start, goal
+        raise RuntimeError("no start/goal pair found in 50 scenes (internal error)")
+
     # ------------------------------------------------------------------------------------------ reset
     def reset(self, idx: list[int], rngs: list[np.random.Generator], options: list[dict | None]):
         """Start new episodes for sub-envs ``idx``; returns ([obs], [info])."""
@@ -269,19 +290,7 @@ class CameraSim:
                     goal_image, _ = load_image(opts["goal_image"], self.image_hw, k)
             else:
                 k = self.default_intrinsics
-                for _ in range(50):
-                    scene = self._draw_scene(rng, opts)
-                    start = self._draw_start(rng, scene)
-                    if start is None:
-                        if "scene" in opts:
-                            raise ValueError(f"options['scene']={opts['scene']!r}: found no free start pose")
-                        continue
-                    free = (lambda s: lambda pts: s.free(pts, START_CLEARANCE))(scene)
-                    goal = _relative_goal(opts, start) if "goal" in opts else self.task.sample_goal(rng, start, free)
-                    if goal is not None or self.task.name == "explore":
-                        break
-                else:
-                    raise RuntimeError("no start/goal pair found in 50 scenes (internal error)")
+                scene, start, goal = self.draw_episode(rng, opts)
                 sub.scene, sub.intrinsics = scene, k
                 image = self._render(i, start @ self.mount)
                 if self.task.needs_goal_image:
