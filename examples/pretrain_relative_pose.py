@@ -37,6 +37,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--correlation-radius", type=int, default=4,
                    help="cost-volume radius in feature cells; 0 = early fusion (default: %(default)s)")
     p.add_argument("--width", type=int, default=24, help="network base width (default: %(default)s)")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also predict the estimate's variance (beta-NLL loss; GoalTracker weights by it)")
     p.add_argument("--epochs", type=int, default=12, help="training epochs (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=128, help="minibatch (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. Training.
     config = RelativePoseNetConfig(image_hw=tuple(train["image"].shape[2:]), width=args.width,
-                                   correlation_radius=args.correlation_radius)
+                                   correlation_radius=args.correlation_radius, uncertainty=args.uncertainty)
     net, metrics = train_relative_pose_net(train, val, config=config, epochs=args.epochs,
                                            batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=show)
     metrics.update({"collect_seconds": collect_s, "val_samples": int(len(val["target"])),

@@ -194,3 +194,66 @@ def test_visual_servo_policy(pairs, tmp_path):
         policy.reset(gym.make("SanaWM-TwinNav-v0"))
     with pytest.raises(ValueError, match="finite"):
         relative_goal_matrix(np.full(10, np.nan))
+
+
+def test_uncertainty_head_is_trained_by_the_likelihood(pairs):
+    from policies.relative_pose import expand_log_var, relative_pose_loss
+
+    cfg = RelativePoseNetConfig(image_hw=pairs["image"].shape[2:], width=8, features_dim=32, uncertainty=True)
+    img, goal = torch.as_tensor(pairs["image"][:4]), torch.as_tensor(pairs["goal"][:4])
+    mean, log_var = RelativePoseNet(cfg).predict(img, goal)
+    assert mean.shape == (4, 10) and log_var.shape == (4, 2)
+    assert RelativePoseNet(RelativePoseNetConfig(width=4, features_dim=8)).predict(img, goal)[1] is None
+    # beta = 0 is the Gaussian negative log-likelihood per entry; a variance matching the error minimises it
+    target = torch.zeros(1, 10)
+    err = torch.full((1, 10), 0.5)
+    nll = lambda lv: relative_pose_loss(err, torch.full((1, 2), lv), target, beta=0.0)  # noqa: E731
+    torch.testing.assert_close(nll(0.0), torch.tensor(0.5 * 0.25))
+    assert nll(float(np.log(0.25))) < min(nll(float(np.log(0.2))), nll(float(np.log(0.3))))
+    assert expand_log_var(torch.tensor([[1.0, 2.0]])).tolist() == [[1.0] * 4 + [2.0] * 6]
+    net, metrics = train_relative_pose_net(pairs, pairs, config=cfg, epochs=25, batch_size=16, lr=3e-3)
+    v = metrics["val"]
+    # the fitted variances are informative: within their predicted RMS most of the time, and the NLL is finite
+    assert np.isfinite(v["val_nll"]) and v["val_position_within_predicted_rms"] > 0.5
+    assert v["val_loss"] < evaluate_relative_pose_net(RelativePoseNet(cfg), pairs)["val_loss"]
+
+
+def test_goal_tracker_odometry_and_fusion():
+    from policies.relative_pose import GoalTracker, relative_goal_matrix, relative_goal_target
+    from policies.scripted import pose7_matrix
+
+    env = gym.make("SanaWM-TwinImageNav-v0", image_hw=(32, 32))
+    env.reset(seed=2)
+    net = RelativePoseNet(RelativePoseNetConfig(image_hw=(32, 32), width=4, features_dim=8))
+    tracker = GoalTracker.for_env(net, env, memory=1.0)
+    exact = lambda: relative_goal_target(pose7_matrix(env.unwrapped.pose),  # noqa: E731
+                                         pose7_matrix(env.unwrapped.goal_pose))
+    # fed exact estimates, odometry from the actions alone follows the env's privileged pose and goal
+    tracker.add(exact(), np.ones(2))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        action = rng.uniform(-1.2, 1.2, 6)  # out-of-range entries are clipped, by the env and the tracker alike
+        _, _, term, trunc, _ = env.step(action)
+        tracker.move(action)
+        np.testing.assert_allclose(tracker.body, pose7_matrix(env.unwrapped.pose), atol=1e-5)
+        np.testing.assert_allclose(tracker.estimate, relative_goal_matrix(exact()), atol=1e-4)
+        if term or trunc:
+            break
+        tracker.add(exact(), np.ones(2))
+    # fusion: positions average by their weights (in the start frame); memory discounts earlier estimates
+    for memory, expected in ((1.0, 0.75), (0.5, 0.6), (0.0, 0.0)):
+        t = GoalTracker.for_env(net, env, memory=memory)
+        a, b = np.zeros(10), np.zeros(10)
+        a[[0, 3, 4, 8]] = [1.0, 1.0, 1.0, 1.0]  # 1 m ahead, no rotation
+        b[[4, 8]] = [1.0, 1.0]  # here
+        t.add(a, np.array([3.0, 1.0]))
+        t.add(b, np.array([1.0, 1.0]))
+        assert t.estimate[0, 3] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="weights"):
+        t.add(a, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="memory"):
+        GoalTracker.for_env(net, env, memory=1.5)
+    with pytest.raises(ValueError, match="rep103"):
+        GoalTracker.for_env(net, gym.make("SanaWM-TwinImageNav-v0", image_hw=(32, 32), action_frame="opencv"))
+    with pytest.raises(ValueError, match="reset"):
+        _ = GoalTracker.for_env(net, env).estimate
