@@ -20,6 +20,8 @@ Choices, top to bottom:
   (early fusion), so the first convolution compares the two views pixel by pixel. From scratch that CNN does not
   learn to find goals on a CPU budget; ``--goal-pose-net PATH`` swaps it for a frozen network pretrained on the
   twin to predict where the goal is (``examples/pretrain_relative_pose.py``), and PPO learns to act on it.
+  ``--goal-tracker-memory 0.8`` adds ``goal_estimate``: those predictions fused over the episode with the
+  agent's own motion (``policies.sb3.GoalTrackerVecEnv``), far steadier than one view pair's guess.
 * **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
   a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
   (episodes are at most 100 steps; a goal is reached in 10-30).
@@ -63,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-json", type=Path, default=None, help="write the evaluation JSON here")
     p.add_argument("--goal-pose-net", type=Path, default=None,
                    help="ImageNav: frozen pretrained goal encoder (examples/pretrain_relative_pose.py) for the policy")
+    p.add_argument("--goal-tracker-memory", type=float, default=None,
+                   help="with --goal-pose-net: also observe the encoder's estimates fused over the episode by "
+                        "odometry (policies.sb3.GoalTrackerVecEnv), with this memory in [0, 1] (e.g. 0.8)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", action="store_true", help="show SB3's training progress bar (needs tqdm + rich)")
     return p.parse_args(argv)
@@ -74,7 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from stable_baselines3 import PPO
 
-    from policies.sb3 import GoalFrameExtractor, SB3Policy, make_sb3_vec_env
+    from policies.sb3 import GoalFrameExtractor, GoalTrackerVecEnv, SB3Policy, make_sb3_vec_env
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
     if args.threads is not None:
@@ -94,12 +99,17 @@ def main(argv: list[str] | None = None) -> dict:
         model = resolve_model(model, "cpu")  # load once: training env and both evaluation envs share it
     venv = make_sb3_vec_env(args.env_id, num_envs=args.n_envs, model=model,
                             task_config={"max_steps": args.max_steps}, **geometry)
-    venv.seed(args.seed)
-
-    # 2. PPO with a dict-observation policy (CNN for the image, MLP for pose and goal).
     if args.goal_pose_net is not None and task != "imagenav":
         raise ValueError("--goal-pose-net is for the ImageNav ids (the goal given as an image)")
     extractor = {} if args.goal_pose_net is None else {"goal_pose_net": str(args.goal_pose_net.resolve())}
+    if args.goal_tracker_memory is not None:
+        if args.goal_pose_net is None:
+            raise ValueError("--goal-tracker-memory needs --goal-pose-net (the encoder whose estimates it fuses)")
+        venv = GoalTrackerVecEnv(venv, args.goal_pose_net, memory=args.goal_tracker_memory)
+        extractor["goal_tracker_memory"] = args.goal_tracker_memory
+    venv.seed(args.seed)
+
+    # 2. PPO with a dict-observation policy (CNN for the image, MLP for pose and goal).
     agent = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=4,
                 gamma=0.98, learning_rate=3e-4, seed=args.seed, device="cpu", verbose=0,
                 policy_kwargs={"features_extractor_class": GoalFrameExtractor, "features_extractor_kwargs": extractor})

@@ -413,6 +413,21 @@ def relative_goal_matrix(pred: np.ndarray) -> np.ndarray:
     return t
 
 
+@torch.no_grad()
+def measure_goals(net: RelativePoseNet, images: np.ndarray, goals: np.ndarray, *, sigma0: float = 0.05,
+                  sigma1: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """One batched network call for N observations: ``images`` and ``goals`` uint8 channel-last (N, H, W, 3) ->
+    estimates (N, 10) and fusion weights (N, 2) (position, rotation): the predicted inverse variances with
+    ``config.uncertainty``, else ``1 / (sigma0^2 + (sigma1 * d)^2)`` for both, ``d`` the estimated distance."""
+    chw = lambda a: torch.as_tensor(np.ascontiguousarray(np.asarray(a).transpose(0, 3, 1, 2)))  # noqa: E731
+    pred, log_var = net.predict(chw(images), chw(goals))
+    pred = pred.numpy()
+    if log_var is not None:
+        return pred, np.exp(-log_var.double().numpy())
+    w = 1.0 / (sigma0 ** 2 + (sigma1 * np.linalg.norm(pred[:, :3].astype(np.float64), axis=1)) ** 2)
+    return pred, np.stack([w, w], axis=1)
+
+
 class GoalTracker:
     """The goal pose in the current body frame, fused over an episode from :class:`RelativePoseNet` estimates and
     the agent's own motion (observation-only: images and the actions it sent, no pose from the env).
@@ -442,37 +457,36 @@ class GoalTracker:
         self.net = net.eval()
         self.max_step = np.asarray(limits.scale, dtype=np.float64) * float(step_seconds)
         self.memory, self.sigma0, self.sigma1 = float(memory), float(sigma0), float(sigma1)
-        self.body = np.eye(4)  # current body in the episode's start body frame (odometry)
-        self._w = np.zeros(2)
-        self._pos = np.zeros(3)
-        self._rot = np.zeros((3, 3))
-        self.steps = 0
+        self.clear()  # sets body: the current body in the episode's start body frame (odometry)
 
     @classmethod
     def for_env(cls, net: RelativePoseNet, env, **kwargs) -> GoalTracker:
         """A tracker with ``env``'s action limits and step length (a SANA-WM ImageNav env or a wrapper of one)."""
-        sim = env.unwrapped.sim
+        return cls.for_sim(net, env.unwrapped.sim, **kwargs)
+
+    @classmethod
+    def for_sim(cls, net: RelativePoseNet, sim, **kwargs) -> GoalTracker:
+        """A tracker with the action limits and step length of an env's simulation (``env.unwrapped.sim``)."""
         if sim.action_frame != "rep103":
             raise ValueError(f"GoalTracker needs action_frame='rep103' (body-frame actions; the network predicts the "
                              f"goal in the body frame), the env has {sim.action_frame!r}")
         return cls(net, sim.limits, sim.step_seconds, **kwargs)
 
-    @torch.no_grad()
     def measure(self, obs: dict) -> tuple[np.ndarray, np.ndarray]:
         """The network's estimate (10,) for one observation (``image`` and ``goal`` uint8 (H, W, 3)) and its fusion
-        weights (position, rotation): the predicted inverse variances, or the distance rule without them."""
-        chw = lambda a: torch.as_tensor(np.ascontiguousarray(np.asarray(a).transpose(2, 0, 1)))[None]  # noqa: E731
-        pred, log_var = self.net.predict(chw(obs["image"]), chw(obs["goal"]))
-        pred = pred[0].numpy()
-        if log_var is not None:
-            return pred, np.exp(-log_var[0].double().numpy())
-        w = 1.0 / (self.sigma0 ** 2 + (self.sigma1 * float(np.linalg.norm(pred[:3]))) ** 2)
-        return pred, np.array([w, w])
+        weights (position, rotation): see :func:`measure_goals`."""
+        pred, weights = measure_goals(self.net, np.asarray(obs["image"])[None], np.asarray(obs["goal"])[None],
+                                      sigma0=self.sigma0, sigma1=self.sigma1)
+        return pred[0], weights[0]
+
+    def clear(self) -> None:
+        """Forget the episode: odometry back to the start body, no estimate fused."""
+        self.body = np.eye(4)
+        self._w, self._pos, self._rot, self.steps = np.zeros(2), np.zeros(3), np.zeros((3, 3)), 0
 
     def reset(self, obs: dict) -> np.ndarray:
         """Start an episode at ``obs`` (its first observation); returns the goal estimate (4, 4) in the body frame."""
-        self.body = np.eye(4)
-        self._w, self._pos, self._rot, self.steps = np.zeros(2), np.zeros(3), np.zeros((3, 3)), 0
+        self.clear()
         return self.add(*self.measure(obs))
 
     def update(self, action: np.ndarray, obs: dict) -> np.ndarray:

@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, CombinedExtractor, NatureCNN
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvWrapper
 
 import sana_wm_env  # noqa: F401  (registers the ids)
 from sana_wm_env.envs.core import make_rngs
@@ -97,6 +97,84 @@ def make_sb3_vec_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> SB3VecEnv
     return SB3VecEnv(venv)
 
 
+GOAL_ESTIMATE_KEY = "goal_estimate"
+
+
+class GoalTrackerVecEnv(VecEnvWrapper):
+    """ImageNav sub-envs whose observations also carry ``goal_estimate``: each sub-env's
+    :class:`policies.relative_pose.GoalTracker` estimate of the goal in the current body frame (the 10 numbers of
+    :func:`goal_in_body_frame`), fused over the episode from a frozen goal encoder and the actions sent.
+
+    Why: one image pair locates the goal poorly (views that do not overlap, texture-poor walls); fused with
+    odometry the estimate firms up as the agent moves, which a memoryless PPO policy cannot do on its own. It is
+    still observation-only (images and the agent's own actions). The encoder runs once per step for all sub-envs
+    (and for the final observations of finished episodes, which SB3 bootstraps truncations from).
+    Trackers restart on each sub-env's autoreset. Evaluation: :class:`SB3Policy` rebuilds the same tracker from
+    the model's extractor (``GoalFrameExtractor(goal_pose_net=..., goal_tracker_memory=...)``).
+    """
+
+    def __init__(self, venv: VecEnv, goal_pose_net: str | Path | torch.nn.Module, memory: float = 0.8) -> None:
+        from policies.relative_pose import TARGET_DIM, GoalTracker, load_relative_pose_net
+
+        space = venv.observation_space
+        if not (isinstance(space, gym.spaces.Dict) and "image" in space.spaces and "goal" in space.spaces
+                and space["goal"].shape == space["image"].shape and len(space["image"].shape) == 3):
+            raise ValueError(f"GoalTrackerVecEnv needs ImageNav observations (an image goal), got {space}")
+        if GOAL_ESTIMATE_KEY in space.spaces:
+            raise ValueError(f"the observations already have a {GOAL_ESTIMATE_KEY!r} key")
+        sim = getattr(venv, "sim", None)
+        if sim is None:
+            raise ValueError("GoalTrackerVecEnv wraps make_sb3_vec_env's SB3VecEnv (it needs the sim's action limits)")
+        net = goal_pose_net if isinstance(goal_pose_net, torch.nn.Module) else load_relative_pose_net(goal_pose_net)
+        if tuple(net.config.image_hw) != space["image"].shape[:2]:
+            raise ValueError(f"goal_pose_net was trained on {tuple(net.config.image_hw)} images, the env gives "
+                             f"{space['image'].shape[:2]}")
+        self.net = net.eval()
+        self.trackers = [GoalTracker.for_sim(self.net, sim, memory=memory) for _ in range(venv.num_envs)]
+        estimate = gym.spaces.Box(-np.inf, np.inf, (TARGET_DIM,), np.float32)
+        super().__init__(venv, observation_space=gym.spaces.Dict({**space.spaces, GOAL_ESTIMATE_KEY: estimate}))
+        self._actions: np.ndarray | None = None
+
+    def _measure(self, images: list[np.ndarray], goals: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        from policies.relative_pose import measure_goals
+
+        t = self.trackers[0]
+        return measure_goals(self.net, np.stack(images), np.stack(goals), sigma0=t.sigma0, sigma1=t.sigma1)
+
+    def reset(self):
+        obs = self.venv.reset()
+        preds, weights = self._measure(list(obs["image"]), list(obs["goal"]))
+        for t, pred, w in zip(self.trackers, preds, weights):
+            t.clear()
+            t.add(pred, w)
+        return {**obs, GOAL_ESTIMATE_KEY: np.stack([t.estimate_vector() for t in self.trackers])}
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.array(actions, dtype=np.float64)
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        done_idx = [int(i) for i in np.nonzero(dones)[0]]
+        finals = [infos[i]["terminal_observation"] for i in done_idx]
+        # one encoder call: every sub-env's new observation, then the final observations of finished episodes
+        preds, weights = self._measure(list(obs["image"]) + [f["image"] for f in finals],
+                                       list(obs["goal"]) + [f["goal"] for f in finals])
+        n = self.num_envs
+        for k, i in enumerate(done_idx):  # finish the episode on its final observation, then restart
+            t = self.trackers[i]
+            t.move(self._actions[i])
+            t.add(preds[n + k], weights[n + k])
+            infos[i] = {**infos[i], "terminal_observation": {**finals[k], GOAL_ESTIMATE_KEY: t.estimate_vector()}}
+            t.clear()
+        for i, t in enumerate(self.trackers):
+            if i not in done_idx:
+                t.move(self._actions[i])
+            t.add(preds[i], weights[i])
+        estimates = np.stack([t.estimate_vector() for t in self.trackers])
+        return {**obs, GOAL_ESTIMATE_KEY: estimates}, rewards, dones, infos
+
+
 def _quat_xyzw_to_matrix(q: torch.Tensor) -> torch.Tensor:
     """(N, 4) quaternions [qx, qy, qz, qw] (normalised here) -> (N, 3, 3) rotation matrices."""
     x, y, z, w = (q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)).unbind(-1)
@@ -146,7 +224,10 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
       the frozen network's features of the two stacked images plus its prediction of the goal relative to the
       body (the 10 numbers of :func:`goal_in_body_frame`). The policy then learns to act on "where the goal is"
       instead of discovering it from the reward. The network's weights are saved inside the SB3 zip, but
-      loading the zip rebuilds the extractor from ``PATH``, which must still exist.
+      loading the zip rebuilds the extractor from ``PATH``, which must still exist. With
+      ``goal_tracker_memory=m`` the observations also carry the fused ``goal_estimate`` of
+      :class:`GoalTrackerVecEnv` (flattened with the other keys); ``m`` is the tracker's memory, stored here so
+      that :class:`SB3Policy` rebuilds the same tracker at evaluation.
 
     Other keys are flattened as in ``CombinedExtractor``. Use with
     ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``; the images
@@ -154,8 +235,15 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, cnn_output_dim: int = 256,
-                 goal_pose_net: str | Path | None = None) -> None:
+                 goal_pose_net: str | Path | None = None, goal_tracker_memory: float | None = None) -> None:
         spaces_ = observation_space.spaces
+        if (goal_tracker_memory is not None) != (GOAL_ESTIMATE_KEY in spaces_):
+            raise ValueError(f"goal_tracker_memory goes with a {GOAL_ESTIMATE_KEY!r} observation (GoalTrackerVecEnv) "
+                             f"and only with it; got goal_tracker_memory={goal_tracker_memory!r} and keys "
+                             f"{sorted(spaces_)}")
+        if goal_tracker_memory is not None and goal_pose_net is None:
+            raise ValueError("goal_tracker_memory needs goal_pose_net (the encoder the tracker fuses)")
+        self.goal_tracker_memory = goal_tracker_memory
         self.uses_goal_frame = all(k in spaces_ and spaces_[k].shape == (7,) for k in ("pose", "goal"))
         image, goal = spaces_.get("image"), spaces_.get("goal")
         self.uses_goal_image = (image is not None and goal is not None and goal.shape == image.shape
@@ -208,7 +296,12 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
 
 
 class SB3Policy:
-    """A saved SB3 model (``PPO.save`` zip) as an evaluation policy: deterministic ``predict`` on each observation."""
+    """A saved SB3 model (``PPO.save`` zip) as an evaluation policy: deterministic ``predict`` on each observation.
+
+    A model trained on :class:`GoalTrackerVecEnv` observations gets its ``goal_estimate`` from a
+    :class:`policies.relative_pose.GoalTracker` rebuilt from the model's own frozen encoder and stored memory,
+    updated with the actions this policy sends (so ``reset(env)`` must start every episode).
+    """
 
     privileged = False
 
@@ -222,15 +315,39 @@ class SB3Policy:
             raise ValueError(f"algo must be an SB3 algorithm class name (PPO, SAC, ...), got {algo!r}")
         self.model = getattr(stable_baselines3, algo).load(path, device=device)
         self.name = f"{algo.lower()}:{path.name}"
+        space = self.model.observation_space
+        self.uses_tracker = isinstance(space, gym.spaces.Dict) and GOAL_ESTIMATE_KEY in space.spaces
+        self.tracker = None
+        self._last_action: np.ndarray | None = None
 
     def reset(self, env=None, seed: int | None = None) -> None:
-        if env is not None and not _same_obs_shapes(env.observation_space, self.model.observation_space):
-            raise ValueError(f"the SB3 model was trained on observations {self.model.observation_space}, the env "
-                             f"gives {env.observation_space} (same task, image size and obs_mode needed)")
+        space = self.model.observation_space
+        if self.uses_tracker:
+            space = gym.spaces.Dict({k: v for k, v in space.spaces.items() if k != GOAL_ESTIMATE_KEY})
+        if env is not None and not _same_obs_shapes(env.observation_space, space):
+            raise ValueError(f"the SB3 model was trained on observations {space}, the env gives "
+                             f"{env.observation_space} (same task, image size and obs_mode needed)")
+        if self.uses_tracker:
+            from policies.relative_pose import GoalTracker
+
+            if env is None:
+                raise ValueError(f"{self.name} tracks the goal from its actions: reset(env) needs the env")
+            ext = self.model.policy.features_extractor
+            self.tracker = GoalTracker.for_env(ext.fused.module, env, memory=ext.goal_tracker_memory)
+            self._last_action = None
 
     def act(self, obs, env=None) -> np.ndarray:
+        if self.uses_tracker:
+            if self.tracker is None:
+                raise ValueError(f"call reset(env) before act(): {self.name} tracks the goal over the episode")
+            if self._last_action is None:
+                self.tracker.reset(obs)
+            else:
+                self.tracker.update(self._last_action, obs)
+            obs = {**obs, GOAL_ESTIMATE_KEY: self.tracker.estimate_vector()}
         action, _ = self.model.predict(obs, deterministic=True)
-        return np.asarray(action, dtype=np.float32)
+        self._last_action = np.asarray(action, dtype=np.float32)
+        return self._last_action
 
 
 def _same_obs_shapes(env_space: gym.Space, model_space: gym.Space) -> bool:

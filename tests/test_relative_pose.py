@@ -131,17 +131,23 @@ def test_pose_errors_are_metres_and_degrees():
     assert errs["median_goal_distance_m"] == pytest.approx(2.0)
 
 
-def test_frozen_goal_encoder_in_ppo(pairs, tmp_path):
-    net, _ = train_relative_pose_net(pairs, None, config=RelativePoseNetConfig(image_hw=(64, 64), width=4,
-                                                                              features_dim=8), epochs=1)
-    net_path = save_relative_pose_net(net, tmp_path / "rp.pt")
+def _train_tiny_imagenav_ppo(tmp_path: Path, net_path: Path, *extra: str) -> Path:
+    """``examples/train_ppo_nav.py`` for 64 twin ImageNav steps on the frozen encoder at ``net_path``."""
     spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     zip_path = tmp_path / "ppo.zip"
     example.main(["--env-id", "SanaWM-TwinImageNav-v0", "--model", "none", "--total-steps", "64",
                   "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--max-steps", "4",
-                  "--eval-episodes", "0", "--out", str(zip_path), "--goal-pose-net", str(net_path)])
+                  "--eval-episodes", "0", "--out", str(zip_path), "--goal-pose-net", str(net_path), *extra])
+    return zip_path
+
+
+def test_frozen_goal_encoder_in_ppo(pairs, tmp_path):
+    net, _ = train_relative_pose_net(pairs, None, config=RelativePoseNetConfig(image_hw=(64, 64), width=4,
+                                                                              features_dim=8), epochs=1)
+    net_path = save_relative_pose_net(net, tmp_path / "rp.pt")
+    zip_path = _train_tiny_imagenav_ppo(tmp_path, net_path)
     policy = SB3Policy(zip_path)
     ext = policy.model.policy.features_extractor
     assert isinstance(ext, GoalFrameExtractor) and ext.uses_goal_pose_net
@@ -257,3 +263,59 @@ def test_goal_tracker_odometry_and_fusion():
         GoalTracker.for_env(net, gym.make("SanaWM-TwinImageNav-v0", image_hw=(32, 32), action_frame="opencv"))
     with pytest.raises(ValueError, match="reset"):
         _ = GoalTracker.for_env(net, env).estimate
+
+
+def test_goal_tracker_vec_env_and_ppo_on_its_estimate(pairs, tmp_path):
+    from policies.relative_pose import GoalTracker
+    from policies.sb3 import GOAL_ESTIMATE_KEY, GoalTrackerVecEnv, make_sb3_vec_env
+
+    net, _ = train_relative_pose_net(pairs, None, config=RelativePoseNetConfig(width=4, features_dim=8), epochs=1)
+    net_path = save_relative_pose_net(net, tmp_path / "rp.pt")
+    venv = GoalTrackerVecEnv(make_sb3_vec_env("SanaWM-TwinImageNav-v0", num_envs=2, task_config={"max_steps": 3}),
+                             net_path, memory=0.5)
+    assert venv.observation_space[GOAL_ESTIMATE_KEY].shape == (10,)
+    venv.seed(4)
+    obs = venv.reset()
+    # sub-env 1 against a tracker of its own, fed the same observations and actions, across an autoreset
+    ref = GoalTracker.for_sim(venv.net, venv.venv.sim, memory=0.5)
+    first = lambda o, i: {"image": o["image"][i], "goal": o["goal"][i]}  # noqa: E731
+    ref.reset(first(obs, 1))
+    np.testing.assert_allclose(obs[GOAL_ESTIMATE_KEY][1], ref.estimate_vector(), atol=1e-5)
+    rng = np.random.default_rng(1)
+    ended = 0
+    for _ in range(5):
+        actions = rng.uniform(-1, 1, (2, 6)).astype(np.float32)
+        obs, _, dones, infos = venv.step(actions)
+        if dones[1]:
+            final = infos[1]["terminal_observation"]
+            ref.update(actions[1], final)
+            np.testing.assert_allclose(final[GOAL_ESTIMATE_KEY], ref.estimate_vector(), atol=1e-5)
+            ref.reset(first(obs, 1))  # the new episode's first observation
+            ended += 1
+        else:
+            ref.update(actions[1], first(obs, 1))
+        np.testing.assert_allclose(obs[GOAL_ESTIMATE_KEY][1], ref.estimate_vector(), atol=1e-5)
+    assert ended == 1  # max_steps 3: the first episode ended at step 3 (or earlier on a collision)
+    venv.close()
+    with pytest.raises(ValueError, match="ImageNav"):
+        GoalTrackerVecEnv(make_sb3_vec_env("SanaWM-TwinNav-v0", num_envs=1), net_path)
+    with pytest.raises(ValueError, match="goal_tracker_memory"):
+        GoalFrameExtractor(gym.make("SanaWM-TwinImageNav-v0").observation_space, goal_pose_net=net_path,
+                           goal_tracker_memory=0.5)
+
+    # PPO on the estimate; the saved policy rebuilds the tracker for a single env and steps it with its actions
+    zip_path = _train_tiny_imagenav_ppo(tmp_path, net_path, "--goal-tracker-memory", "0.5")
+    policy = SB3Policy(zip_path)
+    assert policy.uses_tracker and policy.model.policy.features_extractor.goal_tracker_memory == 0.5
+    env = gym.make("SanaWM-TwinImageNav-v0")
+    obs, _ = env.reset(seed=0)
+    with pytest.raises(ValueError, match="reset"):
+        policy.act(obs, env)
+    policy.reset(env, seed=0)
+    for _ in range(3):
+        a = policy.act(obs, env)
+        assert a.shape == (6,) and np.abs(a).max() <= 1.0
+        obs, *_ = env.step(a)
+    assert policy.tracker.steps == 2
+    with pytest.raises(ValueError, match="trained on observations"):
+        policy.reset(gym.make("SanaWM-TwinNav-v0"))
