@@ -1,7 +1,9 @@
 """Pretrain the ImageNav goal encoder: a CNN that tells where the goal view is from the current view.
 
     python examples/pretrain_relative_pose.py --train-samples 40000 --val-samples 4000 --out relpose.pt
-    python examples/train_ppo_nav.py --env-id SanaWM-TwinImageNav-v0 --goal-pose-net relpose.pt --total-steps 200000
+    sana-wm evaluate-policy --task imagenav --policy servo:relpose.pt --episodes 20
+    python examples/train_ppo_nav.py --env-id SanaWM-TwinImageNav-v0 --goal-pose-net relpose.pt \
+        --goal-tracker-memory 0.8 --total-steps 100000
 
 Top to bottom:
 1. **Data**: twin ImageNav episodes (``train`` scenes for training, held-out ``eval`` scenes for validation),

@@ -17,8 +17,11 @@ visual encoder; here the twin gives exact labels for free, so the encoder is pre
   (:func:`local_correlation`); then a linear layer and a linear head predicting the 10 numbers of
   :func:`policies.sb3.goal_in_body_frame` (goal position in REP-103 body axes, m; its distance; the first two
   columns of the relative rotation).
-* **Use**: :class:`policies.sb3.GoalFrameExtractor` with ``goal_pose_net=PATH`` feeds PPO the frozen network's
-  features and prediction; ``examples/train_ppo_nav.py --goal-pose-net PATH``.
+* **Use**: :class:`GoalTracker` fuses its estimates over an episode by odometry; :class:`VisualServoPolicy`
+  (``servo:PATH``) steers the pose controller by the tracked goal; :class:`policies.sb3.GoalFrameExtractor` with
+  ``goal_pose_net=PATH`` feeds PPO the frozen network's features and prediction, and
+  :class:`policies.sb3.GoalTrackerVecEnv` the tracked goal (``examples/train_ppo_nav.py --goal-pose-net PATH
+  --goal-tracker-memory 0.8``).
 
 Files: :func:`save_relative_pose_net` writes ``{"config", "state_dict", "metrics"}`` with ``torch.save``.
 """
