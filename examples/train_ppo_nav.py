@@ -68,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--goal-tracker-memory", type=float, default=None,
                    help="with --goal-pose-net: also observe the encoder's estimates fused over the episode by "
                         "odometry (policies.sb3.GoalTrackerVecEnv), with this memory in [0, 1] (e.g. 0.8)")
+    p.add_argument("--no-encoder-features", action="store_true",
+                   help="with --goal-pose-net: give the policy the encoder's prediction only, not its features")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", action="store_true", help="show SB3's training progress bar (needs tqdm + rich)")
     return p.parse_args(argv)
@@ -102,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.goal_pose_net is not None and task != "imagenav":
         raise ValueError("--goal-pose-net is for the ImageNav ids (the goal given as an image)")
     extractor = {} if args.goal_pose_net is None else {"goal_pose_net": str(args.goal_pose_net.resolve())}
+    if args.no_encoder_features:
+        if args.goal_pose_net is None:
+            raise ValueError("--no-encoder-features needs --goal-pose-net")
+        extractor["goal_pose_features"] = False
     if args.goal_tracker_memory is not None:
         if args.goal_pose_net is None:
             raise ValueError("--goal-tracker-memory needs --goal-pose-net (the encoder whose estimates it fuses)")

@@ -228,6 +228,8 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
       ``goal_tracker_memory=m`` the observations also carry the fused ``goal_estimate`` of
       :class:`GoalTrackerVecEnv` (flattened with the other keys); ``m`` is the tracker's memory, stored here so
       that :class:`SB3Policy` rebuilds the same tracker at evaluation.
+      ``goal_pose_features=False`` keeps only the network's prediction (10 numbers), not its features: a much
+      smaller input in which the (tracked) goal is not outnumbered by 256 features.
 
     Other keys are flattened as in ``CombinedExtractor``. Use with
     ``PPO("MultiInputPolicy", env, policy_kwargs={"features_extractor_class": GoalFrameExtractor})``; the images
@@ -235,7 +237,8 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
     """
 
     def __init__(self, observation_space: gym.spaces.Dict, cnn_output_dim: int = 256,
-                 goal_pose_net: str | Path | None = None, goal_tracker_memory: float | None = None) -> None:
+                 goal_pose_net: str | Path | None = None, goal_tracker_memory: float | None = None,
+                 goal_pose_features: bool = True) -> None:
         spaces_ = observation_space.spaces
         if (goal_tracker_memory is not None) != (GOAL_ESTIMATE_KEY in spaces_):
             raise ValueError(f"goal_tracker_memory goes with a {GOAL_ESTIMATE_KEY!r} observation (GoalTrackerVecEnv) "
@@ -244,6 +247,9 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
         if goal_tracker_memory is not None and goal_pose_net is None:
             raise ValueError("goal_tracker_memory needs goal_pose_net (the encoder the tracker fuses)")
         self.goal_tracker_memory = goal_tracker_memory
+        if not goal_pose_features and goal_pose_net is None:
+            raise ValueError("goal_pose_features=False drops goal_pose_net's features; it needs goal_pose_net")
+        self.goal_pose_features = goal_pose_features
         self.uses_goal_frame = all(k in spaces_ and spaces_[k].shape == (7,) for k in ("pose", "goal"))
         image, goal = spaces_.get("image"), spaces_.get("goal")
         self.uses_goal_image = (image is not None and goal is not None and goal.shape == image.shape
@@ -263,7 +269,8 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
                 if tuple(net.config.image_hw) != (h, w):
                     raise ValueError(f"goal_pose_net was trained on {tuple(net.config.image_hw)} images, the env "
                                      f"gives {(h, w)}")
-                fused, fused_dim = _Frozen(net), net.config.features_dim + TARGET_DIM
+                fused = _Frozen(net)
+                fused_dim = (net.config.features_dim if goal_pose_features else 0) + TARGET_DIM
             else:
                 fused = NatureCNN(gym.spaces.Box(0, 255, (2 * c, h, w), dtype=np.uint8), features_dim=cnn_output_dim)
                 fused_dim = cnn_output_dim
@@ -282,7 +289,8 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
                 with torch.no_grad():
                     net = self.fused.module
                     feats = net.features(observations["image"] * 255.0, observations["goal"] * 255.0)
-                    features = torch.cat([feats, net.head(feats)], dim=1)
+                    pred = net.head(feats)
+                    features = torch.cat([feats, pred], dim=1) if self.goal_pose_features else pred
             else:
                 features = self.fused(torch.cat([observations["image"], observations["goal"]], dim=1))
             if self.others is None:

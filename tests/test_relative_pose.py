@@ -163,6 +163,12 @@ def test_frozen_goal_encoder_in_ppo(pairs, tmp_path):
     env = gym.make("SanaWM-TwinImageNav-v0")
     obs, _ = env.reset(seed=0)
     assert policy.act(obs, env).shape == (6,)
+    # without the encoder's features the policy sees its prediction alone
+    lean = SB3Policy(_train_tiny_imagenav_ppo(tmp_path, net_path, "--no-encoder-features")).model
+    ext = lean.policy.features_extractor
+    assert ext.features_dim == 10 and not ext.goal_pose_features
+    torch.testing.assert_close(ext({"image": img.float() / 255.0, "goal": goal.float() / 255.0}), net(img, goal),
+                               rtol=1e-5, atol=1e-5)
     # a pose-goal task has no image goal for it
     nav = gym.make("SanaWM-TwinNav-v0").observation_space
     with pytest.raises(ValueError, match="goal_pose_net needs image goals"):
