@@ -100,6 +100,14 @@ def make_sb3_vec_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> SB3VecEnv
 GOAL_ESTIMATE_KEY = "goal_estimate"
 
 
+def _check_image_size(net, image_hw: tuple[int, int]):
+    """``net`` (a relative-pose network) if it was trained on ``image_hw`` frames, else a ValueError."""
+    if tuple(net.config.image_hw) != tuple(image_hw):
+        raise ValueError(f"goal_pose_net was trained on {tuple(net.config.image_hw)} images, the env gives "
+                         f"{tuple(image_hw)}")
+    return net
+
+
 class GoalTrackerVecEnv(VecEnvWrapper):
     """ImageNav sub-envs whose observations also carry ``goal_estimate``: each sub-env's
     :class:`policies.relative_pose.GoalTracker` estimate of the goal in the current body frame (the 10 numbers of
@@ -126,10 +134,7 @@ class GoalTrackerVecEnv(VecEnvWrapper):
         if sim is None:
             raise ValueError("GoalTrackerVecEnv wraps make_sb3_vec_env's SB3VecEnv (it needs the sim's action limits)")
         net = goal_pose_net if isinstance(goal_pose_net, torch.nn.Module) else load_relative_pose_net(goal_pose_net)
-        if tuple(net.config.image_hw) != space["image"].shape[:2]:
-            raise ValueError(f"goal_pose_net was trained on {tuple(net.config.image_hw)} images, the env gives "
-                             f"{space['image'].shape[:2]}")
-        self.net = net.eval()
+        self.net = _check_image_size(net, space["image"].shape[:2]).eval()
         self.trackers = [GoalTracker.for_sim(self.net, sim, memory=memory) for _ in range(venv.num_envs)]
         estimate = gym.spaces.Box(-np.inf, np.inf, (TARGET_DIM,), np.float32)
         super().__init__(venv, observation_space=gym.spaces.Dict({**space.spaces, GOAL_ESTIMATE_KEY: estimate}))
@@ -160,16 +165,14 @@ class GoalTrackerVecEnv(VecEnvWrapper):
         # one encoder call: every sub-env's new observation, then the final observations of finished episodes
         preds, weights = self._measure(list(obs["image"]) + [f["image"] for f in finals],
                                        list(obs["goal"]) + [f["goal"] for f in finals])
-        n = self.num_envs
-        for k, i in enumerate(done_idx):  # finish the episode on its final observation, then restart
-            t = self.trackers[i]
-            t.move(self._actions[i])
-            t.add(preds[n + k], weights[n + k])
-            infos[i] = {**infos[i], "terminal_observation": {**finals[k], GOAL_ESTIMATE_KEY: t.estimate_vector()}}
-            t.clear()
+        final_row = {i: self.num_envs + k for k, i in enumerate(done_idx)}
         for i, t in enumerate(self.trackers):
-            if i not in done_idx:
-                t.move(self._actions[i])
+            t.move(self._actions[i])
+            if i in final_row:  # finish the episode on its final observation, then restart on the new one
+                t.add(preds[final_row[i]], weights[final_row[i]])
+                final = {**infos[i]["terminal_observation"], GOAL_ESTIMATE_KEY: t.estimate_vector()}
+                infos[i] = {**infos[i], "terminal_observation": final}
+                t.clear()
             t.add(preds[i], weights[i])
         estimates = np.stack([t.estimate_vector() for t in self.trackers])
         return {**obs, GOAL_ESTIMATE_KEY: estimates}, rewards, dones, infos
@@ -265,10 +268,7 @@ class GoalFrameExtractor(BaseFeaturesExtractor):
             if goal_pose_net is not None:
                 from policies.relative_pose import TARGET_DIM, load_relative_pose_net
 
-                net = load_relative_pose_net(goal_pose_net)
-                if tuple(net.config.image_hw) != (h, w):
-                    raise ValueError(f"goal_pose_net was trained on {tuple(net.config.image_hw)} images, the env "
-                                     f"gives {(h, w)}")
+                net = _check_image_size(load_relative_pose_net(goal_pose_net), (h, w))
                 fused = _Frozen(net)
                 fused_dim = (net.config.features_dim if goal_pose_features else 0) + TARGET_DIM
             else:
