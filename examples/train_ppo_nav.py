@@ -22,6 +22,11 @@ Choices, top to bottom:
   twin to predict where the goal is (``examples/pretrain_relative_pose.py``), and PPO learns to act on it.
   ``--goal-tracker-memory 0.8`` adds ``goal_estimate``: those predictions fused over the episode with the
   agent's own motion (``policies.sb3.GoalTrackerVecEnv``), far steadier than one view pair's guess.
+* **Warm start** (``--bc-steps N``): before PPO, run the scripted expert for N steps (the pose controller on
+  ``pose``/``goal``; on ImageNav with the tracker, the same controller on ``goal_estimate``, i.e. the servo) and
+  fit the policy's action mean and value head to it (``policies.imitation``). PPO then starts from a policy that
+  already reaches goals; ``--log-std-init`` sets how widely it explores around it. The clone is saved beside
+  ``--out`` (``*_bc.zip``) so it can be evaluated on its own.
 * **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
   a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
   (episodes are at most 100 steps; a goal is reached in 10-30).
@@ -70,6 +75,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "odometry (policies.sb3.GoalTrackerVecEnv), with this memory in [0, 1] (e.g. 0.8)")
     p.add_argument("--no-encoder-features", action="store_true",
                    help="with --goal-pose-net: give the policy the encoder's prediction only, not its features")
+    p.add_argument("--bc-steps", type=int, default=0,
+                   help="warm start: imitate the scripted expert for this many env steps before PPO (default: off)")
+    p.add_argument("--bc-epochs", type=int, default=10, help="warm start: epochs over the expert data (default 10)")
+    p.add_argument("--log-std-init", type=float, default=0.0,
+                   help="initial log std of PPO's Gaussian actions (SB3 default 0; lower after a warm start)")
+    p.add_argument("--learning-rate", type=float, default=3e-4, help="PPO learning rate (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--progress", action="store_true", help="show SB3's training progress bar (needs tqdm + rich)")
     return p.parse_args(argv)
@@ -81,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from stable_baselines3 import PPO
 
+    from policies.imitation import collect_expert_data, pretrain_policy, scripted_expert
     from policies.sb3 import GoalFrameExtractor, GoalTrackerVecEnv, SB3Policy, make_sb3_vec_env
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
@@ -117,8 +129,25 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 2. PPO with a dict-observation policy (CNN for the image, MLP for pose and goal).
     agent = PPO("MultiInputPolicy", venv, n_steps=args.n_steps, batch_size=args.batch_size, n_epochs=4,
-                gamma=0.98, learning_rate=3e-4, seed=args.seed, device="cpu", verbose=0,
-                policy_kwargs={"features_extractor_class": GoalFrameExtractor, "features_extractor_kwargs": extractor})
+                gamma=0.98, learning_rate=args.learning_rate, seed=args.seed, device="cpu", verbose=0,
+                policy_kwargs={"features_extractor_class": GoalFrameExtractor, "features_extractor_kwargs": extractor,
+                               "log_std_init": args.log_std_init})
+    summary: dict = {}
+
+    # 2b. Optional warm start: clone the scripted expert on the observations PPO sees, then PPO improves on it.
+    if args.bc_steps > 0:
+        t0 = time.perf_counter()
+        data = collect_expert_data(agent.get_env(), scripted_expert(agent.get_env()), args.bc_steps, agent.gamma)
+        losses = pretrain_policy(agent.policy, data, epochs=args.bc_epochs, seed=args.seed)
+        bc_path = args.out.with_name(f"{args.out.stem}_bc.zip")
+        bc_path.parent.mkdir(parents=True, exist_ok=True)
+        agent.save(bc_path)
+        summary["warm_start"] = {"steps": len(data), "episodes": data.episodes, "expert_success_rate":
+                                 data.successes / data.episodes, "dropped_steps": data.dropped_steps,
+                                 "losses": losses, "seconds": time.perf_counter() - t0, "model_path": str(bc_path)}
+        print(f"warm start: {len(data)} expert steps ({data.episodes} episodes, expert success "
+              f"{data.successes / data.episodes:.2f}), action MSE {losses[0]['action_mse']:.4f} -> "
+              f"{losses[-1]['action_mse']:.4f} in {summary['warm_start']['seconds']:.0f} s -> {bc_path}")
     t0 = time.perf_counter()
     agent.learn(total_timesteps=args.total_steps, progress_bar=args.progress)
     train_s = time.perf_counter() - t0
@@ -129,7 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"on {args.env_id} -> {args.out}")
 
     # 3. Evaluate the saved policy in the world model and in its twin, on the same held-out seeds.
-    summary: dict = {"train_steps": int(agent.num_timesteps), "train_seconds": train_s, "model_path": str(args.out)}
+    summary.update({"train_steps": int(agent.num_timesteps), "train_seconds": train_s, "model_path": str(args.out)})
     if args.eval_episodes > 0:
         envs = make_eval_envs(task, model, twin_only=model is None, max_steps=args.max_steps, **geometry)
         results = evaluate_policy(SB3Policy(args.out), envs, episodes=args.eval_episodes, seed=args.eval_seed)

@@ -325,3 +325,34 @@ def test_goal_tracker_vec_env_and_ppo_on_its_estimate(pairs, tmp_path):
     assert policy.tracker.steps == 2
     with pytest.raises(ValueError, match="trained on observations"):
         policy.reset(gym.make("SanaWM-TwinNav-v0"))
+
+
+def test_scripted_expert_on_the_tracked_goal_is_the_servo(pairs, tmp_path):
+    from policies.imitation import scripted_expert
+    from policies.relative_pose import VisualServoPolicy
+    from policies.sb3 import GoalTrackerVecEnv, make_sb3_vec_env
+
+    net, _ = train_relative_pose_net(pairs, None, config=RelativePoseNetConfig(width=4, features_dim=8), epochs=1)
+    net_path = save_relative_pose_net(net, tmp_path / "rp.pt")
+    venv = GoalTrackerVecEnv(make_sb3_vec_env("SanaWM-TwinImageNav-v0", num_envs=1, task_config={"max_steps": 6}),
+                             net_path, memory=0.8)
+    venv.seed(5)
+    obs = venv.reset()
+    expert = scripted_expert(venv)
+    env = gym.make("SanaWM-TwinImageNav-v0", task_config={"max_steps": 6})
+    single, _ = env.reset(seed=5)
+    servo = VisualServoPolicy(net_path, memory=0.8)
+    servo.reset(env, seed=5)
+    for _ in range(4):  # the batched expert on goal_estimate acts as sana-wm evaluate-policy's servo
+        action = expert(obs)[0]
+        np.testing.assert_allclose(action, servo.act(single, env), atol=1e-5)
+        single, *_ = env.step(action)
+        obs, *_ = venv.step(action[None])
+    # end to end: the example clones the servo on the tracker's observations, then runs PPO
+    zip_path = _train_tiny_imagenav_ppo(tmp_path, net_path, "--goal-tracker-memory", "0.8", "--bc-steps", "16",
+                                        "--bc-epochs", "1", "--no-encoder-features")
+    clone = SB3Policy(zip_path.with_name("ppo_bc.zip"))
+    assert clone.uses_tracker
+    clone.reset(env, seed=0)
+    obs, _ = env.reset(seed=0)
+    assert clone.act(obs, env).shape == (6,)
