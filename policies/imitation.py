@@ -107,7 +107,8 @@ def collect_expert_data(venv: VecEnv, expert: Expert, steps: int, gamma: float) 
             raise ValueError(f"expert must return ({n}, 6) finite actions, got shape {actions.shape}")
         next_obs, rewards, dones, infos = venv.step(actions)
         for i in range(n):
-            running[i].append(({k: v[i] for k, v in obs.items()}, actions[i], float(rewards[i])))
+            # copies, not views: a VecEnv may reuse its observation buffers
+            running[i].append(({k: np.array(v[i]) for k, v in obs.items()}, actions[i], float(rewards[i])))
             if dones[i]:
                 ret = 0.0
                 tail = []
