@@ -93,6 +93,9 @@ def collect_expert_data(venv: VecEnv, expert: Expert, steps: int, gamma: float) 
         raise ValueError(f"steps must be >= num_envs ({venv.num_envs}), got {steps}")
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+    if not isinstance(venv.observation_space, gym.spaces.Dict):
+        raise ValueError(f"collect_expert_data needs dict observations (the envs' default obs_mode), got "
+                         f"{venv.observation_space}")
     n = venv.num_envs
     obs = venv.reset()
     running: list[list[tuple[dict, np.ndarray, float]]] = [[] for _ in range(n)]

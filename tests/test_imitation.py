@@ -77,6 +77,9 @@ def test_expert_data_returns_follow_the_rewards_and_pretraining_fits_the_expert(
         collect_expert_data(venv, expert, 8, 1.5)
     with pytest.raises(ValueError, match=r"expert must return \(2, 6\)"):
         collect_expert_data(venv, lambda obs: np.zeros((2, 3)), 8, 0.9)
+    image_only = make_sb3_vec_env("SanaWM-TwinNav-v0", num_envs=1, obs_mode="image")
+    with pytest.raises(ValueError, match="dict observations"):
+        collect_expert_data(image_only, lambda obs: np.zeros((1, 6)), 8, 0.9)
     with pytest.raises(ValueError, match="no episode finished"):
         collect_expert_data(venv, expert, 4, 0.9)  # 2 steps per sub-env, episodes last 5
 
