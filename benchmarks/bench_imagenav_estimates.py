@@ -11,12 +11,15 @@ true goal in the body frame (position error in metres, heading error in degrees)
 the episode's first frame at every step: what a model that never moves the view would give. Where the generated
 frames score like the first frame and not like the renders, they do not carry the motion a policy needs.
 
-Prints the medians by step range and the servo's closed-loop success in the twin; ``--json`` writes everything.
+Prints the medians by step range and the servo's closed-loop success in the twin; ``--json`` writes everything and
+``--video out.mp4`` shows each step's generated frame beside the twin's render of the same pose, episode after
+episode (one video frame per step).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--memory", type=float, default=0.8, help="the servo's GoalTracker memory")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", default=None)
+    p.add_argument("--video", default=None, help="mp4: generated frames beside twin renders of the same poses")
+    p.add_argument("--video-scale", type=int, default=4, help="pixel scale of the video (default: 4)")
     args = p.parse_args(argv)
     if args.episodes < 1:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
@@ -114,25 +119,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from policies.relative_pose import VisualServoPolicy
+    from sana_wm_env.cli.demo import side_by_side
     from sana_wm_env.evaluation.policy import make_eval_envs
+    from sana_wm_env.video import VideoWriter
 
     torch.set_num_threads(args.threads)
     policy = VisualServoPolicy(args.net, memory=args.memory)
     envs = make_eval_envs("imagenav", args.model, max_steps=args.max_steps)
+    model_name = envs["world_model"].unwrapped.sim.model.name
     rows: list[dict[str, Any]] = []
     episodes = []
-    for i in tqdm(range(args.episodes), desc="episodes"):
-        ep = run_pair(envs, policy, args.seed + i)
-        errors = {src: goal_errors(policy.net, ep["images"][src], ep["goal_image"], ep["truth"]) for src in SOURCES}
-        for t in range(len(ep["truth"])):
-            row = {"seed": ep["seed"], "step": t, "distance": float(np.linalg.norm(ep["truth"][t, :3, 3]))}
-            for src in SOURCES:
-                row[f"{src}_pos"], row[f"{src}_deg"] = (float(v) for v in errors[src][t])
-            rows.append(row)
-        episodes.append({k: ep[k] for k in ("seed", "steps", "success", "collision")})
+    fps = 1.0 / envs["twin"].unwrapped.sim.step_seconds  # one video frame per env step
+    with VideoWriter(args.video, fps) if args.video else contextlib.nullcontext() as writer:
+        for i in tqdm(range(args.episodes), desc="episodes"):
+            ep = run_pair(envs, policy, args.seed + i)
+            if writer is not None:
+                writer.write(side_by_side(ep["images"]["world_model"], ep["images"]["twin"], args.video_scale,
+                                          f"seed {ep['seed']} generated ({model_name})", "twin render, same pose",
+                                          fps=fps))
+            errors = {src: goal_errors(policy.net, ep["images"][src], ep["goal_image"], ep["truth"])
+                      for src in SOURCES}
+            for t in range(len(ep["truth"])):
+                row = {"seed": ep["seed"], "step": t, "distance": float(np.linalg.norm(ep["truth"][t, :3, 3]))}
+                for src in SOURCES:
+                    row[f"{src}_pos"], row[f"{src}_deg"] = (float(v) for v in errors[src][t])
+                rows.append(row)
+            episodes.append({k: ep[k] for k in ("seed", "steps", "success", "collision")})
     table = summarize_errors(rows)
     command = " ".join(["python", "benchmarks/bench_imagenav_estimates.py", *(sys.argv[1:] if argv is None else argv)])
-    result = {"command": command, "model": envs["world_model"].unwrapped.sim.model.name, "net": args.net,
+    result = {"command": command, "model": model_name, "net": args.net, "video": args.video,
               "servo_twin_success_rate": float(np.mean([e["success"] for e in episodes])),
               "by_step": table, "episodes": episodes, "rows": rows}
     print(f"{args.episodes} episodes from seed {args.seed}; servo success in the twin "

@@ -57,8 +57,14 @@ def test_goal_errors_are_zero_for_the_networks_own_estimate_and_grow_with_an_off
 
 def test_replay_passes_through_the_twins_poses_and_reports_by_step(bench, net_path, tmp_path):
     out = tmp_path / "estimates.json"
-    res = bench.main(["--net", str(net_path), "--episodes", "2", "--max-steps", "3", "--json", str(out)])
+    video = tmp_path / "estimates.mp4"
+    res = bench.main(["--net", str(net_path), "--episodes", "2", "--max-steps", "3", "--json", str(out),
+                      "--video", str(video), "--video-scale", "2"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(res))
+    import imageio.v3 as iio
+
+    frames = iio.imread(video)  # one frame per observation: generated beside rendered, 2x, under a label bar
+    assert frames.shape == (sum(e["steps"] + 1 for e in res["episodes"]), 18 + 128, 2 * 128 + 4, 3)
     assert res["model"] == "sana-wm-twin-s" and len(res["episodes"]) == 2
     rows = res["rows"]
     assert len(rows) == sum(e["steps"] + 1 for e in res["episodes"])  # every observation, the first one included
