@@ -35,13 +35,13 @@ def goal_errors(net, images: np.ndarray, goal_image: np.ndarray, truth: np.ndarr
     """Position (m) and heading (deg) errors (N, 2) of the network's estimates from ``images`` (N, H, W, 3) against
     the true goals in the body frame ``truth`` (N, 4, 4)."""
     from policies.relative_pose import measure_goals, relative_goal_matrix
+    from sana_wm_env.envs.tasks import rotation_angle  # the angle the tasks' success test uses
 
     pred, _ = measure_goals(net, images, np.repeat(goal_image[None], len(images), axis=0))
     est = np.stack([relative_goal_matrix(p) for p in pred])
     pos = np.linalg.norm(est[:, :3, 3] - truth[:, :3, 3], axis=1)
-    rel = np.einsum("nji,njk->nik", est[:, :3, :3], truth[:, :3, :3])
-    cos = np.clip((np.trace(rel, axis1=1, axis2=2) - 1.0) / 2.0, -1.0, 1.0)
-    return np.stack([pos, np.degrees(np.arccos(cos))], axis=1)
+    heading = [rotation_angle(e[:3, :3].T @ t[:3, :3]) for e, t in zip(est, truth, strict=True)]
+    return np.stack([pos, np.degrees(heading)], axis=1)
 
 
 def run_pair(envs: dict[str, Any], policy, seed: int) -> dict[str, Any]:
@@ -85,10 +85,9 @@ def run_pair(envs: dict[str, Any], policy, seed: int) -> dict[str, Any]:
 
 def summarize_errors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Medians by step range over all episodes' per-step rows (``step``, ``distance``, ``<source>_pos/_deg``)."""
-    steps = np.array([r["step"] for r in rows])
     table = []
     for lo, hi in STEP_BINS:
-        sel = [r for r, s in zip(rows, steps, strict=True) if lo <= s < hi]
+        sel = [r for r in rows if lo <= r["step"] < hi]
         if not sel:
             continue
         entry: dict[str, Any] = {"steps": f"{lo}-{hi - 1}" if hi < 10**9 else f"{lo}+", "observations": len(sel),
