@@ -17,6 +17,7 @@ Layout (format ``sana-wm-env/world-model``, version 1)::
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +126,17 @@ def load_world_model(
     """Load a bundle (a shipped name, ``"default"``, or a folder path).
 
     ``dtype`` is the compute dtype of the transformers; ``None`` means float32 whatever the stored dtype (shipped
-    bundles store float16 weights to stay small; half precision on a CPU is slow and less accurate).
+    bundles store float16 weights to stay small; half precision on a CPU is slow and less accurate). On a CPU any
+    other dtype warns: the lean streaming path is float32-only, so bfloat16 runs the reference layers, about 20 %
+    slower than float32 for the bundled model (docs/benchmarks.md).
     """
     dtype = torch.float32 if dtype is None else dtype
+    if torch.device(device).type == "cpu" and dtype != torch.float32:
+        warnings.warn(
+            f"dtype={dtype} on a CPU runs the reference layers (the lean CPU streaming path is float32-only) and is "
+            "slower than float32 there; pass dtype=None (float32) on a CPU unless memory is what you need to save",
+            stacklevel=2,
+        )
     folder = resolve_bundle(name_or_path)
     meta = json.loads((folder / "bundle.json").read_text())
     if meta.get("format") != FORMAT:
