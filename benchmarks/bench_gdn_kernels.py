@@ -21,7 +21,8 @@ Throughput formulas (stated so the roofline fraction can be read off):
   inputs once per value tile and per direction, so real traffic is higher (mostly served from L2).
 - roofline time = max(bytes / peak GB/s, FLOPs / peak TFLOP/s); fraction = roofline time / measured time.
   Defaults are H100 SXM figures: 3350 GB/s HBM3; 67 TFLOP/s fp32 without tensor cores (precision "ieee"),
-  495 dense tf32, 989 dense bf16 (override with --peak-gbps / --peak-tflops).
+  495 dense tf32, 989 dense bf16. An H200 has the same compute and 4800 GB/s HBM3e, which is used when the
+  device's name says H200 (override either with --peak-gbps / --peak-tflops).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 
 PEAK_TFLOPS = {"ieee": 67.0, "tf32": 495.0, "bf16": 989.0}
 PEAK_GBPS = 3350.0
+PEAK_GBPS_BY_GPU = {"H200": 4800.0, "H100": 3350.0}  # datasheet HBM bandwidth, matched in the device name
 
 
 @dataclass
@@ -68,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--skip-reference", action="store_true", help="time only the kernels (no reference timings)")
-    p.add_argument("--peak-gbps", type=float, default=PEAK_GBPS)
+    p.add_argument("--peak-gbps", type=float, default=None,
+                   help=f"HBM bandwidth for the roofline (default: by GPU name, else {PEAK_GBPS:g})")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="peak for every precision (default: per precision, H100 SXM figures)")
     p.add_argument("--json", default=None, help="also write the results to this file")
@@ -167,11 +170,16 @@ def main(argv: list[str] | None = None) -> int:
     hh, ww = (int(x) for x in args.hw.split("x"))
     shape = Shape(args.batch, args.heads, args.head_dim, hh * ww, (hh, ww))
     timer = Timer(device, args.warmup, args.repeats)
+    if args.peak_gbps is None:
+        name = torch.cuda.get_device_name() if device.startswith("cuda") else ""
+        args.peak_gbps = next((v for k, v in PEAK_GBPS_BY_GPU.items() if k in name), PEAK_GBPS)
     results: dict = {
         "shape": {"batch": shape.batch, "heads": shape.heads, "head_dim": shape.head_dim, "tokens": shape.tokens,
                   "grid_hw": list(shape.grid_hw), "stream_frames": args.stream_frames,
                   "bidir_frames": args.bidir_frames},
         "dtype": args.dtype, "device": device, "interpret": args.interpret, "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "command": " ".join(["python", "benchmarks/bench_gdn_kernels.py", *(sys.argv[1:] if argv is None else argv)]),
         "machine": platform.processor() or platform.machine(), "peak_gbps": args.peak_gbps, "cases": [],
     }
     if device.startswith("cuda"):
@@ -185,6 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         row = {"case": case, "impl": impl, "precision": precision, "max_rel_err": err,
                **rate(flops, bytes_, seconds, peak, args.peak_gbps), "peak_tflops": peak}
         results["cases"].append(row)
+        if args.json:  # rewritten after every row: a run stopped midway keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(results, f, indent=2)
         err_s = "" if err is None else f"{err:9.2e}"
         print(f"{case:<26} {impl:<18} {row['ms']:9.3f} {row['gbps']:9.1f} {row['tflops']:8.2f} "
               f"{row['roofline_fraction']:8.1%} {err_s}", flush=True)

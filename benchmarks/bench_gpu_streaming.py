@@ -1,4 +1,4 @@
-"""GPU benchmarks of the GPU fast path (issue 7) at the official size: sana-wm-1.6b, 704x1280, bf16, random weights.
+"""Benchmarks of the GPU fast path at the official size: sana-wm-1.6b, 704x1280, bf16, random weights.
 
     python benchmarks/bench_gpu_streaming.py --json gpu_streaming.json              # every case, one H100/H200
     python benchmarks/bench_gpu_streaming.py --cases stream clip60 --json a.json    # a subset
@@ -41,6 +41,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 import traceback
@@ -387,6 +388,7 @@ def case_memory(setup: Setup) -> None:
                             functools.partial(stage1_stream, model, setup, chunk_lengths(cfg, frames), steps=1),
                             setup.device)
                         row["cache_mb"] = round(cache.nbytes() / 2**20, 2)
+                        del cache  # else it is still allocated when the next length's baseline is taken
                         row["passes_per_chunk"] = 2
                     else:
                         gen = torch.Generator().manual_seed(0)
@@ -562,7 +564,7 @@ CASE_FUNCS = {"stream": case_stream, "clip60": case_clip60, "memory": case_memor
 
 # ------------------------------------------------------------------------------------------------ report
 def targets(rows: list[dict[str, Any]], setup: Setup) -> dict[str, Any]:
-    """The issue-7 targets that this run's rows measure (only meaningful for the full config on a GPU)."""
+    """The GPU targets that this run's rows measure (only meaningful for the full config on a GPU)."""
     out: dict[str, Any] = {}
     stage1 = next((r for r in rows if r["case"] == "stream" and r["variant"] == "stage1"), None)
     if stage1:
@@ -591,8 +593,20 @@ def versions() -> dict[str, str | None]:
             return None
 
     return {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-            "triton": ver("triton"), "diffusers": ver("diffusers"), "nvidia-modelopt": ver("nvidia-modelopt"),
-            "sana-wm-env": ver("sana-wm-env")}
+            "nvidia_driver": nvidia_driver(), "triton": ver("triton"), "diffusers": ver("diffusers"),
+            "nvidia-modelopt": ver("nvidia-modelopt"), "sana-wm-env": ver("sana-wm-env")}
+
+
+def nvidia_driver() -> str | None:
+    """The NVIDIA driver version as ``nvidia-smi`` reports it (None without a CUDA device or nvidia-smi)."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out.strip() else None
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -630,6 +644,11 @@ def make_setup(args: argparse.Namespace) -> Setup:
     if args.smoke:
         config = config.replace(depth=2, plucker_blocks=2, meta={"name": "tiny-text-depth2"})
         config_name = "tiny-text-depth2"
+    if args.depth is not None:
+        if not 1 <= args.depth <= config.depth:
+            raise SystemExit(f"--depth must be between 1 and the preset's {config.depth} blocks, got {args.depth}")
+        config_name = f"{config_name}-depth{args.depth}"
+        config = config.replace(depth=args.depth, meta={"name": config_name})
     return Setup(
         config=config, config_name=config_name, device=device,
         dtype=getattr(torch, args.dtype) if args.dtype else defaults["dtype"], latent_hw=lat, image_hw=img,
@@ -649,6 +668,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--smoke", action="store_true", help="tiny config on CPU through the same code paths (tests)")
     p.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES))
     p.add_argument("--config", default="sana-wm-1.6b", help="model preset (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=None,
+                   help="keep only the first N blocks of the preset (e.g. a compile case whose inductor compile time "
+                   "grows with depth; times per block scale to the full model)")
     p.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"], help="default: bfloat16")
     p.add_argument("--latent-hw", default=None, help="latent grid HxW (default 22x40 = 704x1280 video)")
@@ -692,11 +714,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     gpu_memory_gb=round(props.total_memory / 2**30, 1))
     with torch.device("meta"):
         meta["parameters"] = SanaWMTransformer(setup.config).num_parameters()
+
+    def result() -> dict[str, Any]:
+        return {"format": "sana-wm-env/bench-gpu-streaming", "version": 1, "meta": meta, "rows": setup.rows,
+                "targets": targets(setup.rows, setup)}
+
+    def write_json() -> None:  # after every case, so that a run stopped midway keeps what it measured
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result(), indent=2) + "\n")
+
+    interrupted = False
     for case in args.cases:
         t0 = time.perf_counter()
         n = len(setup.rows)
         try:
             CASE_FUNCS[case](setup)
+        except KeyboardInterrupt:  # Ctrl-C or `timeout -s INT`: keep what was measured, skip the other cases
+            setup.rows.append({"case": case, "variant": "(case)", "result": "interrupted"})
+            interrupted = True
         except Exception as err:  # noqa: BLE001 - keep the other cases of a long GPU run
             setup.rows.append({"case": case, "variant": "(case)", "result": "failed",
                                "error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}",
@@ -705,17 +741,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 raise
         for row in setup.rows[n:]:
             row.setdefault("case", case)
-        print(f"[{case}] {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    result = {"format": "sana-wm-env/bench-gpu-streaming", "version": 1, "meta": meta, "rows": setup.rows,
-              "targets": targets(setup.rows, setup)}
+        meta.setdefault("case_seconds", {})[case] = round(time.perf_counter() - t0, 1)
+        print(f"[{case}] {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        write_json()
+        if interrupted:
+            break
+    final = result()
     print_table(setup.rows)
-    for key, v in result["targets"].items():
+    for key, v in final["targets"].items():
         note = "" if v["meaningful"] else " (smoke/CPU run: not a measurement of the target)"
         print(f"target {key}: {v['value']} -> {'met' if v['met'] else 'NOT met'}{note}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    write_json()
+    if interrupted:
+        raise SystemExit(130)
+    return final
 
 
 if __name__ == "__main__":

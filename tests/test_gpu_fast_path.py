@@ -160,3 +160,35 @@ def test_streaming_block_stack_traces_as_one_graph(one_thread):
         model.forward_stream(torch.randn(1, 12, cam_t, 8, 8), torch.zeros(1, cam_t), cache=cache, camera=camera)
     explanation = torch._dynamo.explain(original)(*calls[0])
     assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_compiled_streaming_matches_eager_and_forks_safely():
+    """Inductor + CUDA graphs on the GPU: frames match eager, and a forked state replays to the same frames.
+
+    CUDA-graph replays reuse their output memory, so a state kept from an earlier step (``imagine()``, vector-env
+    resets) must not be overwritten by later replays."""
+    codec = PatchCodec(patch_size=2, temporal_stride=1)
+    eager = StreamingGenerator(_model().cuda(), codec)
+    compiled = StreamingGenerator(_model().cuda(), codec, compile="reduce-overhead")
+    assert compiled.transformer.stream_compile["backend"] == "inductor"
+    image = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1).cuda()
+    k = torch.tensor([16.0, 16.0, 8.0, 8.0])
+    sa, sb = eager.start(image, k, seed=3), compiled.start(image, k, seed=3)
+    done, fork, fork_done = 1, None, None
+    for i in range(7):  # chunk 0, the filling chunks, then CUDA-graph replays of the fixed-shape steps
+        if i == 4:
+            fork, fork_done = sb, done
+        n = eager.frames_per_step(sa)
+        a, sa = eager.step(sa, _path(n, done))
+        b, sb = compiled.step(sb, _path(n, done))
+        torch.testing.assert_close(b, a, atol=2e-3, rtol=2e-3)
+        done += n
+    last = b.clone()
+    state, done = fork, fork_done
+    for _ in range(3):  # the forked state replays the last three steps exactly
+        n = compiled.frames_per_step(state)
+        frames, state = compiled.step(state, _path(n, done))
+        done += n
+    assert torch.equal(frames, last)

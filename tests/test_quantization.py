@@ -162,13 +162,22 @@ def test_int8_and_single_group_modes():
 def test_compressed_fp8_matches_fake_quant_and_refuses_to_save(tmp_path):
     model = tiny_model()
     args, kwargs = inputs()
+    with torch.no_grad():
+        ref = model(*args, **kwargs)
     Q.quantize(model, "fp8")
     with torch.no_grad():
         fake = model(*args, **kwargs)
     Q.compress(model)
     assert model.blocks[0].attn.qkv.weight.dtype == torch.float8_e4m3fn  # weights stored in FP8
     with torch.no_grad():
-        torch.testing.assert_close(model(*args, **kwargs), fake, atol=1e-5, rtol=1e-5)
+        real = model(*args, **kwargs)
+    # The same FP8 model: compression moves the output by a small fraction of what FP8 itself costs. Not bit
+    # for bit: the dynamic FP8 activation scales round differently when a matmul's summation order changes
+    # (it does with the thread count: 2e-7 at 2 threads, 1e-3 at one), and one flipped FP8 step is 6 %.
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    assert rel(real, fake) < 0.1 * rel(fake, ref), (rel(real, fake), rel(fake, ref))
     with pytest.raises(ValueError, match="compressed model cannot be saved"):
         Q.save_quantized(model, tmp_path / "x.pt")
 

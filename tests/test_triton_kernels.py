@@ -50,6 +50,19 @@ def kernels() -> SimpleNamespace:
     return mods
 
 
+@pytest.fixture(autouse=True)
+def public_ops_are_the_references(monkeypatch):
+    """The public ops (``frame_gdn``, ...) are the references these tests compare the kernels with. On a GPU their
+    dispatch would pick the very kernels under test (a kernel compared with itself), so every test here runs with
+    the fast paths off; the tests of the dispatch itself turn them back on (``fast_paths_on``)."""
+    monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "1")
+
+
+@pytest.fixture
+def fast_paths_on(monkeypatch):
+    monkeypatch.delenv("SANA_WM_REFERENCE_OPS")
+
+
 def scan_inputs(seed=0, b=2, h=2, t=7, s=10, d=16, device=DEVICE):
     """Post-ReLU-like queries/keys (keys small, as after the key scale), gates in their real ranges."""
     g = torch.Generator().manual_seed(seed)
@@ -128,15 +141,41 @@ def test_scan_kernel_takes_strided_half_precision_inputs(kernels):
     args = scan_inputs(seed=6)
     args = [a.bfloat16() for a in args]
     args[2] = args[2].permute(0, 2, 3, 1, 4).contiguous().permute(0, 3, 1, 2, 4)  # v: a non-contiguous view
-    out, (kv, _) = kernels.gdn.triton_frame_gdn(*args, bounds=[(0, 4), (4, 7)])
+    out, (kv, _) = kernels.gdn.triton_frame_gdn(*args, bounds=[(0, 4), (4, 7)], precision="ieee")
     ref, (kv_ref, _) = frame_gdn(*args, bounds=[(0, 4), (4, 7)])
     assert out.dtype == torch.bfloat16 and kv.dtype == torch.float32
     close(out, ref, tol=2e-2)  # one bf16 rounding of the output (toward zero in the interpreter)
     close(kv, kv_ref)
 
 
+def test_default_scan_precision_follows_the_input_dtype(kernels, monkeypatch):
+    """No precision given: bf16 dots for bf16 inputs, tf32 for fp16, and for fp32 what torch's float32 matmul
+    precision allows; $SANA_WM_SCAN_PRECISION overrides."""
+    monkeypatch.delenv("SANA_WM_SCAN_PRECISION", raising=False)
+    args = scan_inputs(seed=8)
+    scan = kernels.gdn.triton_frame_gdn
+
+    def same(inputs, precision):
+        out, (kv, _) = scan(*inputs, bounds=[(0, 7)])
+        want, (kv_want, _) = scan(*inputs, bounds=[(0, 7)], precision=precision)
+        return torch.equal(out, want) and torch.equal(kv, kv_want)
+
+    assert [kernels.gdn.default_precision(d) for d in (torch.bfloat16, torch.float16)] == ["bf16", "tf32"]
+    assert same([a.bfloat16() for a in args], "bf16")
+    assert same([a.half() for a in args], "tf32")
+    old = torch.get_float32_matmul_precision()
+    try:
+        assert kernels.gdn.default_precision(torch.float32) == "ieee" and same(args, "ieee")
+        torch.set_float32_matmul_precision("high")
+        assert kernels.gdn.default_precision(torch.float32) == "tf32" and same(args, "tf32")
+    finally:
+        torch.set_float32_matmul_precision(old)
+    monkeypatch.setenv("SANA_WM_SCAN_PRECISION", "ieee")
+    assert same([a.bfloat16() for a in args], "ieee")
+
+
 def test_scan_precision_modes(kernels):
-    """The reduced-precision dot modes run and stay near the fp32 result (exact fp32 is the default)."""
+    """The reduced-precision dot modes run and stay near the fp32 result."""
     _, _, v, q_rot, k_rot, beta, decay = scan_inputs(seed=7)
     ref, _ = frame_delta_numerator(q_rot, k_rot, v, beta, decay, bounds=[(0, 7)])
     for precision, tol in (("tf32", 5e-3), ("bf16", 5e-2)):
@@ -223,7 +262,7 @@ def test_short_conv_kernel_short_chunk_and_half_precision(kernels):
 
 
 # -- dispatch ------------------------------------------------------------------------------------
-def test_dispatcher_keeps_the_references_for_cpu_tensors():
+def test_dispatcher_keeps_the_references_for_cpu_tensors(fast_paths_on):
     args = scan_inputs(device="cpu")
     q, k, v, q_rot, k_rot, beta, decay = args
     assert fast_path("frame_gdn", *args, bounds=[(0, 7)], state=None, eps=1e-8) is None
@@ -235,7 +274,7 @@ def test_dispatcher_keeps_the_references_for_cpu_tensors():
 
 
 @gpu
-def test_dispatcher_picks_the_kernels_for_cuda_tensors_without_grad():
+def test_dispatcher_picks_the_kernels_for_cuda_tensors_without_grad(fast_paths_on):
     args = scan_inputs(device="cuda")
     with torch.no_grad():
         assert fast_path("frame_gdn", *args, bounds=[(0, 7)], state=None, eps=1e-8) is not None
@@ -331,7 +370,7 @@ def test_gpu_features_and_conv_at_full_resolution_shapes(kernels, dtype):
 
 
 @gpu
-def test_gpu_model_with_kernels_matches_reference_ops(monkeypatch):
+def test_gpu_model_with_kernels_matches_reference_ops(fast_paths_on, monkeypatch):
     """A whole tiny model on CUDA: fast paths on vs ``SANA_WM_REFERENCE_OPS=1``."""
     from world_model.camera import CameraInputs
     from world_model.config import PRESETS
