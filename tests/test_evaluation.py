@@ -19,14 +19,14 @@ from sana_wm_env.evaluation import (
     stability_stats,
     world_model_candidates,
 )
-from sana_wm_env.evaluation.candidates import RepeatFirstFrame, clip_frames, pad_poses
+from sana_wm_env.evaluation.candidates import RepeatFirstFrame, WarpFirstFrame, clip_frames, pad_poses, warp_candidate
 from sana_wm_env.evaluation.fidelity import (
     EVAL_TRAJ_STREAM,
     perturbed_poses,
     pose_distance,
     run_stability,
 )
-from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, psnr, ssim
+from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
 from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, write_json
 from sana_wm_env.scenes import EVAL_SEEDS, make_scene
 from sana_wm_env.trajectories.generators import generate
@@ -56,6 +56,20 @@ def test_psnr_of_known_mse():
         psnr(a, b[:1])
     with pytest.raises(ValueError, match=r"\(\.\.\., 3, H, W\)"):
         psnr(torch.zeros(4, 8, 8), torch.zeros(4, 8, 8))
+
+
+def test_masked_psnr_scores_only_the_selected_pixels():
+    a = torch.zeros(2, 3, 4, 4, dtype=torch.float64)
+    b = a.clone()
+    b[:, :, :2] = 0.1  # top half off by 0.1 (mse 1e-2), bottom half exact
+    top = torch.zeros(2, 4, 4, dtype=torch.bool)
+    top[:, :2] = True
+    assert masked_psnr(a, b, top).tolist() == pytest.approx([20.0, 20.0])
+    assert masked_psnr(a, b, ~top, max_db=PSNR_CAP_DB).tolist() == [PSNR_CAP_DB] * 2
+    empty = torch.zeros(2, 4, 4, dtype=torch.bool)
+    assert torch.isnan(masked_psnr(a, b, empty)).all()
+    with pytest.raises(ValueError, match="mask must have shape"):
+        masked_psnr(a, b, top[0])
 
 
 def test_ssim_matches_skimage_and_its_properties():
@@ -158,6 +172,42 @@ def test_oracle_follows_actions_and_repeat_first_frame_does_not(tmp_path):
     assert "_contact" not in back and back["candidates"]["oracle"]["action_following"]["accuracy"] == 1.0
 
 
+def test_warp_baseline_delta_psnr_and_masked_psnr_against_the_oracle_and_a_still_image():
+    cfg = EvalConfig(families=("rooms",), episodes_per_family=1, frames=17, revisit_episodes=0,
+                     stability_frames=0, image_hw=(32, 32), action_stride=4, contact_frames=(1, 8))
+    res = evaluate([oracle_candidate(), repeat_first_frame_candidate(), warp_candidate()], cfg, progress=False)
+    oracle, still, warp = (res["candidates"][n] for n in ("oracle", "repeat_first_frame", "warp"))
+    cover = res["coverage"]["1-8"]["mean"]
+    assert 0.5 < cover <= 1.0 and res["coverage"]["1-8"]["frames"] == 8
+    for h in ("1-8", "9-32"):
+        # a model that ignores the camera gains nothing from the commanded path; the oracle and the warp do
+        assert still["fidelity"]["delta_psnr"][h]["mean"] == 0.0
+        assert oracle["fidelity"]["delta_psnr"][h]["mean"] > 5.0
+        assert warp["fidelity"]["delta_psnr"][h]["mean"] > 1.0
+        # frame 0's content is where the warp is right: covered pixels score above holes, and above the still image
+        assert warp["fidelity"]["psnr_covered"][h]["mean"] > warp["fidelity"]["psnr_holes"][h]["mean"]
+        assert warp["fidelity"]["psnr_covered"][h]["mean"] > still["fidelity"]["psnr_covered"][h]["mean"]
+        assert oracle["fidelity"]["psnr_covered"][h]["mean"] > 60.0
+    assert warp["fidelity"]["psnr"]["1-8"]["mean"] > still["fidelity"]["psnr"]["1-8"]["mean"] + 1.0
+    assert warp["action_following"]["accuracy"] > still["action_following"]["accuracy"]
+
+
+def test_warp_generator_moves_frame_zero_with_its_depth():
+    gen = WarpFirstFrame(frames_per_chunk=2)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    k4 = torch.tensor([8.0, 8.0, 8.0, 8.0])
+    c2w = torch.eye(4).repeat(1, 3, 1, 1)
+    c2w[0, 1:, 0, 3] = torch.tensor([0.25, 0.5])  # 0.25 m right at 2 m: 1 px, then 2 px to the left
+    frames = gen.generate(image, k4, c2w, depth=torch.full((1, 16, 16), 2.0))
+    assert frames.shape == (1, 3, 3, 16, 16) and torch.equal(frames[0, 0], image[0])
+    assert torch.allclose(frames[0, 1, :, :, :15], image[0, :, :, 1:])
+    assert torch.allclose(frames[0, 2, :, :, :14], image[0, :, :, 2:])
+    lo, hi = image.amin(dim=(-2, -1)), image.amax(dim=(-2, -1))  # holes are filled from neighbouring colours
+    assert ((frames[0, 2, :, :, 14:] >= lo[0, :, None, None]) & (frames[0, 2, :, :, 14:] <= hi[0, :, None, None])).all()
+    with pytest.raises(ValueError, match="needs frame 0's depth"):
+        gen.generate(image, k4, c2w)
+
+
 # ------------------------------------------------------------------------------------------ stability
 def test_stability_stats_detects_collapse_and_nan():
     ok = stability_stats([0.2] * 300, [True] * 300)
@@ -217,8 +267,8 @@ def test_candidates_and_clip_lengths():
 
     wm = untrained_world_model("tiny-notext", image_hw=(16, 16), seed=3)
     cands = world_model_candidates(wm)
-    assert [c.name for c in cands] == ["model", "repeat_first_frame", "untrained"]
-    gen, base = cands[0].generator_for(None), cands[2].generator_for(None)
+    assert [c.name for c in cands] == ["model", "repeat_first_frame", "warp", "untrained"]
+    gen, base = cands[0].generator_for(None), cands[3].generator_for(None)
     assert base.transformer.config == gen.transformer.config and base.codec is gen.codec
     w0, w1 = next(gen.transformer.parameters()), next(base.transformer.parameters())
     assert not torch.equal(w0, w1)  # random weights, not the model's
@@ -238,7 +288,7 @@ def test_eval_cli_quick_writes_json_and_figures(tmp_path, tiny_bundle, one_threa
     assert code == 0
     res = json.loads(out.read_text())
     assert res["quick"] and res["config"]["frames"] == 17 and res["config"]["image_hw"] == [16, 16]
-    assert set(res["candidates"]) == {"model", "repeat_first_frame"}
+    assert set(res["candidates"]) == {"model", "repeat_first_frame", "warp"}
     model = res["candidates"]["model"]
     assert model["fidelity"]["psnr"]["1-8"]["frames"] == 3 * 8 and model["fidelity"]["psnr"]["9-32"]["frames"] == 24
     assert model["revisit"]["frames"] > 0 and model["stability"]["frames"] == 200
@@ -249,7 +299,8 @@ def test_eval_cli_quick_writes_json_and_figures(tmp_path, tiny_bundle, one_threa
         with Image.open(res["figures"][key]) as im:
             assert im.format == "PNG" and im.width > 100
     printed = capsys.readouterr().out
-    assert "action-acc" in printed and str(out) in printed
+    assert "action-acc" in printed and str(out) in printed and "delta-PSNR" in printed
+    assert "psnr_1-8_gain_over_warp>=0dB" in res["targets"] and res["coverage"]["1-8"]["mean"] > 0
 
 
 def test_eval_cli_without_a_model_says_what_to_do(tmp_path, capsys):

@@ -116,21 +116,30 @@ def test_the_nearer_surface_occludes_the_farther_one():
     assert torch.allclose(out.depth[0, :, 4:19], torch.tensor(1.0))
 
 
-def test_depth_edges_mark_discontinuities_not_planes():
+def test_depth_edges_catch_untrustworthy_depth_not_clean_edges_planes_or_sky():
     step = torch.full((1, H, W), 3.0)
     step[:, :, :16] = 1.0
-    edges = depth_edges(step)
-    assert edges[0, :, 15:17].all() and edges.sum().item() == 2 * H
-    # a floor 1 m below the camera (+y down): inverse depth is affine in the row, so no edges but the horizon
-    floor = torch.zeros(1, H, W)
+    floor = torch.zeros(1, H, W)  # a floor 1 m below the camera (+y down) up to the horizon, sky above
     rows = torch.arange(H, dtype=torch.float32)
-    below = rows > 16
-    floor[0, below] = (16.0 / (rows[below] - 16))[:, None].expand(-1, W)
-    edges = depth_edges(floor)
-    assert edges[0, 16].all() and edges.sum().item() == W
-    # edge pixels never enter the cache
-    cache = PointCache.from_frame(texture(), step, pose()[None], K)
-    assert cache.num_points == H * W - 2 * H
+    floor[0, rows > 16] = (16.0 / (rows[rows > 16] - 16))[:, None].expand(-1, W)
+    for mode in ("isolated", "ramps"):  # both sides of a clean edge keep a neighbour on their surface
+        assert not depth_edges(step, mode=mode).any() and not depth_edges(floor, mode=mode).any()
+    lone = torch.zeros(1, H, W)
+    lone[0, 5, 5] = 2.0  # a lone near pixel in the sky
+    assert depth_edges(lone)[0, 5, 5] and depth_edges(lone).sum().item() == 1
+    ramp = step.clone()
+    ramp[:, :, 16] = 2.0  # depth blurred across the edge: a column of blend pixels
+    assert not depth_edges(ramp).any()  # each agrees with the blend pixels above and below it
+    edges = depth_edges(ramp, mode="ramps")
+    assert edges[0, :, 16].all() and edges.sum().item() == H
+    assert not depth_edges(lone, mode="none").any()
+    # flagged pixels never enter the cache; a frame can ask for another filter
+    assert PointCache.from_frame(texture(), lone, pose()[None], K).num_points == H * W - 1
+    cache = PointCache.from_frame(texture(), ramp, pose()[None], K, edge_filter="ramps")
+    assert cache.num_points == H * W - H
+    assert PointCache.from_frame(texture(), ramp, pose()[None], K).num_points == H * W
+    with pytest.raises(ValueError, match="mode must be one of"):
+        depth_edges(step, mode="sobel")
 
 
 def test_a_new_frame_supersedes_what_it_sees_again_or_sees_past():
@@ -145,7 +154,8 @@ def test_a_new_frame_supersedes_what_it_sees_again_or_sees_past():
     farther = cache.add(rgb_b, 2 * wall, pose()[None], K)
     out = farther.render(pose()[None], K, (H, W))
     assert torch.allclose(out.depth, torch.tensor(4.0)) and farther.num_points == H * W
-    # what a frame cannot see stays: a view turned away keeps the first wall
+    # what a frame cannot see stays: a view turned away keeps the first wall (and shows nothing of it)
+    assert not cache.render(pose(rotvec=(0.0, math.pi, 0.0))[None], K, (H, W)).mask.any()
     turned = cache.add(rgb_b, wall, pose(rotvec=(0.0, math.pi, 0.0))[None], K)
     assert turned.num_points == 2 * H * W
     assert torch.equal(turned.render(pose()[None], K, (H, W)).rgb, rgb_a)

@@ -20,10 +20,10 @@ Design:
   or under new sky); points it cannot see (behind its surfaces, off-screen) stay. So revisiting a place does
   not grow the cache, and the cache follows the newest content (generated frames correct older ones). Beyond
   ``capacity`` points per batch element the oldest are dropped.
-- **Edges filtered.** A pixel whose inverse depth is not locally affine (``|id_l + id_r - 2 id| >
-  edge_threshold * max(id_l, id, id_r)`` along rows or columns) sits on a depth discontinuity, where depth
-  is least reliable ("flying pixels"); it is not added. Planes, grazing floors included, have affine inverse
-  depth in the image and pass.
+- **Untrustworthy depth filtered.** Pixels on depth edges are not added (:func:`depth_edges`): by default
+  ("isolated") depth that agrees with no neighbour (speckle, lone flying pixels); with ``edge_filter="ramps"``
+  also the blend pixels along edges of blurred depth (estimated or generated). Both sides of a clean edge,
+  planes at grazing angles and sky stay.
 - **Footprint-aware splat.** A point remembers half the size of the pixel it came from; rendered at depth
   ``z`` it covers the pixel centres within ``rho = f * radius / z`` pixels of its projection (at least the
   nearest one, at most ``max_splat`` pixels away), so moving closer does not crack surfaces open.
@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .camera import se3_inverse, validate_c2w, validate_intrinsics
 
-__all__ = ["CacheRender", "PointCache", "fill_holes"]
+__all__ = ["EDGE_FILTERS", "CacheRender", "PointCache", "depth_edges", "fill_holes"]
 
 _SKY_KEY = 3.0e38  # z-buffer key of points at infinity: every finite point is nearer
 
@@ -81,7 +81,8 @@ class PointCache:
         batch_size, channels: the batch size and colour channels.
         capacity: most points kept per batch element; ``None`` until the first frame sets it
             (``frames_capacity`` frames of that size).
-        edge_threshold: the depth-edge test's threshold (:func:`depth_edges`).
+        edge_threshold, edge_filter: the depth-edge test (:func:`depth_edges`) applied to added frames, unless
+            :meth:`add` is given another ``edge_filter``.
         replace_tolerance: relative depth within which a new frame's surface re-observes a cached point.
         next_stamp: the stamp the next added frame gets.
     """
@@ -96,6 +97,7 @@ class PointCache:
     capacity: int | None = None
     frames_capacity: int = 16
     edge_threshold: float = 0.1
+    edge_filter: str = "isolated"
     replace_tolerance: float = 0.05
     next_stamp: int = 0
 
@@ -109,6 +111,7 @@ class PointCache:
         capacity: int | None = None,
         frames_capacity: int = 16,
         edge_threshold: float = 0.1,
+        edge_filter: str = "isolated",
         replace_tolerance: float = 0.05,
         device: torch.device | str | None = None,
     ) -> PointCache:
@@ -118,6 +121,8 @@ class PointCache:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if capacity is not None and (isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1):
             raise ValueError(f"capacity must be a positive int (points per batch element) or None, got {capacity!r}")
+        if edge_filter not in EDGE_FILTERS:
+            raise ValueError(f"edge_filter must be one of {EDGE_FILTERS}, got {edge_filter!r}")
         for name, value in (("edge_threshold", edge_threshold), ("replace_tolerance", replace_tolerance)):
             if isinstance(value, bool) or not (isinstance(value, int | float) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -127,7 +132,7 @@ class PointCache:
             radius=torch.zeros(0, device=dev), batch=torch.zeros(0, dtype=torch.long, device=dev),
             stamp=torch.zeros(0, dtype=torch.long, device=dev), batch_size=batch_size, channels=channels,
             capacity=capacity, frames_capacity=frames_capacity, edge_threshold=float(edge_threshold),
-            replace_tolerance=float(replace_tolerance),
+            edge_filter=edge_filter, replace_tolerance=float(replace_tolerance),
         )
 
     @classmethod
@@ -194,8 +199,8 @@ class PointCache:
         return self._with(*(t.to(device) for t in (self.xyzw, self.colors, self.radius, self.batch, self.stamp)))
 
     # ------------------------------------------------------------------------------------------- adding frames
-    def add(self, rgb: torch.Tensor, depth: torch.Tensor, c2w, intrinsics, *, valid: torch.Tensor | None = None
-            ) -> PointCache:
+    def add(self, rgb: torch.Tensor, depth: torch.Tensor, c2w, intrinsics, *, valid: torch.Tensor | None = None,
+            edge_filter: str | None = None) -> PointCache:
         """This cache plus one RGB-D frame per batch element.
 
         Args:
@@ -204,6 +209,8 @@ class PointCache:
             c2w: ``(B, 4, 4)`` OpenCV camera-to-world poses.
             intrinsics: ``(B, 4)`` or ``(4,)`` ``[fx, fy, cx, cy]`` in pixels of this image.
             valid: optional ``(B, H, W)`` bool: pixels to add (e.g. only some batch elements).
+            edge_filter: :func:`depth_edges` mode for this frame (default: the cache's): e.g. "ramps" for a
+                generated frame in a cache started from exact depth.
         """
         rgb = _check_image(rgb, "rgb")
         b, c, h, w = rgb.shape
@@ -213,7 +220,7 @@ class PointCache:
         depth = _check_depth(depth, (b, h, w), rgb.device)
         poses = _poses(c2w, (b,), rgb.device)
         k4 = _intrinsics(intrinsics, (b,), rgb.device)
-        keep = ~depth_edges(depth, self.edge_threshold)
+        keep = ~depth_edges(depth, self.edge_threshold, self.edge_filter if edge_filter is None else edge_filter)
         if valid is not None:
             if not isinstance(valid, torch.Tensor) or valid.dtype != torch.bool or tuple(valid.shape) != (b, h, w):
                 got = f"{getattr(valid, 'dtype', type(valid).__name__)} {tuple(getattr(valid, 'shape', ()))}"
@@ -327,6 +334,8 @@ class PointCache:
         z, u, v = z[on], u[on], v[on]
         finite = finite_bn[bi, ni]
         rho = kk[..., :2].mean(-1).reshape(-1)[view] * self.radius[point] / torch.where(finite, z, z * z)
+        if u.numel() == 0:  # nothing cached is in front of these cameras
+            return
         # candidate pixels: the nearest pixel centre of every pair, plus, for pairs whose footprint reaches
         # further (reach k = ceil(rho - 1/2) >= 1), the other centres of the (2k+1)^2 square inside it
         reach = torch.clamp(torch.ceil(rho - 0.5), 0, max_splat).long()
@@ -372,26 +381,43 @@ class PointCache:
 
 
 # ------------------------------------------------------------------------------------------------ helpers
-def depth_edges(depth: torch.Tensor, threshold: float = 0.1) -> torch.Tensor:
-    """``(B, H, W)`` bool: pixels on a depth discontinuity, where inverse depth is not locally affine.
+EDGE_FILTERS = ("isolated", "ramps", "none")
 
-    ``|id_l + id_r - 2 id| > threshold * max(id_l, id, id_r)`` along rows or columns (sky has inverse depth 0,
-    so the rim between an object and the sky counts as an edge); border pixels are tested along the other axis
-    only.
+
+def depth_edges(depth: torch.Tensor, threshold: float = 0.1, mode: str = "isolated") -> torch.Tensor:
+    """``(B, H, W)`` bool: pixels whose depth is not to be trusted, by ``mode``:
+
+    - ``"isolated"``: depth that agrees with none of the 4-neighbours' (relative inverse depth difference
+      ``|id - id_n| > threshold * max(id, id_n)`` for each neighbour inside the image): speckle and lone flying
+      pixels. Both sides of a clean edge, planes at grazing angles, strips one pixel thick and sky stay: the
+      right filter for exact depth (the twin worlds').
+    - ``"ramps"``: also pixels that, along a row or column, differ from both neighbours and are not on a line
+      with them (``|id_l + id_r - 2 id| > threshold * max(id_l, id, id_r)``; planes have affine inverse depth):
+      the blend pixels along an edge of blurred (estimated or generated) depth, at the cost of thin strips seen
+      edge-on (1-pixel ridges near the horizon).
+    - ``"none"``: nothing.
     """
+    if mode not in EDGE_FILTERS:
+        raise ValueError(f"mode must be one of {EDGE_FILTERS}, got {mode!r}")
+    flagged = torch.zeros_like(depth, dtype=torch.bool)
+    if mode == "none":
+        return flagged
     inv = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-12), torch.zeros_like(depth))
-    edges = torch.zeros_like(depth, dtype=torch.bool)
+    agrees = torch.zeros_like(depth, dtype=torch.bool)
     for dim in (-1, -2):
         n = inv.shape[dim]
-        if n < 3:
+        if n < 2:
             continue
-        left, mid, right = inv.narrow(dim, 0, n - 2), inv.narrow(dim, 1, n - 2), inv.narrow(dim, 2, n - 2)
-        second = (left + right - 2 * mid).abs()
-        scale = torch.maximum(torch.maximum(left, right), mid)
-        bad = second > threshold * scale
-        pad = (1, 1, 0, 0) if dim == -1 else (0, 0, 1, 1)
-        edges |= F.pad(bad, pad, value=False)
-    return edges
+        a, b = inv.narrow(dim, 0, n - 1), inv.narrow(dim, 1, n - 1)
+        same = (a - b).abs() <= threshold * torch.maximum(a, b)
+        with_next, with_previous = ((0, 1), (1, 0)) if dim == -1 else ((0, 0, 0, 1), (0, 0, 1, 0))
+        agrees |= F.pad(same, with_next, value=False) | F.pad(same, with_previous, value=False)
+        if mode == "ramps" and n >= 3:
+            left, mid, right = inv.narrow(dim, 0, n - 2), inv.narrow(dim, 1, n - 2), inv.narrow(dim, 2, n - 2)
+            apart = ~same.narrow(dim, 0, n - 2) & ~same.narrow(dim, 1, n - 2)
+            bent = (left + right - 2 * mid).abs() > threshold * torch.maximum(torch.maximum(left, right), mid)
+            flagged |= F.pad(apart & bent, (1, 1) if dim == -1 else (0, 0, 1, 1), value=False)
+    return flagged | ~agrees
 
 
 def fill_holes(image: torch.Tensor, mask: torch.Tensor, iterations: int = 64) -> tuple[torch.Tensor, torch.Tensor]:

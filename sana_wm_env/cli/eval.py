@@ -3,8 +3,10 @@
 Generates clips from held-out twin-world first frames along held-out camera paths and compares them with the
 twin renders at the same poses: PSNR/SSIM per horizon (frames 1-8, 9-32, 33-128), action-following accuracy
 (is the render at the commanded pose the closest of 8?, chance 1/8), revisit consistency on closed loops,
-and stability of a long streaming rollout; the same for two baselines (repeat the first frame; the same
-architecture with random weights). Writes a JSON with every number and two PNGs (contact sheet, PSNR plot).
+and stability of a long streaming rollout; PSNR on the pixels frame 0's content reaches and on the holes, and
+Genie's delta-PSNR (commanded vs random path); the same for three baselines (repeat the first frame; frame 0
+warped into each pose with its twin depth, no learning; the same architecture with random weights). Writes a
+JSON with every number and two PNGs (contact sheet, PSNR plot).
 See sana_wm_env/evaluation/fidelity.py for the exact protocol.
 """
 
@@ -109,11 +111,26 @@ def print_summary(results: dict, json_path: Path, figures: dict) -> None:
         rv = r["revisit"]["psnr_vs_render"]
         st = r.get("stability", {}).get("pass")
         print(f"{name:<20}{ps}{ss}  {_fmt(acc, '.3f'):>10}  {_fmt(rv):>10}  {'n/a' if st is None else st}")
+    cover = "".join(f"  {_fmt(c['mean'], '.3f'):>11}" for c in results.get("coverage", {}).values())
+    print(f"\n{'(geometry)':<20}" + "".join(f"  cover {h:>5}" for h in horizons) + "   <- share of pixels frame 0's "
+          "content reaches at each pose")
+    print(f"{'':<20}{cover}")
+    head = ("".join(f"  covered {h:>5}" for h in horizons) + "".join(f"  holes {h:>6}" for h in horizons)
+            + "".join(f"  delta-PSNR {h}" for h in horizons))
+    print(f"{'candidate':<20}{head}")
+    for name, r in cands.items():
+        f = r["fidelity"]
+        row = [f["psnr_covered"][h]["mean"] for h in horizons] + [f["psnr_holes"][h]["mean"] for h in horizons]
+        row += [(f["delta_psnr"] or {}).get(h, {}).get("mean") for h in horizons]
+        print(f"{name:<20}" + "".join(f"  {_fmt(v):>13}" for v in row))
     chance = next(iter(cands.values()))["action_following"]["chance"]
     print(f"PSNR/SSIM: generated frame vs twin render at the same pose, pooled over frames in each horizon "
           f"(higher is better). action-acc: share of scored frames whose commanded-pose render is the closest "
           f"of {int(round(1 / chance))} (chance {chance:.3f}). revisit-dB: PSNR vs render on frames that return "
-          "to an earlier pose. stable: finite frames and contrast not collapsing over the long rollout.")
+          "to an earlier pose. stable: finite frames and contrast not collapsing over the long rollout. "
+          "covered / holes: PSNR on the pixels frame 0's content reaches (its points, with the twin's depth, "
+          "splatted into the pose) / on the rest. delta-PSNR: PSNR along the commanded poses minus along a random "
+          "path from the same first frame (0 = the camera is ignored).")
     for k, v in results.get("targets", {}).items():
         print(f"target {k}: value {_fmt(v['value'], '.3f')} -> {'met' if v['met'] else 'NOT met'}")
     print(f"results: {json_path}")

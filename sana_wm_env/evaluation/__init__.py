@@ -7,10 +7,12 @@ from sana_wm_env.evaluation.candidates import (
     Candidate,
     RepeatFirstFrame,
     TwinRenderOracle,
+    WarpFirstFrame,
     generator_candidate,
     oracle_candidate,
     repeat_first_frame_candidate,
     untrained_like,
+    warp_candidate,
     world_model_candidates,
 )
 from sana_wm_env.evaluation.fidelity import EvalConfig, evaluate, plan_episodes, stability_stats, targets
@@ -19,5 +21,5 @@ from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
 __all__ = [
     "PSNR_CAP_DB", "Candidate", "EvalConfig", "RepeatFirstFrame", "TwinRenderOracle", "evaluate",
     "generator_candidate", "oracle_candidate", "plan_episodes", "psnr", "repeat_first_frame_candidate", "ssim",
-    "stability_stats", "targets", "untrained_like", "world_model_candidates",
+    "stability_stats", "targets", "untrained_like", "WarpFirstFrame", "warp_candidate", "world_model_candidates",
 ]

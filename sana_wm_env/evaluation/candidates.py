@@ -9,8 +9,8 @@ A generator is anything with the world-model generator interface (``world_model.
 
 A trained world model ignores which scene it is in (one generator for all); the twin-render oracle needs the
 scene (it renders the commanded poses), so candidates are built per scene. Shipped here: the world-model
-candidates, the two baselines of the issue (repeat the first frame; the same architecture with random
-weights) and the oracle used to check the protocol itself.
+candidates, three baselines (repeat the first frame; frame 0 warped into each pose with its depth, no
+learning; the same architecture with random weights) and the oracle used to check the protocol itself.
 """
 
 from __future__ import annotations
@@ -99,6 +99,75 @@ class RepeatFirstFrame:
         return self._frames(state.image, c2w), _SimpleState(state.image, state.intrinsics, state.chunk_index + 1)
 
 
+@dataclass(frozen=True)
+class _WarpState:
+    cache: Any  # world_model.point_cache.PointCache of frame 0
+    image: torch.Tensor  # (B, 3, H, W) in [-1, 1]
+    intrinsics: torch.Tensor  # (B, 4)
+
+
+class WarpFirstFrame:
+    """Baseline generator with no learning: frame 0 forward-splatted into every commanded pose with frame 0's
+    depth (:class:`world_model.point_cache.PointCache`), holes filled by dilation.
+
+    It needs frame 0's depth (``takes_depth``: the protocol passes the twin's depth, the same first-frame depth a
+    geometry-guided model gets). Pixels no cached point reaches and no dilation fills (a view turned fully
+    away) show frame 0's mean colour.
+    """
+
+    takes_depth = True
+
+    def __init__(self, frames_per_chunk: int = 4, fill_iterations: int = 64) -> None:
+        if isinstance(frames_per_chunk, bool) or not isinstance(frames_per_chunk, int) or frames_per_chunk < 1:
+            raise ValueError(f"frames_per_chunk must be a positive int, got {frames_per_chunk!r}")
+        self.chunk, self.fill_iterations = frames_per_chunk, int(fill_iterations)
+
+    def valid_num_frames(self, num_chunks: int) -> int:
+        return 1 + num_chunks * self.chunk
+
+    def start(self, image: torch.Tensor, intrinsics, *, c2w=None, depth: torch.Tensor | None = None, **kwargs
+              ) -> _WarpState:
+        from world_model.point_cache import PointCache
+
+        if depth is None:
+            raise ValueError("the warp baseline needs frame 0's depth: pass depth=(B, H, W) metres (0 = sky)")
+        if c2w is None:
+            raise ValueError("the warp baseline needs frame 0's pose: pass c2w=(B, 4, 4) (OpenCV camera-to-world)")
+        image = image.float()
+        b = image.shape[0]
+        k4 = torch.as_tensor(intrinsics, dtype=torch.float32)
+        k4 = k4.expand(b, 4) if k4.ndim == 1 else k4
+        pose0 = torch.as_tensor(c2w, dtype=torch.float32)
+        pose0 = pose0[:, 0] if pose0.ndim == 4 else pose0
+        cache = PointCache.from_frame(image, torch.as_tensor(depth, dtype=torch.float32), pose0, k4)
+        return _WarpState(cache, image, k4)
+
+    def frames_per_step(self, state: _WarpState) -> int:
+        return self.chunk
+
+    def render(self, state: _WarpState, c2w) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(frames (B, n, 3, H, W) in [-1, 1], cache mask (B, n, H, W))`` at poses ``c2w (B, n, 4, 4)``."""
+        from world_model.point_cache import fill_holes
+
+        poses = torch.as_tensor(c2w, dtype=torch.float32)
+        hw = tuple(state.image.shape[-2:])
+        out = state.cache.render(poses, state.intrinsics, hw)
+        filled, covered = fill_holes(out.rgb, out.mask, self.fill_iterations)
+        mean = state.image.mean(dim=(-2, -1))[:, None, :, None, None]
+        frames = torch.where(covered[:, :, None], filled, mean.expand_as(filled))
+        return frames.clamp(-1, 1), out.mask
+
+    def step(self, state: _WarpState, c2w) -> tuple[torch.Tensor, _WarpState]:
+        return self.render(state, c2w)[0], state
+
+    def generate(self, image: torch.Tensor, intrinsics, c2w, *, depth: torch.Tensor | None = None, **kwargs
+                 ) -> torch.Tensor:
+        poses = torch.as_tensor(c2w, dtype=torch.float32)
+        state = self.start(image, intrinsics, c2w=poses[:, 0], depth=depth)
+        rest = self.render(state, poses[:, 1:])[0]
+        return torch.cat([image.float().clamp(-1, 1)[:, None], rest], dim=1)
+
+
 class TwinRenderOracle:
     """The perfect world model of one scene: frames are the twin renders at the commanded poses.
 
@@ -122,7 +191,8 @@ class TwinRenderOracle:
         out = torch.empty(b, n, 3, *hw)
         for i in range(b):
             for j in range(n):
-                rgb, _ = r.render(c2w[i, j].double().numpy(), k[i].double().numpy())
+                # commanded poses are taken as given (random-action paths may leave the scene)
+                rgb, _ = r.render(c2w[i, j].double().numpy(), k[i].double().numpy(), check_inside=False)
                 out[i, j] = from_uint8(rgb)
         return out
 
@@ -159,6 +229,13 @@ def repeat_first_frame_candidate() -> Candidate:
                                description="every generated frame is the given first frame")
 
 
+def warp_candidate() -> Candidate:
+    """Baseline 3: frame 0 warped into each pose with its depth (no learning; see :class:`WarpFirstFrame`)."""
+    return generator_candidate("warp", WarpFirstFrame(), kind="baseline",
+                               description="frame 0 forward-splatted into each pose with the twin's frame-0 depth, "
+                                           "holes filled by dilation")
+
+
 def oracle_candidate() -> Candidate:
     """The twin-render oracle (upper bound; checks the protocol)."""
     cache: dict[tuple[str, int], TwinRenderOracle] = {}
@@ -193,7 +270,8 @@ def untrained_like(model, *, seed: int = 0):
 def world_model_candidates(model, *, teacher: bool = False, untrained: bool = True,
                            untrained_seed: int = 0) -> list[Candidate]:
     """Candidates for a loaded ``WorldModel``: its streaming student ("model"), optionally its teacher,
-    then the baselines (repeat the first frame; the untrained model, streaming generator, same sampler)."""
+    then the baselines (repeat the first frame; frame 0 warped with its depth; the untrained model, streaming
+    generator, same sampler)."""
     out = [generator_candidate("model", model.streaming_generator(), kind="model",
                                description=f"{model.name}: streaming student, sampler {model.streaming}",
                                info={"name": model.name, "sampler": model.streaming})]
@@ -204,6 +282,7 @@ def world_model_candidates(model, *, teacher: bool = False, untrained: bool = Tr
                                        description=f"{model.name}: chunk-causal teacher, {model.teacher_sampler}",
                                        info={"sampler": model.teacher_sampler}))
     out.append(repeat_first_frame_candidate())
+    out.append(warp_candidate())
     if untrained:
         base = untrained_like(model, seed=untrained_seed)
         out.append(generator_candidate("untrained", base.streaming_generator(), kind="baseline",

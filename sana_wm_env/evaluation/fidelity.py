@@ -21,6 +21,15 @@ Per main episode (``frames`` poses, frame 0 = the twin render given to the model
       20 draws fail) or a rotation of ``[1, perturb_max_factor] x min_rot_deg`` about a uniformly random axis.
       A distractor whose render is pixel-identical to the commanded one is redrawn (up to 10 times); a frame
       still without distinguishable distractors is not scored (counted in ``skipped_indistinguishable_frames``).
+    - the same PSNR restricted to the pixels frame 0's content covers at pose ``i`` (its points, with the twin's
+      frame-0 depth, splatted into pose ``i``: ``psnr_covered``) and to the rest (``psnr_holes``); the share of
+      covered pixels per horizon is ``coverage``;
+    - Genie's controllability measure ``delta_psnr`` (with ``delta_psnr`` on): PSNR against the renders of
+      frames generated along the commanded poses minus that of frames generated from the same first frame and
+      seed along a random path (the relative motion of another path of the same kind, seeded with
+      ``KIND_RANDOM``, started at the commanded first pose). A model that ignores the camera scores 0.
+    Generators that declare ``takes_depth`` also get the twin's depth of frame 0 (``depth=``), as the envs give
+    a geometry-guided model.
 Per revisit episode (a closed-loop path, period P frames; frame i and i - P share a pose):
     - PSNR of each revisit frame against the render there, against the earlier generated frame at the same
       pose, and (reference) of the first visit against its render.
@@ -48,13 +57,13 @@ import numpy as np
 import torch
 
 from sana_wm_env.evaluation.candidates import Candidate, clip_frames, pad_poses
-from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, psnr, ssim
+from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, make_scene
 from sana_wm_env.scenes.scene import Scene
 from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
 
 EVAL_TRAJ_STREAM = 0xE7A15EED  # first seed word of every evaluation path; training paths use words < 2**31
-KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB = 0, 1, 2, 3
+KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB, KIND_RANDOM = 0, 1, 2, 3, 4
 STABILITY_WINDOW = 100
 REVISIT_SEED_OFFSET = 50
 DISTRACTOR_REDRAWS = 10
@@ -84,6 +93,7 @@ class EvalConfig:
     stability_min_std_ratio: float = 0.5
     seed: int = 0  # generation seed offset (each episode adds its index)
     contact_frames: tuple[int, ...] = (1, 8, 32, 128)
+    delta_psnr: bool = True  # also generate every main episode along a random path (Genie's delta-PSNR)
 
     def __post_init__(self) -> None:
         if not self.families or any(f not in FAMILIES for f in self.families):
@@ -242,6 +252,24 @@ def distractor_renders(renderer, scene: Scene, pose: np.ndarray, commanded_rgb: 
     return np.stack(out)
 
 
+def random_action_poses(ep: Episode, cfg: EvalConfig) -> np.ndarray | None:
+    """The poses of ``ep``'s random-action rollout: the relative motion of another path of the same motion kind
+    (in the same scene, seeded with ``KIND_RANDOM``) started at ``ep``'s first pose; None if no such path.
+
+    The path is not checked against the scene from the new start: it only drives the generators (and the
+    oracle's renders), it is never the ground truth."""
+    scene = make_scene(ep.family, ep.scene_seed)
+    for path_try in range(3):
+        words = trajectory_seed(KIND_RANDOM, ep.family, ep.index, 0, path_try)
+        try:
+            traj = generate(scene, ep.motion, len(ep.poses), cfg.fps, seed=words, clearance=cfg.path_clearance)
+        except RuntimeError:
+            continue
+        relative = np.linalg.inv(traj.poses[0]) @ traj.poses
+        return ep.poses[0] @ relative
+    return None
+
+
 def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     """(metres between the camera centres, degrees between the orientations) of two c2w poses."""
     dt = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
@@ -265,17 +293,39 @@ def _render_all(renderer, poses: np.ndarray, k4: np.ndarray) -> np.ndarray:
     return np.stack([renderer.render(p, k4)[0] for p in poses])
 
 
-def _generate(gen, first_rgb: np.ndarray, k4: np.ndarray, poses: np.ndarray, seed: int) -> torch.Tensor:
+def _depth_kwargs(gen, first_depth: np.ndarray | None) -> dict[str, Any]:
+    """``{"depth": (1, H, W)}`` for generators that take frame 0's depth, else nothing."""
+    if not getattr(gen, "takes_depth", False):
+        return {}
+    if first_depth is None:
+        raise ValueError("this generator takes frame 0's depth, but none was rendered")
+    return {"depth": torch.from_numpy(np.asarray(first_depth, dtype=np.float32))[None]}
+
+
+def _generate(gen, first_rgb: np.ndarray, k4: np.ndarray, poses: np.ndarray, seed: int,
+              first_depth: np.ndarray | None = None) -> torch.Tensor:
     """Run ``gen`` on one episode; frames (F, 3, H, W) in [0, 1] float64 (padding removed)."""
     from sana_wm_env.video import from_uint8
 
     n = clip_frames(gen, len(poses))
     c2w = torch.from_numpy(pad_poses(poses, n)).float()[None]
     image = from_uint8(first_rgb)[None]
-    out = gen.generate(image, torch.from_numpy(k4).float(), c2w, seed=seed)
+    out = gen.generate(image, torch.from_numpy(k4).float(), c2w, seed=seed, **_depth_kwargs(gen, first_depth))
     if tuple(out.shape[:2]) != (1, n):
         raise ValueError(f"generator returned {tuple(out.shape)}; expected (1, {n}, 3, H, W)")
     return (out[0, : len(poses)].detach().cpu().double() + 1.0) / 2.0
+
+
+def _coverage(first_rgb: np.ndarray, first_depth: np.ndarray, k4: np.ndarray, poses: np.ndarray) -> torch.Tensor:
+    """``(F - 1, H, W)`` bool: the pixels of frames 1.. that frame 0's points (twin depth) reach."""
+    from sana_wm_env.video import from_uint8
+    from world_model.point_cache import PointCache
+
+    k = torch.from_numpy(k4).float()
+    c2w = torch.from_numpy(poses).float()
+    cache = PointCache.from_frame(from_uint8(first_rgb)[None], torch.from_numpy(first_depth).float()[None],
+                                  c2w[:1], k)
+    return cache.render(c2w[None, 1:], k, first_rgb.shape[:2]).mask[0]
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -285,6 +335,9 @@ class _Acc:
 
     psnr: dict[str, list[np.ndarray]] = field(default_factory=dict)  # episode key -> per-frame (F-1,)
     ssim: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    psnr_covered: dict[str, list[np.ndarray]] = field(default_factory=dict)  # NaN where a frame has no such pixel
+    psnr_holes: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    delta_psnr: dict[str, list[np.ndarray]] = field(default_factory=dict)  # commanded minus random path
     action: list[tuple[str, str, int, bool]] = field(default_factory=list)  # (family, motion, frame, correct)
     revisit: list[dict[str, float]] = field(default_factory=list)
     contact: dict[str, np.ndarray] = field(default_factory=dict)  # family -> uint8 (n, H, W, 3)
@@ -295,9 +348,10 @@ class _Acc:
 def _pool(values: list[np.ndarray], lo: int, hi: int) -> tuple[float | None, int]:
     """Mean over frames lo..hi (1-based frame index; arrays hold frames 1..F-1) of all episodes."""
     chunks = [v[lo - 1 : hi] for v in values if len(v) >= lo]
-    if not chunks:
+    cat = np.concatenate(chunks) if chunks else np.zeros(0)
+    cat = cat[np.isfinite(cat)]  # masked PSNRs are NaN on frames without such pixels
+    if cat.size == 0:
         return None, 0
-    cat = np.concatenate(chunks)
     return float(cat.mean()), int(cat.size)
 
 
@@ -323,6 +377,9 @@ def _summarise(acc: _Acc, cfg: EvalConfig) -> dict[str, Any]:
 
     fid: dict[str, Any] = {
         "psnr": _horizon_table(acc.psnr, every, cfg), "ssim": _horizon_table(acc.ssim, every, cfg),
+        "psnr_covered": _horizon_table(acc.psnr_covered, every, cfg),
+        "psnr_holes": _horizon_table(acc.psnr_holes, every, cfg),
+        "delta_psnr": _horizon_table(acc.delta_psnr, every, cfg) if acc.delta_psnr else None,
         "per_family": {f: {"psnr": _horizon_table(acc.psnr, fam_is(f), cfg),
                            "ssim": _horizon_table(acc.ssim, fam_is(f), cfg)} for f in cfg.families},
         "per_motion": {m: {"psnr": _horizon_table(acc.psnr, mot_is(m), cfg),
@@ -392,7 +449,8 @@ def stability_stats(std_per_frame: Sequence[float], finite_per_frame: Sequence[b
 
 def run_stability(gen, first_rgb: np.ndarray, k4: np.ndarray, pose_at: Callable[[int], np.ndarray],
                   num_frames: int, *, seed: int = 0, reference: Callable[[int], torch.Tensor] | None = None,
-                  min_std_ratio: float = 0.5, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+                  min_std_ratio: float = 0.5, progress: Callable[[int], None] | None = None,
+                  first_depth: np.ndarray | None = None) -> dict[str, Any]:
     """Stream ``num_frames`` frames (frame 0 = ``first_rgb``) through ``gen.start``/``gen.step`` along
     ``pose_at(i)`` and return :func:`stability_stats` plus drift PSNR against ``reference(i)`` (frames in
     [0, 1], optional), the frame rate and the generator state size. Keeps only per-frame numbers."""
@@ -400,7 +458,8 @@ def run_stability(gen, first_rgb: np.ndarray, k4: np.ndarray, pose_at: Callable[
 
     image = from_uint8(first_rgb)[None]
     k = torch.from_numpy(k4).float()
-    state = gen.start(image, k, c2w=torch.from_numpy(pose_at(0)).float()[None], seed=seed)
+    state = gen.start(image, k, c2w=torch.from_numpy(pose_at(0)).float()[None], seed=seed,
+                      **_depth_kwargs(gen, first_depth))
     stds, finite, psnrs = [float(frame_std(_unit_frames(first_rgb)))], [True], []
     nbytes: list[int] = []
     done, t0 = 1, time.perf_counter()
@@ -457,14 +516,16 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
     accs = {c.name: _Acc() for c in candidates}
     gt_contact: dict[str, np.ndarray] = {}
     contact_idx = [i for i in cfg.contact_frames if i < cfg.frames]
-    render_s, af_skipped = 0.0, 0
+    render_s, af_skipped, delta_skipped = 0.0, 0, 0
+    coverage: dict[str, list[np.ndarray]] = {}
     total = len(plan["main"]) + len(plan["revisit"])
     bar = tqdm(total=total * len(candidates), unit="clip", desc="fidelity episodes", disable=not progress)
     for ep in plan["main"] + plan["revisit"]:
         scene = make_scene(ep.family, ep.scene_seed)
         t0 = time.perf_counter()
-        with SceneRenderer(scene, *cfg.image_hw, depth=False) as renderer:
+        with SceneRenderer(scene, *cfg.image_hw, depth=True) as renderer:
             gt_rgb = _render_all(renderer, ep.poses, k4)
+            first_depth = renderer.render(ep.poses[0], k4)[1]
             af: list[tuple[int, torch.Tensor]] = []
             if ep.kind == "main":
                 for i in range(1, len(ep.poses), cfg.action_stride):
@@ -477,18 +538,38 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
         render_s += time.perf_counter() - t0
         gt = _unit_frames(gt_rgb)
         key = f"{ep.family}/{ep.motion}/{ep.kind}{ep.index}"
+        random_poses = None
+        if ep.kind == "main":
+            covered = _coverage(gt_rgb[0], first_depth, k4, ep.poses)
+            coverage.setdefault(key, []).append(covered.double().mean((-2, -1)).numpy())
+            if cfg.delta_psnr:
+                random_poses = random_action_poses(ep, cfg)
+                delta_skipped += random_poses is None
         if ep.kind == "main" and ep.family not in gt_contact:
             gt_contact[ep.family] = gt_rgb[[0, *contact_idx]]
         for cand in candidates:
             acc = accs[cand.name]
             gen = cand.generator_for(scene)
             t0 = time.perf_counter()
-            out = _generate(gen, gt_rgb[0], k4, ep.poses, seed=_episode_seed(cfg, ep))
+            out = _generate(gen, gt_rgb[0], k4, ep.poses, seed=_episode_seed(cfg, ep), first_depth=first_depth)
             acc.seconds += time.perf_counter() - t0
             acc.frames += len(ep.poses) - 1
             if ep.kind == "main":
-                acc.psnr.setdefault(key, []).append(psnr(out[1:], gt[1:], max_db=PSNR_CAP_DB).numpy())
+                frame_psnr = psnr(out[1:], gt[1:], max_db=PSNR_CAP_DB).numpy()
+                acc.psnr.setdefault(key, []).append(frame_psnr)
                 acc.ssim.setdefault(key, []).append(ssim(out[1:], gt[1:]).numpy())
+                acc.psnr_covered.setdefault(key, []).append(
+                    masked_psnr(out[1:], gt[1:], covered, max_db=PSNR_CAP_DB).numpy())
+                acc.psnr_holes.setdefault(key, []).append(
+                    masked_psnr(out[1:], gt[1:], ~covered, max_db=PSNR_CAP_DB).numpy())
+                if random_poses is not None:
+                    t0 = time.perf_counter()
+                    wandering = _generate(gen, gt_rgb[0], k4, random_poses, seed=_episode_seed(cfg, ep),
+                                          first_depth=first_depth)
+                    acc.seconds += time.perf_counter() - t0
+                    acc.frames += len(ep.poses) - 1
+                    acc.delta_psnr.setdefault(key, []).append(
+                        frame_psnr - psnr(wandering[1:], gt[1:], max_db=PSNR_CAP_DB).numpy())
                 for i, renders in af:
                     scores = psnr(out[i].expand_as(renders), renders, max_db=PSNR_CAP_DB)
                     acc.action.append((ep.family, ep.motion, i, bool((scores[0] > scores[1:]).all())))
@@ -514,14 +595,17 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
         r = _summarise(acc, cfg)
         r["kind"], r["description"], r["info"] = cand.kind, cand.description, cand.info
         r["action_following"]["skipped_indistinguishable_frames"] = af_skipped
+        if r["fidelity"]["delta_psnr"] is not None:
+            r["fidelity"]["delta_psnr"]["skipped_episodes_without_random_path"] = delta_skipped
         r["timing"] = {"generate_seconds": acc.seconds, "frames_generated": acc.frames,
                        "frames_per_second": acc.frames / acc.seconds if acc.seconds > 0 else None}
         results[cand.name] = r
     for ep in plan["stability"]:
         scene = make_scene(ep.family, ep.scene_seed)
         period = ep.loop_period
-        with SceneRenderer(scene, *cfg.image_hw, depth=False) as renderer:
+        with SceneRenderer(scene, *cfg.image_hw, depth=True) as renderer:
             loop_rgb = _render_all(renderer, ep.poses[:period], k4)
+            loop_depth = renderer.render(ep.poses[0], k4)[1]
         loop_gt = _unit_frames(loop_rgb)
         for cand in candidates:
             gen = cand.generator_for(scene)
@@ -534,13 +618,14 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
                                    cfg.stability_frames, seed=cfg.seed,
                                    reference=lambda i, p=period, g=loop_gt: g[i % p],
                                    min_std_ratio=cfg.stability_min_std_ratio,
-                                   progress=lambda d, b=sbar: b.update(d - b.n))
+                                   progress=lambda d, b=sbar: b.update(d - b.n), first_depth=loop_depth)
             st["path"] = f"{ep.family} scene {ep.scene_seed}, {ep.motion} loop of {period} frames, cycled"
             results[cand.name]["stability"] = st
     return {
         "protocol": __doc__,
         "config": cfg.to_json(),
         "episodes": {k: [e.describe() for e in v] for k, v in plan.items()},
+        "coverage": _horizon_table(coverage, lambda k: True, cfg),
         "candidates": results,
         "timing": {"seconds": time.perf_counter() - t_start, "planning_seconds": t_plan, "render_seconds": render_s},
         "_contact": {"ground_truth": gt_contact, **{n: a.contact for n, a in accs.items()},
@@ -581,6 +666,13 @@ def targets(results: dict[str, Any]) -> dict[str, Any]:
         gain = None if m is None or b is None else m - b
         out[f"psnr_{first}_gain_over_repeat_first_frame>=3dB"] = {
             "value": gain, "model": m, "baseline": b, "met": None if gain is None else gain >= 3.0}
+    warp = cands.get("warp")
+    if warp is not None:
+        for h, cell in model["fidelity"]["psnr"].items():
+            m, w = cell["mean"], warp["fidelity"]["psnr"][h]["mean"]
+            gain = None if m is None or w is None else m - w
+            out[f"psnr_{h}_gain_over_warp>=0dB"] = {"value": gain, "model": m, "baseline": w,
+                                                   "met": None if gain is None else gain >= 0.0}
     teacher = cands.get("teacher")
     if first is not None and teacher is not None:
         m, t = model["fidelity"]["psnr"][first]["mean"], teacher["fidelity"]["psnr"][first]["mean"]

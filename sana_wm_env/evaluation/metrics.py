@@ -59,6 +59,23 @@ def psnr(a, b, *, max_db: float | None = None) -> torch.Tensor:
     return out
 
 
+def masked_psnr(a, b, mask, *, max_db: float | None = None) -> torch.Tensor:
+    """PSNR (dB, data range 1) per image over the pixels where ``mask (..., H, W)`` is True, all channels; NaN
+    for an image whose mask selects no pixel (e.g. a frame without holes, scored on holes)."""
+    ta, tb = _pair(a, b)
+    m = torch.as_tensor(mask).to("cpu", torch.bool)
+    if m.shape != ta.shape[:-3] + ta.shape[-2:]:
+        raise ValueError(f"mask must have shape {tuple(ta.shape[:-3] + ta.shape[-2:])} (..., H, W), got "
+                         f"{tuple(m.shape)}")
+    w = m[..., None, :, :].to(torch.float64)
+    count = w.sum(dim=(-3, -2, -1)) * ta.shape[-3]
+    err = (((ta - tb) ** 2) * w).sum(dim=(-3, -2, -1)) / count
+    out = torch.where(count > 0, 10.0 * torch.log10(1.0 / err), torch.full_like(err, float("nan")))
+    if max_db is not None:
+        out = out.clamp(max=float(max_db))
+    return out
+
+
 def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     """Normalised 2-D Gaussian window (size, size), float64."""
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
