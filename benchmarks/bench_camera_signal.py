@@ -8,6 +8,11 @@ go through the transformer three times, changing only the camera: the clips' **t
 uses its camera control has a clearly lower loss with the true poses; if the three are close, the model predicts
 the future from appearance alone and cannot follow actions (the case of an under-trained model, see the bundled
 model's card). Prints the mean loss per variant and the relative gap ``(wrong - true) / true``.
+
+A geometry-guided model (``geometry_channels > 0``, RGB-D data made with ``--depth``) also gets its geometry input:
+the exact causal cache of the clip's earlier frames rendered at the variant's poses (the wrong cameras move the
+render with them), and a fourth variant, **no_geometry**, keeps the true poses with an empty cache (only frame 0
+shown at frame 0): how much the model leans on the cache.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import torch
 
 from world_model.training.data import SeededItems, camera_inputs_from_world, collate_clips, latent_batch
+from world_model.training.geometry import CacheCorruption, clip_geometry, unknown_depth_geometry
 
 
 def camera_signal(transformer, codec, dataset, *, batches: int, batch_size: int, latent_frames: int,
@@ -33,7 +39,9 @@ def camera_signal(transformer, codec, dataset, *, batches: int, batch_size: int,
     if first_clip + batches * batch_size > n:
         raise ValueError(f"batches x batch_size clips from clip {first_clip} exceed the dataset ({n} clips)")
     gen = torch.Generator().manual_seed(seed)
-    losses: dict[str, list[float]] = {"true": [], "shuffled": [], "static": []}
+    geometric = bool(transformer.config.geometry_channels)
+    names = ["true", "shuffled", "static"] + (["no_geometry"] if geometric else [])
+    losses: dict[str, list[float]] = {name: [] for name in names}
     device, dtype = transformer.device, transformer.dtype
     for b in range(batches):
         batch = collate_clips([items[(first_clip + b * batch_size + i, seed)] for i in range(batch_size)])
@@ -41,11 +49,18 @@ def camera_signal(transformer, codec, dataset, *, batches: int, batch_size: int,
         h, w = clip["frames"].shape[-2:]
         c2w, k = clip["c2w"].double(), clip["intrinsics"].double()
         latent_hw, stride = codec.latent_hw((h, w)), codec.temporal_stride
-        cameras = {
-            "true": camera,
-            "shuffled": camera_inputs_from_world(c2w.roll(1, dims=0), k, (h, w), latent_hw, stride),
-            "static": camera_inputs_from_world(c2w[:, :1].expand_as(c2w).clone(), k, (h, w), latent_hw, stride),
-        }
+        poses = {"true": c2w, "shuffled": c2w.roll(1, dims=0), "static": c2w[:, :1].expand_as(c2w).clone()}
+        cameras = {name: camera if name == "true" else camera_inputs_from_world(p, k, (h, w), latent_hw, stride)
+                   for name, p in poses.items()}
+        if geometric:
+            bounds = transformer.config.chunk_bounds(latent_frames)
+            for name in poses:
+                g = clip_geometry(clip["frames"], clip["depth"], poses[name].float(), clip["intrinsics"], codec,
+                                  bounds, CacheCorruption.none(), torch.Generator())
+                cameras[name] = cameras[name].with_geometry(g)
+            empty = unknown_depth_geometry(clip["frames"][:, 0], codec, latent_frames)
+            true_g = cameras["true"].geometry
+            cameras["no_geometry"] = camera.with_geometry(torch.cat([true_g[:, :, :1], empty[:, :, 1:]], dim=2))
         for sigma in sigmas:
             noise = torch.randn(x0.shape, generator=gen).to(x0)
             xt = (1 - sigma) * x0 + sigma * noise
@@ -58,7 +73,7 @@ def camera_signal(transformer, codec, dataset, *, batches: int, batch_size: int,
                     v = transformer(xt.to(dtype), ts, camera=cam.to(device, dtype), mode="chunk_causal")
                 losses[name].append(float((v.float()[:, :, 1:] - target).pow(2).mean()))
     mean = {name: sum(v) / len(v) for name, v in losses.items()}
-    return {"loss": mean, "gap": {name: (mean[name] - mean["true"]) / mean["true"] for name in ("shuffled", "static")},
+    return {"loss": mean, "gap": {name: (mean[name] - mean["true"]) / mean["true"] for name in names[1:]},
             "evaluations": len(losses["true"]), "clips": batches * batch_size, "sigmas": sigmas,
             "latent_frames": latent_frames}
 
@@ -87,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     transformer = wm.teacher if args.which == "teacher" and wm.teacher is not None else wm.student
     which = "teacher" if transformer is wm.teacher else "student"
     frames = wm.codec.num_pixel_frames(args.latent_frames)
-    dataset = TwinClipDataset(args.data, num_frames=frames, random_crop=True, relative=True)
+    dataset = TwinClipDataset(args.data, num_frames=frames, random_crop=True, relative=True,
+                              load_depth=bool(wm.codec.depth_channels))
     result = camera_signal(transformer, wm.codec, dataset, batches=args.batches, batch_size=args.batch_size,
                            latent_frames=args.latent_frames, sigmas=args.sigmas, first_clip=args.first_clip,
                            seed=args.seed)
@@ -95,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"model": wm.name, "transformer": which, "command": command, **result}
     for name, value in result["loss"].items():
         gap = "" if name == "true" else f"  ({100 * result['gap'][name]:+.1f} % vs true)"
-        print(f"{name:9s} loss {value:.4f}{gap}")
+        print(f"{name:11s} loss {value:.4f}{gap}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

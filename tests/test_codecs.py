@@ -433,3 +433,58 @@ def test_ltx2_repo_id_offline_uses_cache_or_explains(tmp_path, causal_codec: LTX
     video = rand_video(1, 9, 64, 32)
     assert torch.allclose(codec.encode(video), causal_codec.encode(video), atol=1e-6)
     assert codec.to_config()["path"] == "owner/tiny-ltx2"
+
+
+# -- RGB-D -----------------------------------------------------------------------------------------------------
+def test_depth_channel_maps_metres_to_normalised_inverse_depth_and_back():
+    from world_model.codecs.base import DEPTH_REFERENCE_M, channel_to_depth, depth_to_channel
+
+    depth = torch.tensor([0.0, 0.05, 1.0, DEPTH_REFERENCE_M, 50.0, 300.0])
+    channel = depth_to_channel(depth)
+    assert channel[0] == -1 and channel[3] == 0 and (channel[1:] > -1).all() and (channel < 1).all()
+    assert (channel[1:].diff() < 0).all()  # nearer is larger
+    back = channel_to_depth(channel)
+    assert back[0] == 0 and torch.allclose(back[1:], depth[1:], rtol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_rgbd_patch_codec_round_trips_colour_and_depth(stride):
+    codec = PatchCodec(patch_size=4, temporal_stride=stride, depth_channels=stride * 16)
+    assert codec.latent_channels == 4 * stride * 16 and codec.depth_channels == stride * 16
+    g = torch.Generator().manual_seed(0)
+    frames = 1 + stride * 2
+    video = torch.rand(2, 3, frames, 8, 12, generator=g) * 2 - 1
+    depth = 0.5 + 10 * torch.rand(2, frames, 8, 12, generator=g)
+    depth[:, :, :2] = 0.0  # sky rows
+    z = codec.encode(video, depth)
+    assert z.shape == (2, codec.latent_channels, 3, 2, 3)
+    rgb, back = codec.decode(z, with_depth=True)
+    torch.testing.assert_close(rgb, video, atol=1e-5, rtol=0)
+    assert (back[:, :, :2] == 0).all()
+    torch.testing.assert_close(back[:, :, 2:], depth[:, :, 2:], atol=1e-3, rtol=1e-4)
+    assert torch.equal(codec.decode(z), rgb)  # colour only by default
+    # colour channels do not depend on depth: an RGB-D codec's colour latents equal the RGB codec's
+    plain = PatchCodec(patch_size=4, temporal_stride=stride)
+    torch.testing.assert_close(z[:, : plain.latent_channels], plain.encode(video))
+    # streaming decode gives depth chunk by chunk, as decode does
+    (v0, d0), state = codec.decode_chunk(z[:, :, :1], codec.decode_stream_start(), with_depth=True)
+    (v1, d1), _ = codec.decode_chunk(z[:, :, 1:], state, with_depth=True)
+    torch.testing.assert_close(torch.cat([d0, d1], 1), back)
+    assert PatchCodec.from_config(codec.to_config()).to_config() == codec.to_config()
+
+
+def test_truncated_depth_keeps_the_smooth_part_and_first_frames_take_depth():
+    codec = PatchCodec(patch_size=8, temporal_stride=2, latent_channels=96 + 8, depth_channels=8)
+    ramp = torch.linspace(1.0, 6.0, 64)[None, None, None, :].expand(1, 3, 64, 64).clone()  # a slanted wall
+    image = torch.zeros(1, 3, 64, 64)
+    z = codec.encode_image(image, ramp[:, 0])
+    _, depth = codec.decode(z, with_depth=True)
+    assert (depth[0, 0] - ramp[0, 0]).abs().max() < 0.05 * ramp.max()
+    with pytest.raises(ValueError, match="needs depth"):
+        codec.encode_image(image)
+    with pytest.raises(ValueError, match="encodes RGB only"):
+        PatchCodec(patch_size=8).encode_image(image, ramp[:, 0])
+    with pytest.raises(ValueError, match="depth must be finite and >= 0"):
+        codec.encode_image(image, -ramp[:, 0])
+    with pytest.raises(ValueError, match="depth_channels must be an int"):
+        PatchCodec(patch_size=4, depth_channels=17)

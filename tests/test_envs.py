@@ -393,3 +393,63 @@ def test_play_cli_headless_twin(tmp_path):
                               "--out", str(tmp_path / "p.mp4")])
     assert args.func(args) == 0
     assert (tmp_path / "p.mp4").stat().st_size > 0
+
+
+# -- geometry-guided models: depth observations, cache coverage, first-frame depth ----------------------------
+@pytest.fixture(scope="module")
+def geo36():
+    wm = untrained_world_model("tiny-geo", image_hw=(36, 36))
+    with torch.no_grad():  # wake the zero-initialised geometry and camera inputs
+        gen = torch.Generator().manual_seed(0)
+        for p in wm.student.parameters():
+            if not p.any():
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    return wm
+
+
+def test_depth_observation_and_cache_coverage_of_a_geometry_guided_model(geo36):
+    env = make("SanaWM-Nav-v0", geo36, depth_obs=True)
+    assert env.observation_space["depth"].shape == (36, 36) and env.observation_space["depth"].dtype == np.float32
+    obs, info = env.reset(seed=3)
+    assert env.observation_space.contains(obs)
+    # frame 0's depth is the twin's: the same as the twin env's first depth observation
+    twin = make("SanaWM-TwinNav-v0", geo36, depth_obs=True)
+    twin_obs, _ = twin.reset(seed=3)
+    np.testing.assert_allclose(obs["depth"], twin_obs["depth"], rtol=1e-6)
+    assert (obs["depth"] > 0).any()
+    for _ in range(3):
+        obs, _, _, _, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs) and 0.0 <= info["cache_coverage"] <= 1.0
+        twin_obs, *_ = twin.step(np.zeros(6, np.float32))
+        assert twin.observation_space.contains(twin_obs)
+    # frames mode: one depth map per frame of the step
+    frames = make("SanaWM-Nav-v0", geo36, depth_obs=True, obs_mode="frames")
+    obs, _ = frames.reset(seed=1)
+    n = frames.unwrapped.sim.frames_per_step
+    assert obs["depth"].shape == (n, 36, 36) and obs["image"].shape == (n, 36, 36, 3)
+    for e in (env, twin, frames):
+        e.close()
+
+
+def test_a_user_image_starts_with_its_depth_or_with_generated_depth(geo36, tmp_path):
+    image = (np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)
+    depth = np.full((48, 48), 2.5, np.float32)
+    np.save(tmp_path / "d.npy", depth)
+    env = make("SanaWM-Nav-v0", geo36, depth_obs=True)
+    opts = {"image": image, "intrinsics": [40.0, 40.0, 24.0, 24.0]}
+    given, _ = env.reset(seed=0, options={**opts, "depth": str(tmp_path / "d.npy")})
+    np.testing.assert_allclose(given["depth"], 2.5)
+    generated, _ = env.reset(seed=0, options=opts)
+    assert generated["depth"].shape == (36, 36) and np.isfinite(generated["depth"]).all()
+    again, _ = env.reset(seed=0, options=opts)
+    np.testing.assert_array_equal(again["depth"], generated["depth"])  # seeded
+    with pytest.raises(ValueError, match=r'options\["depth"\] is 4x48'):
+        env.reset(seed=0, options={**opts, "depth": depth[:4]})
+    env.close()
+
+
+def test_depth_observation_needs_a_model_that_generates_depth(wm36):
+    with pytest.raises(ValueError, match="generates no depth"):
+        make("SanaWM-Nav-v0", wm36, depth_obs=True)
+    with pytest.raises(ValueError, match="depth_obs needs obs_mode"):
+        make("SanaWM-TwinNav-v0", None, depth_obs=True, obs_mode="image")

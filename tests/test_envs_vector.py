@@ -111,3 +111,25 @@ def test_sb3_adapter_same_step_reset_and_ppo_smoke():
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (2, 6)
     venv.close()
+
+
+def test_geometry_guided_vector_env_resets_one_sub_env_and_imagines():
+    import torch
+
+    from world_model.bundles import untrained_world_model
+
+    wm = untrained_world_model("tiny-geo", image_hw=(16, 16))
+    with torch.no_grad():
+        for p in wm.student.parameters():
+            if not p.any():
+                p.add_(0.05 * torch.randn_like(p))
+    venv = make_vec("SanaWM-Nav-v0", 2, model=wm, depth_obs=True, task_config={"max_steps": 2})
+    obs, _ = venv.reset(seed=4)
+    assert obs["depth"].shape == (2, 16, 16)
+    for _ in range(4):  # sub-envs end after 2 steps and restart on the next one: caches are selected per element
+        obs, _, _, _, info = venv.step(np.zeros((2, 6), np.float32))
+        assert venv.observation_space.contains(obs) and np.isfinite(obs["depth"]).all()
+    sim = venv.unwrapped.sim if hasattr(venv.unwrapped, "sim") else venv.sim
+    out = sim.imagine(0, np.zeros((3, 2, 6)))
+    assert out["frames"].shape[:2] == (3, 2 * sim.frames_per_step)
+    venv.close()

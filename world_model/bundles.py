@@ -155,21 +155,33 @@ def load_world_model(
 
 
 def untrained_world_model(
-    preset: str = "small-cpu", *, patch_size: int | None = None, seed: int = 0, image_hw: tuple[int, int] = (64, 64)
+    preset: str = "small-cpu", *, patch_size: int | None = None, seed: int = 0, image_hw: tuple[int, int] = (64, 64),
+    depth_channels: int | None = None,
 ) -> WorldModel:
     """A random-weight world model of a preset with a matching patch codec (for plumbing and tests).
 
-    Its frames are noise; the untrained model is also a baseline of the fidelity evaluation.
+    Its frames are noise; the untrained model is also a baseline of the fidelity evaluation. Geometry-guided
+    presets get an RGB-D codec whose depth takes ``depth_channels`` of the latent channels (default: the
+    geometry input's coverage channels tell the stride; the colour channels fill whole patches).
     """
     from .checkpoints import build_transformer
     from .codecs import PatchCodec
 
     student = build_transformer(preset, seed=seed)
     cfg = student.config
+    s = cfg.temporal_stride
+    if depth_channels is None:
+        depth_channels = 0
+        if cfg.geometry_channels:  # colour fills 3*s*p*p channels of whole patches; the rest is depth
+            p = 1
+            while 3 * s * (p + 1) ** 2 < cfg.in_channels:
+                p += 1
+            depth_channels = cfg.in_channels - 3 * s * p * p
     if patch_size is None:
-        per_frame = cfg.in_channels // (3 * cfg.temporal_stride)
+        per_frame = (cfg.in_channels - depth_channels) // (3 * s)
         patch_size = int(round(per_frame**0.5))
-    codec = PatchCodec(patch_size=patch_size, temporal_stride=cfg.temporal_stride)
+    codec = PatchCodec(patch_size=patch_size, temporal_stride=s,
+                       latent_channels=cfg.in_channels if depth_channels else None, depth_channels=depth_channels)
     if codec.latent_channels != cfg.in_channels:
         raise ValueError(
             f"preset {preset!r} expects {cfg.in_channels} latent channels; PatchCodec(patch_size={patch_size}) "

@@ -743,12 +743,21 @@ class CameraInputs:
     latent frame.
     ``plucker`` (B, 6*stride, T, h, w): Plücker rays of each latent frame's raw-frame group (channel
     ``frame_in_group*6 + c``).
+    ``geometry`` (B, G, T, h, w), optional: what the geometry cache shows at each latent frame's poses, encoded
+    (:mod:`world_model.geometry`); read by models with ``geometry_channels = G``.
     """
 
     conditions: torch.Tensor
     plucker: torch.Tensor
+    geometry: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
+        g = self.geometry
+        if g is not None:
+            p = self.plucker
+            if not isinstance(g, torch.Tensor) or g.ndim != 5 or g.shape[0] != p.shape[0] or g.shape[2:] != p.shape[2:]:
+                raise ValueError(f"geometry must be a (B, G, T, h, w) tensor matching plucker {_shape_str(p.shape)} "
+                                 f"in B, T, h, w, got {_describe(g)}")
         c, p = self.conditions, self.plucker
         if not isinstance(c, torch.Tensor) or c.ndim != 3 or c.shape[-1] != 20:
             raise ValueError(f"conditions must be a (B, T, 20) tensor, got {_describe(c)}")
@@ -779,8 +788,14 @@ class CameraInputs:
         return int(self.plucker.shape[-2]), int(self.plucker.shape[-1])
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CameraInputs:
-        """Move/cast both tensors."""
-        return CameraInputs(self.conditions.to(device=device, dtype=dtype), self.plucker.to(device=device, dtype=dtype))
+        """Move/cast every tensor."""
+        geometry = None if self.geometry is None else self.geometry.to(device=device, dtype=dtype)
+        return CameraInputs(self.conditions.to(device=device, dtype=dtype), self.plucker.to(device=device, dtype=dtype),
+                            geometry)
+
+    def with_geometry(self, geometry: torch.Tensor | None) -> CameraInputs:
+        """The same camera with ``geometry`` (B, G, T, h, w) attached (or removed with None)."""
+        return CameraInputs(self.conditions, self.plucker, geometry)
 
     def slice_frames(self, start: int, stop: int) -> CameraInputs:
         """Latent frames ``[start, stop)``; requires ``0 <= start < stop <= T`` (no silent clipping)."""
@@ -788,7 +803,8 @@ class CameraInputs:
         ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (start, stop))
         if not ok or not (0 <= start < stop <= t):
             raise ValueError(f"slice_frames(start={start!r}, stop={stop!r}) needs ints with 0 <= start < stop <= {t}")
-        return CameraInputs(self.conditions[:, start:stop], self.plucker[:, :, start:stop])
+        geometry = None if self.geometry is None else self.geometry[:, :, start:stop]
+        return CameraInputs(self.conditions[:, start:stop], self.plucker[:, :, start:stop], geometry)
 
     @classmethod
     def cat(cls, items: Sequence[CameraInputs], dim: str = "frames") -> CameraInputs:
@@ -809,9 +825,13 @@ class CameraInputs:
                 raise ValueError(f"items[{i}] has batch size {x.batch_size}; expected {first.batch_size}")
             if dim == "batch" and x.num_frames != first.num_frames:
                 raise ValueError(f"items[{i}] has {x.num_frames} latent frames; expected {first.num_frames}")
-        if dim == "frames":
-            return cls(torch.cat([x.conditions for x in items], 1), torch.cat([x.plucker for x in items], 2))
-        return cls(torch.cat([x.conditions for x in items], 0), torch.cat([x.plucker for x in items], 0))
+        with_geometry = [x.geometry is not None for x in items]
+        if any(with_geometry) and not all(with_geometry):
+            raise ValueError("items must all carry geometry or all not (some have it)")
+        c_dim, p_dim = (1, 2) if dim == "frames" else (0, 0)
+        geometry = torch.cat([x.geometry for x in items], p_dim) if all(with_geometry) else None
+        return cls(torch.cat([x.conditions for x in items], c_dim), torch.cat([x.plucker for x in items], p_dim),
+                   geometry)
 
 
 def _describe(x: Any) -> str:

@@ -188,6 +188,38 @@ def save_transformer(
     return folder
 
 
+def grow_transformer(source: SanaWMTransformer, config: ModelConfig | str | dict[str, Any], *, seed: int = 0
+                     ) -> tuple[SanaWMTransformer, dict[str, list[str]]]:
+    """A model of ``config`` that starts from ``source``'s weights: same-named tensors are copied; where
+    ``config`` is larger (more latent channels, e.g. an RGB-D codec's depth) the old part is copied and the new
+    part zeroed, so the grown model computes what ``source`` did on the old channels and nothing on the new
+    ones; tensors ``source`` lacks (e.g. the geometry embedding) keep their initialisation.
+
+    Returns ``(model, {"copied": [...], "grown": [...], "new": [...], "skipped": [...]})``; a tensor that
+    shrinks or changes rank is skipped (left at its initialisation)."""
+    model = build_transformer(config, seed=seed, dtype=torch.float32)
+    old = {k: v.detach().float() for k, v in source.state_dict().items()}
+    report: dict[str, list[str]] = {"copied": [], "grown": [], "new": [], "skipped": []}
+    new_state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in new_state.items():
+            if name not in old:
+                report["new"].append(name)
+                continue
+            src = old[name]
+            if src.shape == tensor.shape:
+                tensor.copy_(src)
+                report["copied"].append(name)
+            elif src.ndim == tensor.ndim and all(a <= b for a, b in zip(src.shape, tensor.shape)):
+                tensor.zero_()
+                tensor[tuple(slice(0, n) for n in src.shape)] = src
+                report["grown"].append(name)
+            else:
+                report["skipped"].append(name)
+    model.load_state_dict(new_state)
+    return model, report
+
+
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The ``metadata`` stored by :func:`save_transformer` in a sana-wm-env folder."""
     doc = _read_json(Path(folder) / CONFIG_NAME)

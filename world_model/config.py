@@ -38,6 +38,9 @@ class ModelConfig:
     # Camera
     plucker_channels: int = 48  # 6 * codec temporal stride
     plucker_blocks: int = 20  # blocks with the post-attention Plücker residual (-1 = all)
+    # Geometry: channels of the encoded geometry-cache render added to the input tokens through a zero-initialised
+    # patch embedding (0 = none, as the official models; see world_model.geometry)
+    geometry_channels: int = 0
     # Text: caption_channels == 0 builds a model without text cross-attention.
     caption_channels: int = 2304
     text_max_length: int = 300
@@ -75,6 +78,8 @@ class ModelConfig:
             errors.append(f"patch_size must be (1, p, p), got {self.patch_size}")
         if self.plucker_channels % 6:
             errors.append(f"plucker_channels must be 6 * temporal stride, got {self.plucker_channels}")
+        if self.geometry_channels < 0:
+            errors.append(f"geometry_channels must be >= 0, got {self.geometry_channels}")
         if self.chunk_size < 1 or self.first_chunk_size < 1:
             errors.append("chunk_size and first_chunk_size must be >= 1")
         if self.stream_sink_chunks < 0 or self.stream_window_chunks < 0:
@@ -177,10 +182,24 @@ PRESETS: dict[str, ModelConfig] = {
         depth=4, hidden_size=64, head_dim=32, cross_attn_heads=2, softmax_every_n=4, in_channels=12,
         plucker_channels=6, plucker_blocks=-1, caption_channels=0, mlp_ratio=2.0, meta={"name": "tiny-notext"},
     ),
+    # tiny-notext with geometry: RGB-D PatchCodec(2, 2, 24 colour + 8 depth channels) and the cache's render
+    "tiny-geo": ModelConfig(
+        depth=4, hidden_size=64, head_dim=32, cross_attn_heads=2, softmax_every_n=4, in_channels=32,
+        plucker_channels=12, plucker_blocks=-1, caption_channels=0, mlp_ratio=2.0, geometry_channels=34,
+        chunk_size=1, first_chunk_size=2, stream_window_chunks=3, meta={"name": "tiny-geo"},
+    ),
     # The bundled twin-world model: 64x64 frames through PatchCodec(8, temporal stride 2, 96 channels) -> 8x8 tokens.
     "twin-s": ModelConfig(
         depth=6, hidden_size=192, head_dim=48, cross_attn_heads=4, softmax_every_n=4, in_channels=96,
         plucker_channels=12, plucker_blocks=-1, caption_channels=0, mlp_ratio=2.0, meta={"name": "twin-s"},
+    ),
+    # The geometry-guided twin-world model: twin-s's backbone on RGB-D latents (PatchCodec(8, 2, 96 colour + 16
+    # depth channels)) with the geometry cache's render as input (112 codec channels + 2 coverage), one latent
+    # frame (2 video frames) per streaming step, a 3-chunk softmax window.
+    "twin-g": ModelConfig(
+        depth=6, hidden_size=192, head_dim=48, cross_attn_heads=4, softmax_every_n=4, in_channels=112,
+        plucker_channels=12, plucker_blocks=-1, caption_channels=0, mlp_ratio=2.0, geometry_channels=114,
+        chunk_size=1, first_chunk_size=2, stream_window_chunks=3, meta={"name": "twin-g"},
     ),
     # Size class of the bundled CPU model (no text, light patch codec with temporal stride 1).
     "small-cpu": ModelConfig(

@@ -18,6 +18,12 @@ stride) and returns that many new frames ``(B, n, 3, H, W)`` in [-1, 1].
 
 Each chunk's noise depends only on (seed of the batch element, chunk index): same seed and same poses
 give the same frames, alone or batched.
+
+Geometry-guided models (``geometry_channels > 0``, an RGB-D codec) also keep a
+:class:`world_model.point_cache.PointCache` in the state: frame 0 with its depth (``start(..., depth=)``; without
+it the model generates frame 0's depth from its colours), then every generated frame with its generated depth.
+Each step renders the cache at the step's poses and gives the render to the transformer
+(:mod:`world_model.geometry`); ``state.last_depth`` holds the depth of the frames the last step returned.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from dataclasses import dataclass
 import torch
 
 from .cache import StreamCache
-from .camera import camera_inputs_from_world, validate_c2w, validate_intrinsics
+from .camera import CameraInputs, camera_inputs_from_world, validate_c2w, validate_intrinsics
 from .codecs.base import DecodeStreamState, LatentCodec
+from .geometry import geometry_channels, geometry_inputs
+from .point_cache import PointCache
 from .sampling import distilled_sigmas, euler_step, flow_sigmas, guide, seeded_noise
 from .transformer import SanaWMTransformer
 
@@ -60,6 +68,10 @@ class GeneratorState:
     last_c2w: torch.Tensor | None = None  # (B, 4, 4) world pose of the last frame
     history_c2w: torch.Tensor | None = None  # bidirectional only: all poses so far (B, F, 4, 4)
     latents: torch.Tensor | None = None  # causal: the last step's clean latents (B, C, t, h, w) (chunk 0: frame 0 too)
+    geometry: PointCache | None = None  # geometry-guided models: frame 0 and every generated frame, with depth
+    last_depth: torch.Tensor | None = None  # geometry-guided models: depth (B, n, H, W) metres of the last frames
+    last_coverage: torch.Tensor | None = None  # geometry-guided models: share (B, n) of those frames' pixels the
+    # cache covered before they were generated
 
     @property
     def batch_size(self) -> int:
@@ -69,7 +81,7 @@ class GeneratorState:
         return dataclasses.replace(self)
 
     def nbytes(self) -> int:
-        caches = [c for c in (self.cache, self.uncond_cache) if c is not None]
+        caches = [c for c in (self.cache, self.uncond_cache, self.geometry) if c is not None]
         return sum(c.nbytes() for c in caches)
 
 
@@ -78,6 +90,15 @@ def _seeds(seed: int | Sequence[int], batch: int) -> tuple[int, ...]:
     if len(seeds) != batch:
         raise ValueError(f"seed must be an int or one int per batch element ({batch}), got {len(seeds)} seeds")
     return seeds
+
+
+def _check_first_depth(depth, shape: tuple[int, int, int]) -> torch.Tensor:
+    if not isinstance(depth, torch.Tensor) or not depth.is_floating_point() or tuple(depth.shape) != shape:
+        got = f"{getattr(depth, 'dtype', type(depth).__name__)} {tuple(getattr(depth, 'shape', ()))}"
+        raise ValueError(f"depth must be a float tensor {shape} (frame 0's depth in metres, 0 = sky), got {got}")
+    if not bool(torch.isfinite(depth).all()) or bool((depth < 0).any()):
+        raise ValueError("depth must be finite and >= 0 (metres; 0 marks sky / no surface)")
+    return depth.float()
 
 
 class _Generator(abc.ABC):
@@ -103,6 +124,11 @@ class _Generator(abc.ABC):
             )
         if guidance_scale != 1.0 and not cfg.has_text:
             raise ValueError(f"guidance_scale={guidance_scale} needs a text model; this model has no text (use 1.0)")
+        if cfg.geometry_channels and (not codec.depth_channels or cfg.geometry_channels != geometry_channels(codec)):
+            raise ValueError(
+                f"a geometry-guided model ({cfg.geometry_channels} geometry channels) needs an RGB-D codec with "
+                f"{cfg.geometry_channels - codec.temporal_stride} latent channels; this codec has "
+                f"{codec.latent_channels} ({codec.depth_channels} of depth)")
         self.transformer = transformer
         self.codec = codec
         self.sigmas = sigmas
@@ -111,6 +137,11 @@ class _Generator(abc.ABC):
     @property
     def config(self):
         return self.transformer.config
+
+    @property
+    def takes_depth(self) -> bool:
+        """Whether ``start`` uses frame 0's depth (geometry-guided models; without it they generate one)."""
+        return bool(self.config.geometry_channels)
 
     @property
     def device(self) -> torch.device:
@@ -129,12 +160,15 @@ class _Generator(abc.ABC):
         negative_text: torch.Tensor | None = None,
         negative_text_mask: torch.Tensor | None = None,
         seed: int | Sequence[int] = 0,
+        depth: torch.Tensor | None = None,
     ) -> GeneratorState:
         """Begin an episode from ``image (B, 3, H, W)`` in [-1, 1] with ``intrinsics`` ((4,) or (B, 4) pixels).
 
         ``c2w``: world pose of the first frame ((4, 4) or (B, 4, 4); identity if omitted). ``text``: optional
         prompt features ``(B, L, caption_channels)``; without it a text model uses its learned null caption,
-        which is also the unconditional branch of CFG unless ``negative_text`` is given.
+        which is also the unconditional branch of CFG unless ``negative_text`` is given. ``depth``: frame 0's
+        depth ``(B, H, W)`` in metres (0 = sky) for geometry-guided models (:attr:`takes_depth`); without it they
+        generate it from the image. Other models refuse it.
         """
         if not isinstance(image, torch.Tensor) or image.ndim != 4 or image.shape[1] != 3:
             got = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
@@ -155,13 +189,82 @@ class _Generator(abc.ABC):
         if text is not None and text.shape[0] != b:
             raise ValueError(f"text must have batch size {b}, got {tuple(text.shape)}")
         latent_hw = self.codec.latent_hw((h, w))
-        first = self.codec.encode_image(image.to(self.device, torch.float32)).to(self.transformer.dtype)
+        seeds = _seeds(seed, b)
+        image = image.to(self.device, torch.float32)
+        geometry = None
+        if self.takes_depth:
+            if depth is None:
+                depth = self.generate_depth(image, k, seeds, text=text, text_mask=text_mask)
+            depth = _check_first_depth(depth, (b, h, w)).to(self.device)
+            geometry = PointCache.from_frame(image, depth, ref.to(self.device), k.to(self.device))
+            first = self.codec.encode_image(image, depth)
+        elif depth is not None:
+            raise ValueError("depth: this model does not use depth (it has no geometry cache); pass depth=None")
+        else:
+            first = self.codec.encode_image(image)
         state = GeneratorState(
             image_hw=(h, w), latent_hw=latent_hw, intrinsics=k.clone(), reference_c2w=ref.clone(),
-            seeds=_seeds(seed, b), first_latent=first, text=text, text_mask=text_mask,
-            uncond_text=negative_text, uncond_text_mask=negative_text_mask, last_c2w=ref.clone(),
+            seeds=seeds, first_latent=first.to(self.transformer.dtype), text=text, text_mask=text_mask,
+            uncond_text=negative_text, uncond_text_mask=negative_text_mask, last_c2w=ref.clone(), geometry=geometry,
+            last_depth=None if depth is None or not self.takes_depth else depth[:, None].clone(),
         )
         return self._init_state(state)
+
+    @torch.no_grad()
+    def generate_depth(self, image: torch.Tensor, intrinsics, seed: int | Sequence[int] = 0, *,
+                       text: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                       num_steps: int = 16, shift: float = 3.0) -> torch.Tensor:
+        """Frame 0's depth ``(B, H, W)`` metres generated from its colours (geometry-guided models).
+
+        Latent frame 0 alone is sampled with its colour channels held at the image's latents and its depth
+        channels denoised from seeded noise (``num_steps`` Euler steps, flow shift ``shift``), the way training
+        teaches it (frames whose colour is clean while their depth is noisy). The geometry input is the image
+        itself, fully covered, with depth unknown (read as sky)."""
+        if not self.takes_depth:
+            raise ValueError("generate_depth needs a geometry-guided model with an RGB-D codec")
+        b, _, h, w = image.shape
+        k = validate_intrinsics(intrinsics, "intrinsics").float()
+        k = k.expand(b, 4) if k.shape == (4,) else k
+        model, dtype, d = self.transformer, self.transformer.dtype, self.codec.depth_channels
+        image = image.to(self.device, torch.float32)
+        unknown = torch.zeros(b, h, w, device=self.device)
+        clean = self.codec.encode_image(image, unknown).to(dtype)
+        eye = torch.eye(4, device=self.device).expand(b, 1, 4, 4)
+        latent_hw = self.codec.latent_hw((h, w))
+        camera = camera_inputs_from_world(eye, k.to(self.device), (h, w), latent_hw, self.codec.temporal_stride)
+        geometry = geometry_inputs(self._image_render(image, unknown), self.codec, first=True)
+        camera = camera.to(self.device, torch.float32).with_geometry(geometry)
+        x = seeded_noise(clean.shape, _seeds(seed, b), -1, dtype=dtype, device=self.device)
+        x[:, :-d] = clean[:, :-d]
+        sig = flow_sigmas(num_steps, shift).tolist()
+        for i in range(len(sig) - 1):
+            t = torch.full((b, 1), sig[i] * 1000.0, device=self.device)
+            v = model(x, t, camera=camera, text=text, text_mask=text_mask, mode="chunk_causal")
+            x = euler_step(x, v.to(dtype), sig[i], sig[i + 1])
+            x[:, :-d] = clean[:, :-d]
+        _, depth = self.codec.decode(x.float(), with_depth=True)
+        return depth[:, 0]
+
+    @staticmethod
+    def _image_render(image: torch.Tensor, depth: torch.Tensor):
+        """A one-view cache render of the image itself (every pixel covered)."""
+        from .point_cache import CacheRender
+
+        mask = torch.ones_like(depth, dtype=torch.bool)
+        return CacheRender(image[:, None], depth[:, None], mask[:, None], (depth == 0)[:, None])
+
+    def _geometry_camera(self, state: GeneratorState, camera: CameraInputs, poses: torch.Tensor, first: bool
+                         ) -> tuple[CameraInputs, torch.Tensor | None]:
+        """``camera`` with the cache's render at this chunk's frame poses attached, and the share ``(B, n)`` of each
+        new frame's pixels the cache covers (geometry-guided models; else ``camera`` and None)."""
+        if not self.takes_depth:
+            return camera, None
+        if first:
+            poses = torch.cat([state.reference_c2w[:, None], poses], dim=1)
+        render = state.geometry.render(poses.to(self.device), state.intrinsics.to(self.device), state.image_hw)
+        coverage = render.coverage()[:, 1:] if first else render.coverage()
+        geometry = geometry_inputs(render, self.codec, first=first).to(camera.plucker.dtype)
+        return camera.with_geometry(geometry), coverage
 
     def _init_state(self, state: GeneratorState) -> GeneratorState:
         return state
@@ -259,7 +362,7 @@ class _CausalGenerator(_Generator):
             raise ValueError("state must come from this generator's start() or step()")
         poses = self._check_step_poses(state, c2w)
         first = state.chunk_index == 0
-        camera = self._camera(state, poses, first)
+        camera, coverage = self._geometry_camera(state, self._camera(state, poses, first), poses, first)
         model, dtype = self.transformer, self.transformer.dtype
         b, t = state.batch_size, camera.num_frames
         x = seeded_noise((b, model.config.in_channels, t, *state.latent_hw), state.seeds, state.chunk_index,
@@ -289,13 +392,23 @@ class _CausalGenerator(_Generator):
             _, uncond_cache = model.forward_stream(x, zeros, cache=state.uncond_cache, camera=camera,
                                                    text=state.uncond_text, text_mask=state.uncond_text_mask,
                                                    write_cache=True)
-        video, decode = self.codec.decode_chunk(x.float(), state.decode)  # (B, 3, F, H, W)
+        geometry, depth = state.geometry, None
+        if self.takes_depth:
+            (video, depth), decode = self.codec.decode_chunk(x.float(), state.decode, with_depth=True)
+            depth = depth[:, 1:] if first else depth
+        else:
+            video, decode = self.codec.decode_chunk(x.float(), state.decode)  # (B, 3, F, H, W)
         if first:
             video = video[:, :, 1:]  # frame 0 is the given image
         frames = video.permute(0, 2, 1, 3, 4)
+        if depth is not None:  # the new frames join the cache; generated depth is blurred at edges: drop the ramps
+            for i in range(frames.shape[1]):
+                geometry = geometry.add(frames[:, i].float(), depth[:, i], poses[:, i].to(self.device),
+                                        state.intrinsics.to(self.device), edge_filter="ramps")
         new_state = dataclasses.replace(
             state, cache=cache, uncond_cache=uncond_cache, decode=decode, chunk_index=state.chunk_index + 1,
             frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(), latents=x.detach(),
+            geometry=geometry, last_depth=depth, last_coverage=coverage,
         )
         return frames, new_state
 
@@ -358,9 +471,12 @@ class BidirectionalGenerator(_Generator):
         return dataclasses.replace(state, history_c2w=state.reference_c2w[:, None].clone())
 
     @torch.no_grad()
-    def sample(self, state: GeneratorState, poses: torch.Tensor, progress: ProgressFn | None = None) -> torch.Tensor:
-        """Jointly sample every frame for world poses ``poses (B, F, 4, 4)`` (frame 0 = the start image)."""
-        camera = self._camera(state, poses[:, 1:], first=True)
+    def sample(self, state: GeneratorState, poses: torch.Tensor, progress: ProgressFn | None = None,
+               *, with_depth: bool = False):
+        """Jointly sample every frame for world poses ``poses (B, F, 4, 4)`` (frame 0 = the start image):
+        ``video (B, F, 3, H, W)``, or ``(video, depth (B, F, H, W))`` with ``with_depth`` (geometry-guided models,
+        whose geometry input is frame 0's cache: the clip is sampled jointly, not frame after frame)."""
+        camera, _ = self._geometry_camera(state, self._camera(state, poses[:, 1:], first=True), poses[:, 1:], True)
         model, dtype = self.transformer, self.transformer.dtype
         b, t = state.batch_size, camera.num_frames
         x = seeded_noise((b, model.config.in_channels, t, *state.latent_hw), state.seeds, 0,
@@ -379,6 +495,9 @@ class BidirectionalGenerator(_Generator):
             x[:, :, :1] = state.first_latent
             if progress is not None:
                 progress(i + 1, len(sig) - 1)
+        if with_depth:
+            video, depth = self.codec.decode(x.float(), with_depth=True)
+            return video.permute(0, 2, 1, 3, 4), depth
         return self.codec.decode(x.float()).permute(0, 2, 1, 3, 4)
 
     def generate(self, image, intrinsics, c2w, *, progress: ProgressFn | None = None, **start_kwargs) -> torch.Tensor:
@@ -394,10 +513,19 @@ class BidirectionalGenerator(_Generator):
             raise ValueError("state must come from this generator's start() or step()")
         poses = self._check_step_poses(state, c2w)
         history = torch.cat([state.history_c2w, poses], dim=1)
-        video = self.sample(state, history)
         n = poses.shape[1]
+        depth = None
+        coverage = None
+        if self.takes_depth:
+            video, depth = self.sample(state, history, with_depth=True)
+            depth = depth[:, -n:]
+            coverage = state.geometry.render(poses.to(self.device), state.intrinsics.to(self.device),
+                                             state.image_hw).coverage()
+        else:
+            video = self.sample(state, history)
         new_state = dataclasses.replace(
             state, history_c2w=history, chunk_index=state.chunk_index + 1,
-            frames_done=state.frames_done + n, last_c2w=poses[:, -1].clone(),
+            frames_done=state.frames_done + n, last_c2w=poses[:, -1].clone(), last_depth=depth,
+            last_coverage=coverage,
         )
         return video[:, -n:], new_state

@@ -51,7 +51,11 @@ class SanaWMTransformer(nn.Module):
         self.x_embedder = PatchEmbed3D(config.in_channels, c, patch)
         self.plucker_embedder = PatchEmbed3D(config.plucker_channels, c, patch)
         self.raymap_embedder = PatchEmbed3D(3, c, patch)  # absolute UCPE map: unused upstream, kept for loading
-        for emb in (self.plucker_embedder, self.raymap_embedder):
+        embedders = [self.plucker_embedder, self.raymap_embedder]
+        if config.geometry_channels:  # the geometry cache's render, GEN3C-style: starts with no effect
+            self.geometry_embedder = PatchEmbed3D(config.geometry_channels, c, patch)
+            embedders.append(self.geometry_embedder)
+        for emb in embedders:
             nn.init.zeros_(emb.proj.weight)
             nn.init.zeros_(emb.proj.bias)
         self.t_embedder = TimestepEmbedder(c)
@@ -226,6 +230,17 @@ class SanaWMTransformer(nn.Module):
             raise ValueError("timestep values must be finite and in [0, 1000]")
         return timestep
 
+    def _geometry(self, camera, b: int, t: int, latent_hw) -> torch.Tensor:
+        """Embedded geometry-cache render (models with ``geometry_channels``): it rides on ``camera.geometry``."""
+        cfg = self.config
+        g = None if camera is None else camera.geometry
+        if g is None or tuple(g.shape) != (b, cfg.geometry_channels, t, *latent_hw):
+            got = "none" if g is None else tuple(g.shape)
+            raise ValueError(f"this model reads the geometry cache: camera.geometry must have shape "
+                             f"({b}, {cfg.geometry_channels}, {t}, {latent_hw[0]}, {latent_hw[1]}) "
+                             f"(world_model.geometry.geometry_inputs), got {got}")
+        return self.geometry_embedder(g.to(self.dtype))
+
     def _camera_context(self, camera, b: int, t: int, grid_hw, rope: torch.Tensor):
         if camera is None:
             return None, None
@@ -296,7 +311,10 @@ class SanaWMTransformer(nn.Module):
         timestep = self._check_timestep(timestep, b, t)
         offset = 0 if cache is None else cache.next_frame
 
-        x = self.x_embedder(latents).reshape(b, t, s, cfg.hidden_size)
+        x = self.x_embedder(latents)
+        if cfg.geometry_channels:
+            x = x + self._geometry(camera, b, t, latents.shape[-2:])
+        x = x.reshape(b, t, s, cfg.hidden_size)
         t_emb = self.t_embedder(timestep.long().flatten()).reshape(b, t, -1)  # integer timesteps, as upstream
         modulation = self.t_block(t_emb).reshape(b, t, 6, cfg.hidden_size)
         rope, cam, plucker = self._positional_context(camera, b, t, grid_hw, offset, x.device,

@@ -23,21 +23,27 @@ RESUMABLE = {"steps", "log_every", "sample_every", "checkpoint_every", "num_work
 
 
 def parse_codec(text: str, in_channels: int) -> dict[str, Any]:
-    """``patch:P[:S]`` (PatchCodec, patch P, temporal stride S, truncated to the model's channels) or ``ltx2:PATH``."""
+    """``patch:P[:S[:D]]`` (PatchCodec, patch P, temporal stride S, D depth channels of an RGB-D codec; colour
+    truncated to the model's channels) or ``ltx2:PATH``."""
     parts = text.split(":")
-    if parts[0] == "patch" and len(parts) in (2, 3):
+    if parts[0] == "patch" and len(parts) in (2, 3, 4):
         try:
-            p, s = int(parts[1]), int(parts[2]) if len(parts) == 3 else 1
+            p, s = int(parts[1]), int(parts[2]) if len(parts) >= 3 else 1
+            d = int(parts[3]) if len(parts) == 4 else 0
         except ValueError:
-            raise ValueError(f"--codec must be patch:P[:S] with integers, got {text!r}") from None
+            raise ValueError(f"--codec must be patch:P[:S[:D]] with integers, got {text!r}") from None
         full = 3 * s * p * p
-        if in_channels > full:
-            raise ValueError(f"--codec {text} gives at most {full} latent channels; the model needs {in_channels}")
-        return {"type": "patch", "patch_size": p, "temporal_stride": s,
-                "latent_channels": None if in_channels == full else in_channels}
+        if not in_channels - d <= full or in_channels <= d:
+            raise ValueError(f"--codec {text} gives 1 to {full} colour channels plus {d} of depth; the model needs "
+                             f"{in_channels} latent channels")
+        config = {"type": "patch", "patch_size": p, "temporal_stride": s,
+                  "latent_channels": None if in_channels == full + d else in_channels}
+        if d:
+            config["depth_channels"] = d
+        return config
     if parts[0] == "ltx2" and len(parts) >= 2:
         return {"type": "ltx2", "path": text.split(":", 1)[1]}
-    raise ValueError(f"--codec must be patch:P[:S] or ltx2:PATH, got {text!r}")
+    raise ValueError(f"--codec must be patch:P[:S[:D]] or ltx2:PATH, got {text!r}")
 
 
 def parse_frames(text: str) -> tuple[tuple[int, int], ...]:
@@ -117,7 +123,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_common(p)
     add_export_options(p)
     p.add_argument("--preset", default=None, help="model: a preset name (e.g. small-cpu) or a ModelConfig .json")
-    p.add_argument("--codec", default=None, help="patch:P[:S] (PatchCodec) or ltx2:PATH (default patch:4)")
+    p.add_argument("--codec", default=None,
+                   help="patch:P[:S[:D]] (PatchCodec; D depth channels make it RGB-D, for geometry-guided models "
+                        "such as --preset twin-g: patch:8:2:16) or ltx2:PATH (default patch:4)")
     p.add_argument("--mode", choices=("chunk_causal", "bidirectional"), default=None)
     p.add_argument("--shift", type=float, default=None, dest="flow_shift", help="timestep shift (default 3)")
     p.add_argument("--init-from", default=None, dest="init_from", help="transformer folder to fine-tune from")
@@ -151,9 +159,10 @@ def open_dataset(args: argparse.Namespace, codec_cfg: dict, max_latent: int):
     from sana_wm_env.datasets import TwinClipDataset
     from world_model.codecs import build_codec
 
-    stride = build_codec(codec_cfg).temporal_stride
-    frames = 1 + stride * (max_latent - 1)
-    ds = TwinClipDataset(args.data, num_frames=frames, stride=args.frame_stride, random_crop=True, relative=True)
+    codec = build_codec(codec_cfg)
+    frames = 1 + codec.temporal_stride * (max_latent - 1)
+    ds = TwinClipDataset(args.data, num_frames=frames, stride=args.frame_stride, random_crop=True, relative=True,
+                         load_depth=bool(codec.depth_channels))
     return ds, ds.spec.fps / args.frame_stride
 
 

@@ -54,15 +54,38 @@ class WorldModelBackend:
                 kept.append(([members[p] for p in keep], select_state(state, keep)))
         self.groups = kept
 
+    @property
+    def takes_depth(self) -> bool:
+        """Whether the model keeps a geometry cache (it uses frame 0's depth and generates depth)."""
+        return bool(self.generator.takes_depth)
+
     def start(self, idx: Sequence[int], images: np.ndarray, intrinsics: np.ndarray, c2w: np.ndarray,
-              seeds: Sequence[int], text: torch.Tensor | None = None) -> None:
-        """(Re)start elements ``idx`` from uint8 images (b, H, W, 3), intrinsics (b, 4), poses (b, 4, 4)."""
+              seeds: Sequence[int], text: torch.Tensor | None = None, depth: np.ndarray | None = None) -> None:
+        """(Re)start elements ``idx`` from uint8 images (b, H, W, 3), intrinsics (b, 4), poses (b, 4, 4) and, for
+        geometry-guided models, frame 0's depth (b, H, W) metres (None: the model generates it)."""
         self._remove(idx)
+        kwargs = {} if depth is None else {"depth": torch.as_tensor(depth, dtype=torch.float32)}
         state = self.generator.start(
             from_uint8(images), torch.as_tensor(intrinsics, dtype=torch.float32),
-            c2w=torch.as_tensor(c2w, dtype=torch.float32), seed=[int(s) for s in seeds], text=text,
+            c2w=torch.as_tensor(c2w, dtype=torch.float32), seed=[int(s) for s in seeds], text=text, **kwargs,
         )
         self.groups.append((list(idx), state))
+
+    def geometry(self, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(depth (b, n, H, W) float32 metres, coverage (b, n) float32 or None)`` of elements ``idx``'s last
+        frames (after ``start``: frame 0's depth, no coverage). Geometry-guided models only."""
+        if not self.takes_depth:
+            raise ValueError("this world model generates no depth (it has no geometry cache)")
+        depth, coverage = [], []
+        for e in idx:
+            members, state = next(((m, s) for m, s in self.groups if e in m), (None, None))
+            if state is None:
+                raise ValueError(f"element {e} has not been started")
+            row = members.index(e)
+            depth.append(state.last_depth[row].detach().cpu().float().numpy())
+            coverage.append(None if state.last_coverage is None else state.last_coverage[row].cpu().float().numpy())
+        cover = None if any(c is None for c in coverage) else np.stack(coverage)
+        return np.stack(depth), cover
 
     def element_latents(self, element: int) -> tuple[torch.Tensor | None, int]:
         """(last step's latents ``(1, C, t, h, w)`` or None before the first step, generation seed) of an element."""
@@ -128,7 +151,9 @@ class TwinBackend:
         self.render_fn = render_fn
         self.frames_per_step = frames_per_step
 
-    def start(self, idx, images, intrinsics, c2w, seeds, text=None) -> None:
+    takes_depth = False
+
+    def start(self, idx, images, intrinsics, c2w, seeds, text=None, depth=None) -> None:
         """Nothing to carry: the scene is the state."""
 
     def step(self, idx: Sequence[int], c2w: np.ndarray) -> np.ndarray:

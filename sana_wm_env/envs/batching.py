@@ -45,8 +45,11 @@ def select_state(state: GeneratorState, index: Sequence[int]) -> GeneratorState:
         return t.index_select(0, sel.to(t.device))
 
     fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
-    new = {k: _map(v, pick) for k, v in fields.items() if k not in ("seeds", "decode", "image_hw", "latent_hw")}
+    skip = ("seeds", "decode", "image_hw", "latent_hw", "geometry")
+    new = {k: _map(v, pick) for k, v in fields.items() if k not in skip}
     new["seeds"] = tuple(state.seeds[i] for i in idx)
+    if state.geometry is not None:  # the point cache stores its elements flat; it selects its own
+        new["geometry"] = state.geometry.select(idx)
     if state.decode is not None:
         d = state.decode
         new["decode"] = dataclasses.replace(

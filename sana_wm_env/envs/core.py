@@ -45,6 +45,21 @@ def resolve_model(model: WorldModel | str | Path, device: str | torch.device) ->
     raise ValueError(f"model must be a WorldModel, a bundle name or a bundle path, got {type(model).__name__}")
 
 
+def load_depth(depth, image, hw: tuple[int, int]) -> np.ndarray:
+    """``options["depth"]`` (path or float (H, W) metres, see :mod:`sana_wm_env.depth`) of ``options["image"]``,
+    resized and cropped like it."""
+    from PIL import Image
+
+    from sana_wm_env.depth import fit_depth, read_depth
+
+    if isinstance(image, str | Path):
+        with Image.open(image) as im:
+            src = (im.height, im.width)
+    else:
+        src = tuple(np.asarray(image).shape[:2])
+    return fit_depth(read_depth(depth, what='options["depth"]'), src, hw, what='options["depth"]')
+
+
 def load_image(image, hw: tuple[int, int], intrinsics) -> tuple[np.ndarray, np.ndarray]:
     """``options["image"]`` (path or uint8 (H, W, 3) array) -> resized/centre-cropped uint8 image and intrinsics."""
     from PIL import Image
@@ -95,6 +110,8 @@ class _Sub:
     c2w: np.ndarray | None = None  # current camera-to-world (world frame)
     frame: np.ndarray | None = None  # last frame uint8
     frames: np.ndarray | None = None  # last step's frames
+    depth: np.ndarray | None = None  # last frame's depth (depth_obs), float32 metres
+    depths: np.ndarray | None = None  # last step's depths
     steps: int = 0
     frames_done: int = 1
     clipped_total: int = 0
@@ -128,6 +145,7 @@ class CameraSim:
         frames_per_step: int | None = None,
         fov_deg: float | None = None,
         task_config: dict | None = None,
+        depth_obs: bool = False,
     ) -> None:
         if not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"num_envs must be an int >= 1, got {num_envs!r}")
@@ -194,6 +212,16 @@ class CameraSim:
             raise ValueError(f"fps must be positive, got {self.fps}")
         self.step_seconds = self.frames_per_step / self.fps
         self.default_intrinsics = fov_to_intrinsics(self.fov_deg, *self.image_hw).double().numpy()
+        if not isinstance(depth_obs, bool):
+            raise ValueError(f"depth_obs must be True or False, got {depth_obs!r}")
+        if depth_obs and obs_mode == "image":
+            raise ValueError("depth_obs needs obs_mode='dict' or 'frames' (the depth goes beside the image)")
+        if depth_obs and source == "world_model" and not self.backend.takes_depth:
+            raise ValueError(f"depth_obs: world model {self.model.name!r} generates no depth (it keeps no geometry "
+                             "cache); use a geometry-guided model or the twin env")
+        self.depth_obs = depth_obs
+        # twin renders give depth when it is observed, or when the world model starts from frame 0's depth
+        self._render_depth = depth_obs or self.backend.takes_depth
         self.subs = [_Sub() for _ in range(num_envs)]
         self.observation_space = self._observation_space()
         self.action_space = spaces.Box(-1.0, 1.0, (6,), dtype=np.float32)
@@ -203,8 +231,11 @@ class CameraSim:
         h, w = self.image_hw
         if self.obs_mode == "image":
             return spaces.Box(0, 255, (h, w, 3), dtype=np.uint8)
-        shape = (self.frames_per_step, h, w, 3) if self.obs_mode == "frames" else (h, w, 3)
-        return spaces.Dict({"image": spaces.Box(0, 255, shape, dtype=np.uint8), **self.task.extra_spaces((h, w))})
+        frames = (self.frames_per_step,) if self.obs_mode == "frames" else ()
+        obs = {"image": spaces.Box(0, 255, (*frames, h, w, 3), dtype=np.uint8)}
+        if self.depth_obs:  # metres along the optical axis, 0 where there is no surface (sky)
+            obs["depth"] = spaces.Box(0.0, np.inf, (*frames, h, w), dtype=np.float32)
+        return spaces.Dict({**obs, **self.task.extra_spaces((h, w))})
 
     # ------------------------------------------------------------------------------------------ scenes
     def _renderer(self, i: int):
@@ -214,8 +245,13 @@ class CameraSim:
 
             if sub.renderer is not None:
                 sub.renderer.close()
-            sub.renderer = SceneRenderer(sub.scene, *self.image_hw, depth=False)
+            sub.renderer = SceneRenderer(sub.scene, *self.image_hw, depth=self._render_depth)
         return sub.renderer
+
+    def _render_depth_map(self, i: int, c2w: np.ndarray) -> np.ndarray:
+        """The twin's depth (H, W) float32 metres (0 = sky) at camera pose ``c2w``."""
+        sub = self.subs[i]
+        return self._renderer(i).render(c2w, sub.intrinsics, check_inside=False)[1].astype(np.float32)
 
     def _render(self, i: int, c2w: np.ndarray) -> np.ndarray:
         sub = self.subs[i]
@@ -267,7 +303,7 @@ class CameraSim:
     # ------------------------------------------------------------------------------------------ reset
     def reset(self, idx: list[int], rngs: list[np.random.Generator], options: list[dict | None]):
         """Start new episodes for sub-envs ``idx``; returns ([obs], [info])."""
-        starts, images, ks, seeds, texts = [], [], [], [], []
+        starts, images, ks, seeds, texts, depths = [], [], [], [], [], []
         for i, rng, opts in zip(idx, rngs, options):
             opts = dict(opts or {})
             sub = self.subs[i]
@@ -278,6 +314,8 @@ class CameraSim:
                     raise ValueError("options['image'] needs a world-model env; a twin env renders its scene")
                 image, k = load_image(opts["image"], self.image_hw, opts.get("intrinsics"))
                 sub.scene, start = None, np.eye(4)
+                depths.append(None if opts.get("depth") is None else load_depth(opts["depth"], opts["image"],
+                                                                                 self.image_hw))
                 goal = _relative_goal(opts, start)
                 if goal is None and self.task.name == "imagenav":
                     raise ValueError('ImageNav from options["image"] needs options["goal"] (pose relative to the '
@@ -293,6 +331,7 @@ class CameraSim:
                 scene, start, goal = self.draw_episode(rng, opts)
                 sub.scene, sub.intrinsics = scene, k
                 image = self._render(i, start @ self.mount)
+                depths.append(self._render_depth_map(i, start @ self.mount) if self._render_depth else None)
                 if self.task.needs_goal_image:
                     goal_image = self._render(i, goal @ self.mount)
             sub.intrinsics = np.asarray(k, dtype=np.float64)
@@ -312,7 +351,21 @@ class CameraSim:
             if len(idx) != 1:
                 raise ValueError("options['text'] is supported for single-env resets")
             text = torch.as_tensor(texts[0])[None]
-        self.backend.start(idx, np.stack(images), np.stack(ks), np.stack(starts), seeds, text=text)
+        known = [d is not None for d in depths]
+        if self.backend.takes_depth and any(known) and not all(known):  # some depths given, some to generate
+            for j, i in enumerate(idx):
+                self.backend.start([i], np.stack(images[j : j + 1]), np.stack(ks[j : j + 1]),
+                                   np.stack(starts[j : j + 1]), seeds[j : j + 1], text=text,
+                                   depth=None if depths[j] is None else depths[j][None])
+        else:
+            depth = np.stack(depths) if self.backend.takes_depth and all(known) else None
+            self.backend.start(idx, np.stack(images), np.stack(ks), np.stack(starts), seeds, text=text, depth=depth)
+        if self.depth_obs:
+            first = (self.backend.geometry(idx)[0][:, 0] if self.backend.takes_depth
+                     else np.stack(depths).astype(np.float32))
+            for j, i in enumerate(idx):
+                self.subs[i].depth = first[j]
+                self.subs[i].depths = np.repeat(first[j][None], self.frames_per_step, axis=0)
         obs, infos = [], []
         for i in idx:
             sub = self.subs[i]
@@ -340,6 +393,8 @@ class CameraSim:
         if self.obs_mode == "image":
             return sub.frame.copy()
         obs = {"image": sub.frames.copy() if self.obs_mode == "frames" else sub.frame.copy()}
+        if self.depth_obs:
+            obs["depth"] = sub.depths.copy() if self.obs_mode == "frames" else sub.depth.copy()
         if self.task.observes_pose:
             obs["pose"] = self.relative_pose(i, self.body(i))
         if self.task.name == "nav":
@@ -360,11 +415,18 @@ class CameraSim:
         twists = action_twists(acts, self.limits, self.step_seconds)
         poses = step_poses(c2w0, twists, n, self.action_frame, self.mount)  # (b, n, 4, 4)
         frames = self.backend.step(idx, poses)
+        depth = coverage = None
+        if self.backend.takes_depth:
+            depth, coverage = self.backend.geometry(idx)
+        elif self.depth_obs:
+            depth = np.stack([np.stack([self._render_depth_map(i, t) for t in rows]) for i, rows in zip(idx, poses)])
         obs, rewards, terms, truncs, infos = [], np.zeros(len(idx)), np.zeros(len(idx), bool), \
             np.zeros(len(idx), bool), []
         for row, i in enumerate(idx):
             sub = self.subs[i]
             sub.c2w, sub.frames, sub.frame = poses[row, -1], frames[row], frames[row, -1]
+            if depth is not None:
+                sub.depths, sub.depth = depth[row], depth[row, -1]
             collided = False
             if sub.scene is not None:
                 collided = not bool(sub.scene.free(poses[row, :, :3, 3], self.task.config.collision_clearance).all())
@@ -377,6 +439,8 @@ class CameraSim:
             sub.done = terminated or truncated
             info = {"c2w": sub.c2w.copy(), "frames_c2w": poses[row].copy(), "timestamps": stamps, "step": sub.steps,
                     "action_clipped": int(clipped[row]), "action_clipped_total": sub.clipped_total, **tinfo}
+            if coverage is not None:  # share of the step's last frame that the geometry cache already showed
+                info["cache_coverage"] = float(coverage[row, -1])
             sub.info = info
             obs.append(self.observe(i))
             rewards[row], terms[row], truncs[row] = reward, terminated, truncated

@@ -6,6 +6,12 @@ A codec maps RGB video in [-1, 1] to the (normalised) latents the transformer wo
 alone, every later latent frame holds ``temporal_stride`` pixel frames (the LTX-2 convention, SANA-WM
 reference section 7).
 
+RGB-D codecs (``depth_channels > 0``; their last ``depth_channels`` latent channels hold depth) also encode a
+depth map per frame and decode one: depth is metres along the optical axis with 0 for no surface (sky), carried
+inside the codec as normalised inverse depth (:func:`depth_to_channel`): ``2 * z0 / (z0 + z) - 1`` with
+``z0 = DEPTH_REFERENCE_M``, so sky is -1, ``z0`` is 0 and a surface at the camera 1. Metric scale is kept: the
+geometry cache built from decoded depth lives in the same metres as the camera poses.
+
 Streaming decode (:meth:`LatentCodec.decode_stream_start` / :meth:`LatentCodec.decode_chunk`) turns latents
 into pixels chunk by chunk with memory bounded in the stream length. States are immutable: ``decode_chunk``
 returns a new state and never changes the one it was given, so a state can be kept to branch a rollout.
@@ -20,7 +26,25 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DecodeStreamState", "LatentCodec"]
+__all__ = ["DEPTH_REFERENCE_M", "DecodeStreamState", "LatentCodec", "channel_to_depth", "depth_to_channel"]
+
+DEPTH_REFERENCE_M = 2.0  # z0 of the normalised inverse depth channel
+SKY_CHANNEL = -0.99  # decoded channel values below this (depth beyond ~400 m) are sky (depth 0)
+
+
+def depth_to_channel(depth: torch.Tensor) -> torch.Tensor:
+    """Depth in metres (0 = sky) -> normalised inverse depth in [-1, 1) (sky -1)."""
+    z = depth.clamp_min(0)
+    q = torch.where(z > 0, DEPTH_REFERENCE_M / (DEPTH_REFERENCE_M + z), torch.zeros_like(z))
+    return 2 * q - 1
+
+
+def channel_to_depth(channel: torch.Tensor) -> torch.Tensor:
+    """Normalised inverse depth -> metres; values at or below ``SKY_CHANNEL`` (and above 1, clamped) read as
+    sky (0) and as ``z0 / 1000`` respectively."""
+    q = ((channel.clamp(max=1.0) + 1) / 2).clamp_min(1e-6)
+    depth = DEPTH_REFERENCE_M * (1 - q) / q
+    return torch.where(channel > SKY_CHANNEL, depth.clamp_min(DEPTH_REFERENCE_M / 1000), torch.zeros_like(depth))
 
 
 @dataclass(frozen=True)
@@ -48,6 +72,7 @@ class LatentCodec(nn.Module, abc.ABC):
     latent_channels: int
     spatial_stride: int
     temporal_stride: int
+    depth_channels: int = 0  # RGB-D codecs: the last depth_channels latent channels encode depth
 
     # ------------------------------------------------------------------ shape arithmetic
     def num_latent_frames(self, num_frames: int) -> int:
@@ -120,39 +145,72 @@ class LatentCodec(nn.Module, abc.ABC):
         if not bool(torch.isfinite(latents).all()):
             raise ValueError(f"{name} must be {form}; it contains NaN or inf")
 
+    def _with_depth(self, video: torch.Tensor, depth: torch.Tensor | None, name: str) -> torch.Tensor:
+        """``video`` with the normalised depth channel appended (RGB-D codecs), checked; RGB codecs refuse depth."""
+        if not self.depth_channels:
+            if depth is not None:
+                raise ValueError(f"this codec encodes RGB only (depth_channels=0); pass {name}=None")
+            return video
+        b, _, f, h, w = video.shape
+        if depth is None:
+            raise ValueError(f"this RGB-D codec needs {name}: a float tensor ({b}, {f}, {h}, {w}) in metres "
+                             "(0 = no surface / sky)")
+        if not isinstance(depth, torch.Tensor) or tuple(depth.shape) != (b, f, h, w) or not depth.is_floating_point():
+            got = f"{getattr(depth, 'dtype', type(depth).__name__)} {tuple(getattr(depth, 'shape', ()))}"
+            raise ValueError(f"{name} must be a float tensor ({b}, {f}, {h}, {w}) in metres (0 = sky), got {got}")
+        if not bool(torch.isfinite(depth).all()) or bool((depth < 0).any()):
+            raise ValueError(f"{name} must be finite and >= 0 (metres; 0 marks sky / no surface)")
+        channel = depth_to_channel(depth.to(device=video.device, dtype=video.dtype))
+        return torch.cat([video, channel[:, None]], dim=1)
+
+    def _split_depth(self, frames: torch.Tensor, clamp: bool, with_depth: bool):
+        """Decoded ``(B, 3 [+1], F, H, W)`` -> video (clamped if asked), plus depth metres if ``with_depth``."""
+        video = frames[:, :3]
+        video = video.clamp(-1.0, 1.0) if clamp else video
+        if not with_depth:
+            return video
+        if not self.depth_channels:
+            raise ValueError("with_depth=True needs an RGB-D codec (depth_channels > 0); this one encodes RGB only")
+        return video, channel_to_depth(frames[:, 3])
+
     # ------------------------------------------------------------------ public API
-    def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Encode video (B, 3, F, H, W) in [-1, 1] to normalised latents (B, C, T, h, w)."""
+    def encode(self, video: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode video (B, 3, F, H, W) in [-1, 1] (and, for RGB-D codecs, ``depth (B, F, H, W)`` metres) to
+        normalised latents (B, C, T, h, w)."""
         self._check_video(video, "video")
-        return self._encode(video)
+        return self._encode(self._with_depth(video, depth, "depth"))
 
-    def decode(self, latents: torch.Tensor, *, clamp: bool = True) -> torch.Tensor:
-        """Decode latents (B, C, T, h, w) to video (B, 3, F, H, W).
+    def decode(self, latents: torch.Tensor, *, clamp: bool = True, with_depth: bool = False):
+        """Decode latents (B, C, T, h, w) to video (B, 3, F, H, W); with ``with_depth`` (RGB-D codecs) return
+        ``(video, depth (B, F, H, W) metres)``.
 
-        With ``clamp=True`` (default) the output is clamped to the pixel range [-1, 1] (decoders and reduced
+        With ``clamp=True`` (default) the video is clamped to the pixel range [-1, 1] (decoders and reduced
         codecs can overshoot slightly); ``clamp=False`` returns the raw reconstruction.
         """
         self._check_latents(latents, "latents")
-        video = self._decode(latents)
-        return video.clamp(-1.0, 1.0) if clamp else video
+        return self._split_depth(self._decode(latents), clamp, with_depth)
 
-    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        """Encode images (B, 3, H, W) in [-1, 1] as one-frame videos: latents (B, C, 1, h, w)."""
+    def encode_image(self, image: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
+        """Encode images (B, 3, H, W) in [-1, 1] (RGB-D codecs: and ``depth (B, H, W)`` metres) as one-frame
+        videos: latents (B, C, 1, h, w)."""
         if not isinstance(image, torch.Tensor) or image.ndim != 4:
             shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
             raise ValueError(f"image must be a float tensor (B, 3, H, W) in [-1, 1], got {shape}")
         video = image.unsqueeze(2)
         self._check_video(video, "image")
-        return self._encode(video)
+        if depth is not None and isinstance(depth, torch.Tensor) and depth.ndim == 3:
+            depth = depth.unsqueeze(1)
+        return self._encode(self._with_depth(video, depth, "depth"))
 
     def decode_stream_start(self) -> DecodeStreamState:
         """Fresh state for :meth:`decode_chunk`."""
         return DecodeStreamState()
 
     def decode_chunk(
-        self, latents_chunk: torch.Tensor, state: DecodeStreamState, *, clamp: bool = True
-    ) -> tuple[torch.Tensor, DecodeStreamState]:
-        """Decode the next latent chunk (B, C, t, h, w) of a stream; returns (video_chunk, new_state).
+        self, latents_chunk: torch.Tensor, state: DecodeStreamState, *, clamp: bool = True, with_depth: bool = False
+    ) -> tuple[Any, DecodeStreamState]:
+        """Decode the next latent chunk (B, C, t, h, w) of a stream; returns (video_chunk, new_state), or
+        ((video_chunk, depth_chunk), new_state) with ``with_depth`` (RGB-D codecs).
 
         The first chunk (which holds latent frame 0) yields ``1 + temporal_stride*(t-1)`` frames, later chunks
         ``temporal_stride*t``; concatenated they equal one ``decode`` of the concatenated latents (see the
@@ -176,16 +234,16 @@ class LatentCodec(nn.Module, abc.ABC):
             latent_hw=(h, w),
             cache=cache,
         )
-        return (video.clamp(-1.0, 1.0) if clamp else video), new_state
+        return self._split_depth(video, clamp, with_depth), new_state
 
     # ------------------------------------------------------------------ to implement
     @abc.abstractmethod
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Encode a checked video."""
+        """Encode a checked video (B, 3, F, H, W); RGB-D codecs get (B, 4, F, H, W), depth normalised."""
 
     @abc.abstractmethod
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decode checked latents (unclamped)."""
+        """Decode checked latents (unclamped) to (B, 3, F, H, W), or (B, 4, F, H, W) for RGB-D codecs."""
 
     @abc.abstractmethod
     def _decode_chunk(

@@ -17,6 +17,11 @@ variance of a block is preserved (orthonormality): ``std = sigma_axis * g * sqrt
 ``n = s*p*p``. Each latent channel is the coefficient divided by its modelled std (for p=8, s=1 the luma DC
 std is ~3.6 and the highest chroma frequency ~0.06). No mean is subtracted.
 
+Depth (``depth_channels = d > 0``, an RGB-D codec): the normalised inverse depth plane (see
+:mod:`world_model.codecs.base`) gets its own DCT basis over the group (``s*p*p`` vectors ordered by ``g``,
+std ``DEPTH_STD * g * sqrt(n / sum(g^2))``); its first ``d`` coefficients are the last ``d`` latent channels.
+Inverse depth is smooth away from edges, so a few low frequencies carry most of it.
+
 Temporal grouping (``temporal_stride = s > 1``): latent frame 0 is pixel frame 0 repeated ``s`` times (so it
 occupies only the temporal-DC channels), latent frame k >= 1 holds pixel frames ``1 + s*(k-1) .. s*k``.
 Decoding latent frame 0 averages its ``s`` reconstructed copies (exact when all channels are kept). Every
@@ -33,10 +38,11 @@ import torch
 
 from .base import DecodeStreamState, LatentCodec
 
-__all__ = ["PIXEL_STD", "RGB_CORRELATION", "PatchCodec", "dct_matrix", "patch_basis"]
+__all__ = ["DEPTH_STD", "PIXEL_STD", "RGB_CORRELATION", "PatchCodec", "dct_matrix", "depth_basis", "patch_basis"]
 
 PIXEL_STD = 0.5
 RGB_CORRELATION = 0.9
+DEPTH_STD = 0.5  # modelled std of the normalised inverse depth channel
 
 # Orthonormal opponent colour transform (rows: luma, red-blue, green-magenta).
 _OPPONENT = np.array(
@@ -65,9 +71,7 @@ def patch_basis(patch_size: int, temporal_stride: int) -> tuple[np.ndarray, np.n
     """
     p, s = patch_size, temporal_stride
     basis = np.kron(np.kron(np.kron(_OPPONENT, dct_matrix(s)), dct_matrix(p)), dct_matrix(p))
-    w, u, v = np.meshgrid(np.arange(s), np.arange(p), np.arange(p), indexing="ij")
-    g = 1.0 / (1.0 + np.sqrt(u**2 + v**2 + w**2)).reshape(-1)
-    g = g * math.sqrt(g.size / float(np.sum(g**2)))
+    g = _frequency_weights(p, s)
     sigma_luma = PIXEL_STD * math.sqrt(1.0 + 2.0 * RGB_CORRELATION)
     sigma_chroma = PIXEL_STD * math.sqrt(1.0 - RGB_CORRELATION)
     std = np.concatenate([sigma_luma * g, sigma_chroma * g, sigma_chroma * g])
@@ -75,60 +79,91 @@ def patch_basis(patch_size: int, temporal_stride: int) -> tuple[np.ndarray, np.n
     return basis[order], std[order]
 
 
+def _frequency_weights(patch_size: int, temporal_stride: int) -> np.ndarray:
+    """``g(u, v, w) = 1 / (1 + sqrt(u^2 + v^2 + w^2))`` over a group, normalised to mean square 1."""
+    w, u, v = np.meshgrid(np.arange(temporal_stride), np.arange(patch_size), np.arange(patch_size), indexing="ij")
+    g = 1.0 / (1.0 + np.sqrt(u**2 + v**2 + w**2)).reshape(-1)
+    return g * math.sqrt(g.size / float(np.sum(g**2)))
+
+
+def depth_basis(patch_size: int, temporal_stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ordered basis (N, N) and modelled stds (N,), N = s*p*p, of the depth plane of a group (frame, row, col)."""
+    p, s = patch_size, temporal_stride
+    basis = np.kron(np.kron(dct_matrix(s), dct_matrix(p)), dct_matrix(p))
+    std = DEPTH_STD * _frequency_weights(p, s)
+    order = np.lexsort((np.arange(std.size), -np.round(std, 12)))
+    return basis[order], std[order]
+
+
 class PatchCodec(LatentCodec):
     """Space-to-depth codec with a fixed, ordered orthonormal basis (see module docs).
 
-    ``PatchCodec(patch_size=8, temporal_stride=1, latent_channels=None)``: ``latent_channels`` defaults to the
-    full ``3*temporal_stride*patch_size**2`` (exactly invertible); fewer keeps the lowest-frequency channels.
-    Parameter-free: the basis and scales are non-persistent float64 buffers rebuilt from the config; the
+    ``PatchCodec(patch_size=8, temporal_stride=1, latent_channels=None, depth_channels=0)``:
+    ``latent_channels`` (all of them, depth included) defaults to the full ``3*temporal_stride*patch_size**2``
+    colour channels plus ``depth_channels`` (exactly invertible); fewer keeps the lowest-frequency colour
+    channels. ``depth_channels > 0`` makes an RGB-D codec (at most ``temporal_stride*patch_size**2``).
+    Parameter-free: the bases and scales are non-persistent float64 buffers rebuilt from the config; the
     transform runs in float64 for float64 input and in float32 otherwise, and returns the input's dtype.
     """
 
-    def __init__(self, patch_size: int = 8, temporal_stride: int = 1, latent_channels: int | None = None):
+    def __init__(self, patch_size: int = 8, temporal_stride: int = 1, latent_channels: int | None = None,
+                 depth_channels: int = 0):
         super().__init__()
         for name, value in (("patch_size", patch_size), ("temporal_stride", temporal_stride)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        full = 3 * temporal_stride * patch_size**2
+        group = temporal_stride * patch_size**2
+        if isinstance(depth_channels, bool) or not isinstance(depth_channels, int) or not 0 <= depth_channels <= group:
+            raise ValueError(f"depth_channels must be an int in [0, temporal_stride*patch_size**2 = {group}], "
+                             f"got {depth_channels!r}")
+        full = 3 * group
         if latent_channels is None:
-            latent_channels = full
+            latent_channels = full + depth_channels
         if (
             isinstance(latent_channels, bool)
             or not isinstance(latent_channels, int)
-            or not 1 <= latent_channels <= full
+            or not 1 <= latent_channels - depth_channels <= full
         ):
             raise ValueError(
-                f"latent_channels must be an int in [1, 3*temporal_stride*patch_size**2 = {full}] or None, "
-                f"got {latent_channels!r}"
+                f"latent_channels must be an int in [1 + depth_channels, 3*temporal_stride*patch_size**2 + "
+                f"depth_channels = {full + depth_channels}] or None, got {latent_channels!r}"
             )
         self.patch_size = patch_size
         self.spatial_stride = patch_size
         self.temporal_stride = temporal_stride
         self.latent_channels = latent_channels
+        self.depth_channels = depth_channels
+        rgb = latent_channels - depth_channels
         basis, std = patch_basis(patch_size, temporal_stride)
-        self.register_buffer("projection", torch.from_numpy(basis[:latent_channels].copy()), persistent=False)
-        self.register_buffer("channel_std", torch.from_numpy(std[:latent_channels].copy()), persistent=False)
+        self.register_buffer("projection", torch.from_numpy(basis[:rgb].copy()), persistent=False)
+        self.register_buffer("channel_std", torch.from_numpy(std[:rgb].copy()), persistent=False)
+        dbasis, dstd = depth_basis(patch_size, temporal_stride)
+        self.register_buffer("depth_projection", torch.from_numpy(dbasis[:depth_channels].copy()), persistent=False)
+        self.register_buffer("depth_std", torch.from_numpy(dstd[:depth_channels].copy()), persistent=False)
 
     @property
     def full_channels(self) -> int:
-        """Channel count at which the codec is exactly invertible: 3 * temporal_stride * patch_size**2."""
+        """Colour channel count at which the codec is exactly invertible: 3 * temporal_stride * patch_size**2."""
         return 3 * self.temporal_stride * self.patch_size**2
 
     def extra_repr(self) -> str:
         return (
             f"patch_size={self.patch_size}, temporal_stride={self.temporal_stride}, "
-            f"latent_channels={self.latent_channels}"
+            f"latent_channels={self.latent_channels}, depth_channels={self.depth_channels}"
         )
 
     # ------------------------------------------------------------------ config
     def to_config(self) -> dict[str, Any]:
-        """``{"type": "patch", "patch_size", "temporal_stride", "latent_channels"}``."""
-        return {
+        """``{"type": "patch", "patch_size", "temporal_stride", "latent_channels"[, "depth_channels"]}``."""
+        config = {
             "type": "patch",
             "patch_size": self.patch_size,
             "temporal_stride": self.temporal_stride,
             "latent_channels": self.latent_channels,
         }
+        if self.depth_channels:
+            config["depth_channels"] = self.depth_channels
+        return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> PatchCodec:
@@ -137,13 +172,14 @@ class PatchCodec(LatentCodec):
             raise ValueError(
                 f"config must be a dict like PatchCodec.to_config(), got {type(config).__name__}"
             )
-        allowed = {"type", "patch_size", "temporal_stride", "latent_channels"}
+        allowed = {"type", "patch_size", "temporal_stride", "latent_channels", "depth_channels"}
         unknown = sorted(set(config) - allowed)
         if unknown:
             raise ValueError(f"config has unknown keys {unknown}; PatchCodec accepts {sorted(allowed)}")
         if config.get("type", "patch") != "patch":
             raise ValueError(f"config['type'] must be 'patch' for PatchCodec, got {config['type']!r}")
-        kwargs = {k: config[k] for k in ("patch_size", "temporal_stride", "latent_channels") if k in config}
+        kwargs = {k: config[k] for k in ("patch_size", "temporal_stride", "latent_channels", "depth_channels")
+                  if k in config}
         return cls(**kwargs)
 
     # ------------------------------------------------------------------ transforms
@@ -153,24 +189,34 @@ class PatchCodec(LatentCodec):
         s, p = self.temporal_stride, self.patch_size
         if s > 1:
             x = torch.cat([x[:, :, :1].expand(-1, -1, s, -1, -1), x[:, :, 1:]], dim=2)
-        batch, _, frames, height, width = x.shape
+        batch, channels, frames, height, width = x.shape
         t, h, w = frames // s, height // p, width // p
-        groups = x.reshape(batch, 3, t, s, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
-        groups = groups.reshape(batch, t, h, w, 3 * s * p * p)
+        groups = x.reshape(batch, channels, t, s, h, p, w, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+        groups = groups.reshape(batch, t, h, w, channels, s * p * p)
         proj = self.projection.to(device=x.device, dtype=dtype)
-        coeffs = groups @ proj.T / self.channel_std.to(device=x.device, dtype=dtype)
+        coeffs = groups[..., :3, :].flatten(-2) @ proj.T / self.channel_std.to(device=x.device, dtype=dtype)
+        if self.depth_channels:
+            dproj = self.depth_projection.to(device=x.device, dtype=dtype)
+            depth = groups[..., 3, :] @ dproj.T / self.depth_std.to(device=x.device, dtype=dtype)
+            coeffs = torch.cat([coeffs, depth], dim=-1)
         return coeffs.permute(0, 4, 1, 2, 3).contiguous().to(video.dtype)
 
     def _groups_to_frames(self, latents: torch.Tensor) -> torch.Tensor:
-        """Decode every latent frame to its full group of ``temporal_stride`` frames: (B, 3, T*s, H, W)."""
+        """Decode every latent frame to its full group of ``temporal_stride`` frames: (B, 3 [+1], T*s, H, W)."""
         dtype = latents.dtype if latents.dtype == torch.float64 else torch.float32
         z = latents.to(dtype)
-        s, p = self.temporal_stride, self.patch_size
+        s, p, d = self.temporal_stride, self.patch_size, self.depth_channels
         batch, _, t, h, w = z.shape
         proj = self.projection.to(device=z.device, dtype=dtype)
-        coeffs = z.permute(0, 2, 3, 4, 1) * self.channel_std.to(device=z.device, dtype=dtype)
-        groups = (coeffs @ proj).reshape(batch, t, h, w, 3, s, p, p)
-        return groups.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(batch, 3, t * s, h * p, w * p)
+        z = z.permute(0, 2, 3, 4, 1)
+        rgb = z[..., : self.latent_channels - d] * self.channel_std.to(device=z.device, dtype=dtype)
+        groups = (rgb @ proj).reshape(batch, t, h, w, 3, s, p, p)
+        if d:
+            dproj = self.depth_projection.to(device=z.device, dtype=dtype)
+            depth = (z[..., -d:] * self.depth_std.to(device=z.device, dtype=dtype)) @ dproj
+            groups = torch.cat([groups, depth.reshape(batch, t, h, w, 1, s, p, p)], dim=4)
+        c = groups.shape[4]
+        return groups.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(batch, c, t * s, h * p, w * p)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
         frames = self._groups_to_frames(latents)

@@ -5,7 +5,8 @@ Item format (any ``torch.utils.data.Dataset`` whose items are dicts with these k
 - ``rgb``: uint8 ``(F, H, W, 3)`` frames, **or** ``frames``: float ``(F, 3, H, W)`` in [-1, 1];
 - ``c2w``: float ``(F, 4, 4)`` OpenCV camera-to-world poses (metres; any world frame: they are made relative to
   the clip's first frame here);
-- ``intrinsics``: float ``(F, 4)`` or ``(4,)`` ``[fx, fy, cx, cy]`` in pixels of the frames.
+- ``intrinsics``: float ``(F, 4)`` or ``(4,)`` ``[fx, fy, cx, cy]`` in pixels of the frames;
+- ``depth`` (RGB-D codecs): float ``(F, H, W)`` metres along the optical axis, 0 for no surface (sky).
 
 Every item of a dataset must have the same ``F, H, W``; ``F`` must cover the longest clip the run asks for
 (``1 + temporal_stride * (latent_frames - 1)``). Training clips are the first frames of each item (random
@@ -68,7 +69,14 @@ def item_to_tensors(item: dict, where: str = "item") -> dict[str, torch.Tensor]:
         raise ValueError(f"{where}['intrinsics'] must be (4,) or ({f}, 4) [fx, fy, cx, cy] pixels, got "
                          f"{None if k is None else tuple(k.shape)}")
     k = k.float()
-    return {"frames": frames, "c2w": c2w.float(), "intrinsics": k.expand(f, 4).clone() if k.ndim == 1 else k}
+    out = {"frames": frames, "c2w": c2w.float(), "intrinsics": k.expand(f, 4).clone() if k.ndim == 1 else k}
+    if "depth" in item:
+        depth = torch.as_tensor(item["depth"])
+        if not depth.is_floating_point() or tuple(depth.shape) != (f, *frames.shape[-2:]):
+            raise ValueError(f"{where}['depth'] must be float ({f}, {frames.shape[-2]}, {frames.shape[-1]}) metres, "
+                             f"got {depth.dtype} {tuple(depth.shape)}")
+        out["depth"] = depth.float()
+    return out
 
 
 def collate_clips(items: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -79,7 +87,14 @@ def collate_clips(items: Sequence[dict]) -> dict[str, torch.Tensor]:
         if c["frames"].shape != shape:
             raise ValueError(f"items[{i}] has frames {tuple(c['frames'].shape)}, items[0] {tuple(shape)}: "
                              "all items of a batch need the same (F, H, W)")
-    return {key: torch.stack([c[key] for c in conv]) for key in ("frames", "c2w", "intrinsics")}
+    keys = ["frames", "c2w", "intrinsics"]
+    with_depth = ["depth" in c for c in conv]
+    if any(with_depth) and not all(with_depth):
+        raise ValueError(f"items[{with_depth.index(False)}] has no 'depth' but other items of the batch have: "
+                         "a batch needs depth for all items or none")
+    if all(with_depth):
+        keys.append("depth")
+    return {key: torch.stack([c[key] for c in conv]) for key in keys}
 
 
 class SeededItems(Dataset):
@@ -140,7 +155,8 @@ def latent_batch(
     """Encode the first ``1 + s * (latent_frames - 1)`` frames of a collated batch.
 
     Returns ``(x0 (B, C, T, h, w) float32, camera inputs (poses relative to each clip's first frame),
-    clip)`` where ``clip`` holds the cropped ``frames``, ``c2w`` and ``intrinsics`` (for samples).
+    clip)`` where ``clip`` holds the cropped ``frames``, ``c2w`` and ``intrinsics`` (and ``depth`` for RGB-D
+    codecs).
     """
     n = codec.num_pixel_frames(latent_frames)
     frames = batch["frames"]
@@ -150,8 +166,15 @@ def latent_batch(
                          f"(1 + {codec.temporal_stride} * {latent_frames - 1}); use longer clips or fewer frames")
     clip = {"frames": frames[:, :n], "c2w": batch["c2w"][:, :n], "intrinsics": batch["intrinsics"][:, :n]}
     video = clip["frames"].permute(0, 2, 1, 3, 4).to(device=device, dtype=torch.float32).clamp(-1, 1)
+    depth = None
+    if codec.depth_channels:
+        if "depth" not in batch:
+            raise ValueError("this RGB-D codec needs depth: the dataset's items must carry 'depth' (F, H, W) metres "
+                             "(a twin dataset made with `sana-wm dataset make --depth`, loaded with depth)")
+        clip["depth"] = batch["depth"][:, :n]
+        depth = clip["depth"].to(device=device, dtype=torch.float32)
     with torch.no_grad():
-        x0 = codec.encode(video).float()
+        x0 = codec.encode(video, depth).float()
     latent_hw = codec.latent_hw((h, w))
     camera = camera_inputs_from_world(clip["c2w"].double(), clip["intrinsics"].double(), (h, w), latent_hw,
                                       codec.temporal_stride)

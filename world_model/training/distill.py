@@ -147,6 +147,7 @@ class DistillConfig(TrainConfig):
     teacher_steps_per_segment: int = 8
     teacher_shift: float = 8.0
     target: str = "next"
+    depth_first_prob: float = 0.0  # the student keeps the teacher's frame-0 depth generation
     lr: float = 2e-5
     weight_decay: float = 0.01
     ema_decay: float = 0.99
@@ -238,7 +239,11 @@ class Distiller(Trainer):
         n = next(i for i, (_, hi) in enumerate(bounds) if hi >= frame_end)
         return bounds[: n + 1]
 
-    def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator, depth_rows: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        if depth_rows is not None and bool(depth_rows.any()):
+            raise ValueError("distillation does not teach frame 0's depth (the student keeps the teacher's); "
+                             "depth_first_prob must be 0")
         cfg = self.model.config
         bounds_all = cfg.chunk_bounds(x0.shape[2])
         c = int(torch.randint(0, len(bounds_all), (1,), generator=gen, device=self.device).item())

@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoints import build_transformer, load_transformer, save_transformer
+from ..checkpoints import build_transformer, grow_transformer, load_transformer, save_transformer
 from ..codecs import LatentCodec, build_codec
 from ..config import ModelConfig, get_config
-from ..transformer import SanaWMTransformer
+from ..transformer import GRID_FIELDS, SanaWMTransformer
 from .data import SeededItems, StepBatchSampler, collate_clips, item_to_tensors, latent_batch, mix_seed
 from .flow_matching import (
     DEFAULT_CHUNK_MIXTURE,
@@ -56,6 +56,7 @@ from .flow_matching import (
     sample_chunk_sigmas,
     sample_frame_sigmas,
 )
+from .geometry import CacheCorruption, clip_geometry, unknown_depth_geometry
 
 MODES = ("bidirectional", "chunk_causal")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -68,7 +69,8 @@ class TrainConfig:
     ``model``: a preset name or a ``ModelConfig`` dict. ``codec``: a codec config (``build_codec``).
     ``frames_schedule``: progressive clip length as ``[[start_step, latent_frames], ...]`` (first start 0,
     increasing starts): from ``start_step`` on, clips have ``latent_frames`` latent frames.
-    ``init_from``: optional transformer folder/file to start from (fine-tuning).
+    ``init_from``: optional transformer folder/file to start from (fine-tuning; a different architecture, e.g.
+    RGB-D latents or a geometry input, starts from the weights that carry over: ``grow_transformer``).
     """
 
     model: str | dict[str, Any] = "small-cpu"
@@ -105,6 +107,10 @@ class TrainConfig:
     num_workers: int = 0
     fps: float = 16.0
     init_from: str | None = None
+    # geometry-guided models (geometry_channels > 0): how imperfect training caches are (CacheCorruption fields),
+    # and the share of clips that teach frame 0's depth from its colours (colours clean, depth noisy)
+    cache_corruption: dict[str, float] = field(default_factory=lambda: CacheCorruption().to_dict())
+    depth_first_prob: float = 0.1
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
@@ -130,6 +136,12 @@ class TrainConfig:
             errors.append(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if not 0 <= self.first_frame_prob <= 1:
             errors.append(f"first_frame_prob must be in [0, 1], got {self.first_frame_prob}")
+        if not 0 <= self.depth_first_prob <= 1:
+            errors.append(f"depth_first_prob must be in [0, 1], got {self.depth_first_prob}")
+        try:
+            CacheCorruption(**self.cache_corruption)
+        except (TypeError, ValueError) as exc:
+            errors.append(f"cache_corruption: {exc}")
         if self.grad_clip < 0 or self.weight_decay < 0 or not self.adam_eps > 0:
             errors.append("grad_clip and weight_decay must be >= 0 and adam_eps > 0")
         if not self.flow_shift > 0 or not self.sample_shift > 0 or not self.logit_std > 0:
@@ -353,7 +365,12 @@ class Trainer:
                 raise ValueError(f"model must be a SanaWMTransformer, got {type(model).__name__}")
             return copy.deepcopy(model).requires_grad_(True)
         if self.config.init_from:
-            return load_transformer(self.config.init_from, dtype=torch.float32)
+            source = load_transformer(self.config.init_from, dtype=torch.float32)
+            target = get_config(self.config.model)
+            if source.config.replace(**{k: getattr(target, k) for k in GRID_FIELDS}) == target:
+                return source.regridded(target)
+            # another architecture (e.g. RGB-D latents, a geometry input): start from what carries over
+            return grow_transformer(source, target, seed=self.config.seed)[0]
         return build_transformer(self.config.model, seed=self.config.seed, dtype=torch.float32)
 
     # -- schedule --------------------------------------------------------------------------------
@@ -388,22 +405,66 @@ class Trainer:
             mask = noisy_mask(sig)
         return sig, mask
 
-    def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """Flow-matching loss of one latent batch (``x0 (B, C, T, h, w)``)."""
+    def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator, depth_rows: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Flow-matching loss of one latent batch (``x0 (B, C, T, h, w)``).
+
+        ``depth_rows (B,)`` bool (RGB-D codecs): clips that learn frame 0's depth from its colours: frame 0's
+        colour channels stay clean while its depth channels are noised, later frames are pure noise, and only
+        frame 0's depth is scored (what ``generate_depth`` asks of the model)."""
         b, _, t = x0.shape[:3]
         sig, mask = self.sample_sigmas(b, t, gen)
         noise = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
+        rgb = x0.shape[1] - self.codec.depth_channels
+        if depth_rows is not None:
+            sig0 = sample_frame_sigmas(b, 1, shift=self.config.flow_shift, mean=self.config.logit_mean,
+                                       std=self.config.logit_std, generator=gen, device=self.device)[:, 0]
+            sig, mask = sig.clone(), mask.clone()
+            sig[depth_rows, 0] = sig0[depth_rows]
+            sig[depth_rows, 1:] = 1.0
+            mask[depth_rows, 0] = True
+            mask[depth_rows, 1:] = False
         x_t = noise_latents(x0, noise, sig)
+        if depth_rows is not None:
+            x_t[depth_rows, :rgb, 0] = x0[depth_rows, :rgb, 0]
         with self._autocast():
             v = self.model(x_t, sig * 1000.0, camera=camera, mode=self.config.mode)
-        loss = flow_matching_loss(v.float(), noise - x0, mask)
-        return loss, {"noisy_fraction": float(mask.float().mean())}
+        target = noise - x0
+        v = v.float()
+        if depth_rows is not None and bool(depth_rows.any()):  # frame 0's given colours are not scored
+            v = v.clone()
+            v[depth_rows, :rgb, 0] = target[depth_rows, :rgb, 0].float()
+        loss = flow_matching_loss(v, target, mask)
+        extra = {"noisy_fraction": float(mask.float().mean())}
+        if depth_rows is not None:
+            extra["depth_first_rows"] = int(depth_rows.sum())
+        return loss, extra
 
     def batch_loss(self, batch: dict[str, torch.Tensor], latent_frames: int,
                    gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss of one collated batch: encode ``latent_frames`` latent frames, then :meth:`compute_loss`."""
-        x0, camera, _ = latent_batch(batch, self.codec, latent_frames, self.device)
-        return self.compute_loss(x0, camera, gen)
+        """Loss of one collated batch: encode ``latent_frames`` latent frames (with the geometry cache's render
+        for geometry-guided models), then :meth:`compute_loss`."""
+        x0, camera, clip = latent_batch(batch, self.codec, latent_frames, self.device)
+        depth_rows = None
+        if self.model.config.geometry_channels:
+            camera, depth_rows = self.geometry_camera(camera, clip, latent_frames, gen)
+        return self.compute_loss(x0, camera, gen, depth_rows)
+
+    def geometry_camera(self, camera, clip: dict[str, torch.Tensor], latent_frames: int, gen: torch.Generator):
+        """``camera`` with the training cache's render attached (:func:`clip_geometry`), and the rows that learn
+        frame 0's depth instead (:func:`unknown_depth_geometry`)."""
+        bounds = (self.model.config.chunk_bounds(latent_frames) if self.config.mode == "chunk_causal"
+                  else [(0, latent_frames)])
+        dev = self.device
+        frames = clip["frames"].to(dev).clamp(-1, 1)
+        draw = torch.rand(frames.shape[0], generator=gen, device=gen.device).to(dev)
+        depth_rows = draw < self.config.depth_first_prob
+        geometry = clip_geometry(frames, clip["depth"].to(dev), clip["c2w"].to(dev), clip["intrinsics"].to(dev),
+                                 self.codec, bounds, CacheCorruption(**self.config.cache_corruption), gen)
+        if bool(depth_rows.any()):
+            unknown = unknown_depth_geometry(frames[:, 0], self.codec, latent_frames)
+            geometry = torch.where(depth_rows[:, None, None, None, None], unknown, geometry)
+        return camera.with_geometry(geometry.to(camera.plucker.dtype)), depth_rows
 
     # -- one step --------------------------------------------------------------------------------
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
