@@ -39,6 +39,10 @@ QUAT_NORM_TOL = 1e-2
 POSE_STATUSES = ("accepted", "waiting_for_seed", "gap", "nan", "invalid", "duplicate", "out_of_order")
 
 
+def _depth_kwargs(depth: np.ndarray | None) -> dict:
+    return {} if depth is None else {"depth": torch.as_tensor(depth, dtype=torch.float32)[None]}
+
+
 @dataclass
 class LiveFrame:
     """One output frame: ``image`` uint8 (H, W, 3) depicting camera pose ``c2w`` (OpenCV camera-to-world) at
@@ -100,6 +104,7 @@ class LivePoseCamera:
         self._cond = threading.Condition()
         self._closed = False
         self._seed_image: np.ndarray | None = None  # model-sized uint8
+        self._seed_depth: np.ndarray | None = None  # its depth (metres), geometry-guided models
         self.intrinsics: np.ndarray | None = None  # [fx, fy, cx, cy] of the model-sized image
         self._last: tuple[float, np.ndarray] | None = None  # last accepted (stamp, T_world_body)
         self._last_wall: float | None = None
@@ -122,9 +127,25 @@ class LivePoseCamera:
         self._latencies: deque[float] = deque(maxlen=100)
 
     # ------------------------------------------------------------------------------------------------ input
-    def set_seed(self, image, intrinsics=None) -> None:
+    def set_seed(self, image, intrinsics=None, depth=None, depth_scale: float = 1000.0) -> None:
         """The first frame: uint8 (H, W, 3) array or image path, with its ``[fx, fy, cx, cy]`` (None: the model's
-        FoV over the image width). Resized/centre-cropped to the model size; used by the next (re)start."""
+        FoV over the image width). Resized/centre-cropped to the model size; used by the next (re)start.
+        ``depth``: its depth map for geometry-guided models (path or float (H, W) metres, see
+        :mod:`sana_wm_env.depth`; ``depth_scale`` for 16-bit PNGs); without it such a model generates one."""
+        seed_depth = None
+        if depth is not None:
+            if not self.generator.takes_depth:
+                raise ValueError(f"depth: model {self.model.name!r} does not use depth (it keeps no geometry cache)")
+            from PIL import Image
+
+            from sana_wm_env.depth import fit_depth, read_depth
+
+            if isinstance(image, str | Path):
+                with Image.open(image) as im:
+                    src = (im.height, im.width)
+            else:
+                src = tuple(np.asarray(image).shape[:2])
+            seed_depth = fit_depth(read_depth(depth, depth_scale=depth_scale, what="depth"), src, self.image_hw)
         if intrinsics is None:
             if isinstance(image, str | Path):
                 from PIL import Image
@@ -137,6 +158,7 @@ class LivePoseCamera:
         img, k = load_image(image, self.image_hw, intrinsics)
         with self._cond:
             self._seed_image, self.intrinsics = img, np.asarray(k, dtype=np.float64)
+            self._seed_depth = seed_depth
             if self._t0 is None and self._last is not None:
                 self._request_start_locked()
             self._cond.notify_all()
@@ -276,7 +298,8 @@ class LivePoseCamera:
             if self._closed:
                 return []
             self._busy = True
-            job: dict = {"epoch": self._epoch, "image": self._seed_image, "k": self.intrinsics}
+            job: dict = {"epoch": self._epoch, "image": self._seed_image, "k": self.intrinsics,
+                         "depth": self._seed_depth}
             if self._start is not None:
                 (job["t0"], job["c2w"]), self._start = self._start, None
                 job["kind"] = "start"
@@ -302,7 +325,8 @@ class LivePoseCamera:
         if job == "start":
             t0, c2w, image, k = v["t0"], v["c2w"], v["image"], v["k"]
             state = self.generator.start(from_uint8(image[None]), torch.as_tensor(k, dtype=torch.float32),
-                                         c2w=torch.as_tensor(c2w, dtype=torch.float32), seed=self.seed)
+                                         c2w=torch.as_tensor(c2w, dtype=torch.float32), seed=self.seed,
+                                         **_depth_kwargs(v["depth"]))
             with self._cond:
                 if epoch != self._epoch:
                     return []
@@ -330,14 +354,15 @@ class LivePoseCamera:
                        for (kk, t, p, arr), img in zip(chunk, images)]
                 self._latencies.append(out[-1].latency)
             return out
-        return self._run_imagine(v["req"], v["state"], v["image"], v["k"])
+        return self._run_imagine(v["req"], v["state"], v["image"], v["k"], v["depth"])
 
-    def _run_imagine(self, req: _Imagine, state: GeneratorState | None, image, k) -> list[LiveFrame]:
+    def _run_imagine(self, req: _Imagine, state: GeneratorState | None, image, k, depth=None) -> list[LiveFrame]:
         if state is None:
             if image is None:
                 return []  # nothing to imagine from yet
             state = self.generator.start(from_uint8(image[None]), torch.as_tensor(k, dtype=torch.float32),
-                                         c2w=torch.as_tensor(req.c2w[0], dtype=torch.float32), seed=self.seed)
+                                         c2w=torch.as_tensor(req.c2w[0], dtype=torch.float32), seed=self.seed,
+                                         **_depth_kwargs(depth))
         fork = state.fork()
         out: list[LiveFrame] = []
         done = 0

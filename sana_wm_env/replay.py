@@ -141,8 +141,10 @@ def stream_replay(
     seed: int = 0,
     on_chunk: ChunkFn | None = None,
     progress: Callable[[int, int], None] | None = None,
+    depth: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """Render ``c2w (N, 4, 4)`` (frame 0 = ``image (1, 3, H, W)`` in [-1, 1]) chunk by chunk.
+    """Render ``c2w (N, 4, 4)`` (frame 0 = ``image (1, 3, H, W)`` in [-1, 1], with ``depth (1, H, W)`` metres for
+    geometry-guided models, which otherwise generate it) chunk by chunk.
 
     ``on_chunk(frames (n, 3, H, W), first_index, state)`` is called with frame 0 (``first_index=0``, the image)
     and then with each step's frames (padding dropped); ``state.latents`` holds that step's latents. Returns
@@ -153,7 +155,7 @@ def stream_replay(
         raise ValueError(f"c2w must have shape (N, 4, 4), got {tuple(poses.shape)}")
     n = poses.shape[0]
     check_length(gen, n)
-    state = gen.start(image, intrinsics, c2w=poses[0], seed=seed)
+    state = gen.start(image, intrinsics, c2w=poses[0], seed=seed, **({} if depth is None else {"depth": depth}))
     if on_chunk is not None:
         on_chunk(image[:1, None][0].float().clamp(-1, 1).cpu(), 0, state)
     done, padded, state_bytes = 1, 0, []

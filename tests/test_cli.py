@@ -54,3 +54,25 @@ def test_console_script_is_installed():
     result = subprocess.run([sys.executable, "-m", "sana_wm_env.cli.main", "info", "--model", "tiny-text"],
                             capture_output=True, text=True, check=True)
     assert '"depth": 4' in result.stdout
+
+
+def test_generate_with_a_depth_map_and_without(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(EXAMPLE) as im:
+        w, h = im.size
+    np.save(tmp_path / "depth.npy", np.full((h, w), 3.0, np.float32))
+    Image.fromarray(np.full((h, w), 3000, np.uint16)).save(tmp_path / "depth.png")  # millimetres
+    base = ["generate", "--random-init", "--model", "tiny-geo", "--image", str(EXAMPLE), "--size", "16x16",
+            "--chunks", "2"]
+    for extra in (["--depth", str(tmp_path / "depth.npy")], ["--depth", str(tmp_path / "depth.png")], []):
+        out = tmp_path / f"clip{len(extra)}.mp4"
+        assert main([*base, *extra, "--out", str(out)]) == 0, capsys.readouterr().err
+        assert iio.imread(out).shape == (5, 16, 16, 3)
+    np.save(tmp_path / "small.npy", np.ones((4, 4), np.float32))
+    assert main([*base, "--depth", str(tmp_path / "small.npy"), "--out", str(tmp_path / "x.mp4")]) == 2
+    assert "--depth is 4x4 (HxW) but its image is" in capsys.readouterr().err
+    assert main(["generate", "--random-init", "--model", "small-cpu", "--image", str(EXAMPLE), "--size", "32x32",
+                 "--depth", str(tmp_path / "depth.npy"), "--out", str(tmp_path / "y.mp4")]) == 2
+    assert "does not use depth" in capsys.readouterr().err

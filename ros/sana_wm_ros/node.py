@@ -143,7 +143,9 @@ class SanaWMNode(Node):
             self.create_subscription(msg_type[p["input"]], p["pose_topic"], self._on_pose_msg, pose_qos)
         if p["initial_image"]:
             k = p["seed_intrinsics"] or None
-            self.camera.set_seed(Path(p["initial_image"]).expanduser(), k)
+            depth = Path(p["initial_depth"]).expanduser() if p["initial_depth"] else None
+            self.camera.set_seed(Path(p["initial_image"]).expanduser(), k, depth=depth,
+                                 depth_scale=p["initial_depth_scale"])
         self._seed_k = None
         if p["seed_image_topic"]:
             self.create_subscription(Image, p["seed_image_topic"], self._on_seed_image, sensor)
@@ -168,7 +170,8 @@ class SanaWMNode(Node):
             "tf_topic": "/tf", "tf_static_topic": "/tf_static", "parent_frame": "odom", "child_frame": "base_link",
             "tf_hold": 0.1,
             "mount_xyz": [0.0, 0.0, 0.0], "mount_rpy": [0.0, 0.0, 0.0], "frame_id": "sana_wm_camera_optical_frame",
-            "initial_image": "", "seed_intrinsics": [0.0], "seed_image_topic": "", "seed_camera_info_topic": "",
+            "initial_image": "", "initial_depth": "", "initial_depth_scale": 1000.0,
+            "seed_intrinsics": [0.0], "seed_image_topic": "", "seed_camera_info_topic": "",
             "max_gap": 0.5, "max_lag": 2.0, "stall_timeout": 1.0, "diagnostics_period": 1.0,
         }
         out = {}

@@ -43,6 +43,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--random-init", action="store_true",
                    help="build the --model preset with random weights: exercises the pipeline, the frames are noise")
     p.add_argument("--image", required=True, type=Path, help="first frame (png/jpg); resized and centre-cropped")
+    p.add_argument("--depth", type=Path, default=None,
+                   help="depth map of --image for geometry-guided models: .npy float metres or 16-bit .png (see "
+                        "--depth-scale); 0 = no data / sky. Without it such a model generates frame 0's depth")
+    p.add_argument("--depth-scale", type=float, default=1000.0,
+                   help="16-bit --depth PNG units per metre (default 1000 = millimetres; TUM RGB-D uses 5000)")
     p.add_argument("--size", default=None, help="output HxW, multiples of the codec stride (default: the model's)")
     p.add_argument("--fov", type=float, default=60.0, help="horizontal field of view of --image in degrees")
     p.add_argument("--intrinsics", default=None, help="fx,fy,cx,cy of --image in its own pixels (overrides --fov)")
@@ -98,6 +103,18 @@ def load_image(path: Path, size_hw: tuple[int, int], intrinsics, fov: float) -> 
     return from_uint8(np.asarray(img))[None], k.float()
 
 
+def load_depth_for(image_path: Path, depth_path: Path, size_hw: tuple[int, int], depth_scale: float) -> torch.Tensor:
+    """``--depth`` of ``--image``, resized and cropped like it: ``(1, H, W)`` metres."""
+    from PIL import Image
+
+    from sana_wm_env.depth import fit_depth, read_depth
+
+    with Image.open(image_path) as im:
+        src = (im.height, im.width)
+    depth = read_depth(depth_path, depth_scale=depth_scale, what="--depth")
+    return torch.from_numpy(fit_depth(depth, src, size_hw, what="--depth"))[None]
+
+
 def constant_motion_path(num_frames: int, fps: float, args: argparse.Namespace) -> torch.Tensor:
     """Camera-to-world poses (F, 4, 4) starting at identity, moving with the per-second motion flags."""
     dt = 1.0 / fps
@@ -133,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
     size = wm.image_hw if args.size is None else parse_hw(args.size, "--size")
     fps = wm.fps if args.fps is None else args.fps
     image, k = load_image(args.image, size, args.intrinsics, args.fov)
+    extra = {}
+    if args.depth is not None:
+        extra["depth"] = load_depth_for(args.image, args.depth, size, args.depth_scale)
     steps = {} if args.steps is None else {"num_steps": args.steps}
     if args.generator == "streaming":
         gen = wm.streaming_generator()
@@ -143,7 +163,9 @@ def run(args: argparse.Namespace) -> int:
     poses = constant_motion_path(gen.valid_num_frames(args.chunks), fps, args)
     t0 = time.perf_counter()
     with tqdm(total=poses.shape[0], initial=1, unit="frame", desc=f"{args.generator} generation") as bar:
-        video = gen.generate(image.to(args.device), k, poses[None], seed=args.seed,
+        if "depth" in extra and not gen.takes_depth:
+            raise ValueError(f"--depth: model {args.model!r} does not use depth (it keeps no geometry cache); drop it")
+        video = gen.generate(image.to(args.device), k, poses[None], seed=args.seed, **extra,
                              progress=lambda done, total: bar.update(done - bar.n) if args.generator != "bidirectional"
                              else None)
         bar.update(poses.shape[0] - bar.n)

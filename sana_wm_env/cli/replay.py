@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("trajectory", type=Path, help="trajectory file or ROS 2 bag")
     p.add_argument("--image", type=Path, default=None, help="first frame (png/jpg); resized and centre-cropped")
+    p.add_argument("--depth", type=Path, default=None,
+                   help="depth map of --image for geometry-guided models (.npy metres or 16-bit .png, see "
+                        "--depth-scale; 0 = no data). Without it such a model generates it (--twin: the twin's)")
+    p.add_argument("--depth-scale", type=float, default=1000.0,
+                   help="16-bit --depth PNG units per metre (default 1000 = millimetres; TUM RGB-D uses 5000)")
     p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="trajectory format (default: auto)")
     p.add_argument("--topic", default=None, help="bag topic (Odometry, Pose*, TF child frame with --child-frame)")
     p.add_argument("--parent-frame", default=None, help="bag /tf: parent frame")
@@ -108,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sana_wm_env.cli.demo import side_by_side
     from sana_wm_env.cli.eval import load_model_or_explain
-    from sana_wm_env.cli.generate import load_image
+    from sana_wm_env.cli.generate import load_depth_for, load_image
     from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
     from sana_wm_env.replay import check_length, place_in_scene, prepare_path, stream_replay
     from sana_wm_env.trajectories import load, save
@@ -149,6 +154,13 @@ def run(args: argparse.Namespace) -> int:
         image = None
     else:
         image, k4 = load_image(args.image, (h, w), args.intrinsics, model.fov_deg if args.fov is None else args.fov)
+    depth = None
+    if args.depth is not None:
+        if args.twin is not None:
+            raise ValueError("--twin renders the first frame and its depth; drop --depth")
+        if not gen.takes_depth:
+            raise ValueError(f"--depth: model {model.name!r} does not use depth (it keeps no geometry cache); drop it")
+        depth = load_depth_for(args.image, args.depth, (h, w), args.depth_scale)
     refiner = None
     if args.refine is not None:
         from sana_wm_env.cli.refine import bundled_refiner_path
@@ -178,8 +190,11 @@ def run(args: argparse.Namespace) -> int:
         if scene is not None:
             from sana_wm_env.scenes import SceneRenderer
 
-            renderer = SceneRenderer(scene, h, w, depth=False)
-            image = from_uint8(renderer.render(world[0], k4.double().numpy())[0])[None]
+            renderer = SceneRenderer(scene, h, w, depth=gen.takes_depth)
+            first_rgb, first_depth = renderer.render(world[0], k4.double().numpy())
+            image = from_uint8(first_rgb)[None]
+            if gen.takes_depth:
+                depth = torch.from_numpy(first_depth)[None]
 
         def on_chunk(frames, first, state):
             nonlocal psnr_sum, psnr_n
@@ -205,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         with torch.inference_mode(), tqdm(total=len(path), initial=1, unit="frame", desc="replay") as bar:
             stats = stream_replay(gen, image.to(args.device), k4, path.c2w, seed=args.seed, on_chunk=on_chunk,
-                                  progress=lambda done, total: bar.update(done - bar.n))
+                                  progress=lambda done, total: bar.update(done - bar.n), depth=depth)
         elapsed = time.perf_counter() - t0
     finally:
         writer.close()
