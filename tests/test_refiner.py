@@ -297,7 +297,7 @@ def test_eval_cli_scores_the_refined_model_on_the_same_episodes(tmp_path, wm, ca
                  "0", "--no-untrained", "--no-progress", "--action-stride", "4"])
     assert code == 0, capsys.readouterr().err
     res = json.loads(out.read_text())["candidates"]
-    assert set(res) == {"model", "repeat_first_frame", "model+refiner"}
+    assert set(res) == {"model", "repeat_first_frame", "warp", "model+refiner"}
     refined, model = res["model+refiner"], res["model"]
     assert refined["fidelity"]["psnr"]["1-8"]["frames"] == model["fidelity"]["psnr"]["1-8"]["frames"] > 0
     assert refined["fidelity"]["psnr"]["1-8"]["mean"] != model["fidelity"]["psnr"]["1-8"]["mean"]

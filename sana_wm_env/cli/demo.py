@@ -148,13 +148,15 @@ def run(args: argparse.Namespace) -> int:
     scene = make_scene(args.family, args.scene_seed)
     poses = scripted_path(scene, frames, model.fps)
     k4 = fov_to_intrinsics(model.fov_deg, h, w).double()
-    with SceneRenderer(scene, h, w, depth=False) as renderer:
+    with SceneRenderer(scene, h, w, depth=gen.takes_depth) as renderer:
         truth = np.stack([renderer.render(p, k4.numpy())[0] for p in poses])
+        # a geometry-guided model starts from the twin's depth of frame 0, as the envs give it
+        depth = {"depth": torch.from_numpy(renderer.render(poses[0], k4.numpy())[1])[None]} if gen.takes_depth else {}
     c2w = torch.from_numpy(poses).float()[None]
     out = [from_uint8(truth[0])[None]]
     t0 = time.perf_counter()
     with torch.inference_mode(), tqdm(total=frames, initial=1, unit="frame", desc="demo rollout") as bar:
-        state = gen.start(out[0].to(args.device), k4.float(), c2w=c2w[:, 0], seed=args.seed)
+        state = gen.start(out[0].to(args.device), k4.float(), c2w=c2w[:, 0], seed=args.seed, **depth)
         done = 1
         while done < frames:
             n = gen.frames_per_step(state)
