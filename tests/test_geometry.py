@@ -123,8 +123,9 @@ def test_generators_keep_a_cache_of_generated_rgbd_frames(kind, one_thread):
         done += n
     if kind == "bidirectional":  # sampled jointly: the geometry input is frame 0's cache
         assert state.geometry.counts().tolist() == [H * W, H * W]
-    else:
-        assert (state.geometry.counts() > H * W).all() and state.geometry.next_stamp == 1 + 6
+    else:  # generated frames only fill holes: frame 0's points all stay
+        assert (state.geometry.counts() >= H * W).all() and state.geometry.next_stamp == 1 + 6
+        assert (state.geometry.stamp[state.geometry.batch == 0] == 0).sum() == H * W
     with pytest.raises(ValueError, match="depth must be a float tensor"):
         gen.start(image(), K, depth=torch.full((2, H), 2.0))
 
@@ -175,10 +176,13 @@ def test_training_geometry_follows_the_causal_cache_and_corrupts_it_reproducibly
     bounds = [(0, 2), (2, 3), (3, 4)]  # 4 latent frames = 7 video frames
     exact = clip_geometry(frames, depth, c2w, k, codec, bounds, CacheCorruption.none(), torch.Generator())
     assert exact.shape == (2, geometry_channels(codec), 4, 4, 4)
-    # exact caches: chunk [2, 3) (video frames 3, 4) sees frames 0..2 cached; the render of that cache
+    # exact caches: chunk [2, 3) (video frames 3, 4) sees frame 0 plus what frames 1, 2 showed of the holes of the
+    # render they were made from (the first chunk's: frame 0's cache at poses 0..2)
     cache = PointCache.from_frame(frames[:, 0], depth[:, 0], c2w[:, 0], K)
+    covered = cache.render(c2w[:, :3], K, (H, W)).mask
     for i in (1, 2):
-        cache = cache.add(frames[:, i], depth[:, i], c2w[:, i], K, edge_filter="ramps")
+        cache = cache.add(frames[:, i], depth[:, i], c2w[:, i], K, valid=~covered[:, i], edge_filter="ramps",
+                          supersede=False)
     want = geometry_inputs(cache.render(c2w[:, 3:5], K, (H, W)), codec, first=False)
     torch.testing.assert_close(exact[:, :, 2:3], want)
     noisy = [clip_geometry(frames, depth, c2w, k, codec, bounds, CacheCorruption(), torch.Generator().manual_seed(5))

@@ -159,6 +159,9 @@ def test_a_new_frame_supersedes_what_it_sees_again_or_sees_past():
     turned = cache.add(rgb_b, wall, pose(rotvec=(0.0, math.pi, 0.0))[None], K)
     assert turned.num_points == 2 * H * W
     assert torch.equal(turned.render(pose()[None], K, (H, W)).rgb, rgb_a)
+    # supersede=False only adds: both walls are kept (at equal depth the newer point wins the z-buffer)
+    added = cache.add(rgb_b, wall, pose()[None], K, supersede=False)
+    assert added.num_points == 2 * H * W and torch.equal(added.render(pose()[None], K, (H, W)).rgb, rgb_b)
 
 
 def test_revisiting_keeps_memory_flat_and_capacity_keeps_the_newest():

@@ -21,9 +21,11 @@ give the same frames, alone or batched.
 
 Geometry-guided models (``geometry_channels > 0``, an RGB-D codec) also keep a
 :class:`world_model.point_cache.PointCache` in the state: frame 0 with its depth (``start(..., depth=)``; without
-it the model generates frame 0's depth from its colours), then every generated frame with its generated depth.
-Each step renders the cache at the step's poses and gives the render to the transformer
-(:mod:`world_model.geometry`); ``state.last_depth`` holds the depth of the frames the last step returned.
+it the model generates frame 0's depth from its colours), then, from every generated frame with its generated
+depth, the pixels the cache could not show (what it showed is never overwritten: frame 0 is exact, generated
+frames are not). Each step renders the cache at the step's poses and gives the render to the transformer
+(:mod:`world_model.geometry`); ``state.last_depth`` holds the depth of the frames the last step returned and
+``state.last_coverage`` the share of their pixels the cache showed.
 """
 
 from __future__ import annotations
@@ -255,16 +257,15 @@ class _Generator(abc.ABC):
 
     def _geometry_camera(self, state: GeneratorState, camera: CameraInputs, poses: torch.Tensor, first: bool
                          ) -> tuple[CameraInputs, torch.Tensor | None]:
-        """``camera`` with the cache's render at this chunk's frame poses attached, and the share ``(B, n)`` of each
-        new frame's pixels the cache covers (geometry-guided models; else ``camera`` and None)."""
+        """``camera`` with the cache's render at this chunk's frame poses attached, and which pixels of each new
+        frame the cache covers, ``(B, n, H, W)`` (geometry-guided models; else ``camera`` and None)."""
         if not self.takes_depth:
             return camera, None
         if first:
             poses = torch.cat([state.reference_c2w[:, None], poses], dim=1)
         render = state.geometry.render(poses.to(self.device), state.intrinsics.to(self.device), state.image_hw)
-        coverage = render.coverage()[:, 1:] if first else render.coverage()
         geometry = geometry_inputs(render, self.codec, first=first).to(camera.plucker.dtype)
-        return camera.with_geometry(geometry), coverage
+        return camera.with_geometry(geometry), render.mask[:, 1:] if first else render.mask
 
     def _init_state(self, state: GeneratorState) -> GeneratorState:
         return state
@@ -362,7 +363,7 @@ class _CausalGenerator(_Generator):
             raise ValueError("state must come from this generator's start() or step()")
         poses = self._check_step_poses(state, c2w)
         first = state.chunk_index == 0
-        camera, coverage = self._geometry_camera(state, self._camera(state, poses, first), poses, first)
+        camera, covered = self._geometry_camera(state, self._camera(state, poses, first), poses, first)
         model, dtype = self.transformer, self.transformer.dtype
         b, t = state.batch_size, camera.num_frames
         x = seeded_noise((b, model.config.in_channels, t, *state.latent_hw), state.seeds, state.chunk_index,
@@ -401,10 +402,16 @@ class _CausalGenerator(_Generator):
         if first:
             video = video[:, :, 1:]  # frame 0 is the given image
         frames = video.permute(0, 2, 1, 3, 4)
-        if depth is not None:  # the new frames join the cache; generated depth is blurred at edges: drop the ramps
+        coverage = None
+        if depth is not None:
+            # The new frames fill the cache's holes only: what it showed stays as it was (frame 0 is exact, a
+            # generated frame is not), what it could not show comes from the model. Generated depth is blurred at
+            # edges: drop the ramps.
+            coverage = covered.flatten(-2).float().mean(-1)
             for i in range(frames.shape[1]):
                 geometry = geometry.add(frames[:, i].float(), depth[:, i], poses[:, i].to(self.device),
-                                        state.intrinsics.to(self.device), edge_filter="ramps")
+                                        state.intrinsics.to(self.device), valid=~covered[:, i], edge_filter="ramps",
+                                        supersede=False)
         new_state = dataclasses.replace(
             state, cache=cache, uncond_cache=uncond_cache, decode=decode, chunk_index=state.chunk_index + 1,
             frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(), latents=x.detach(),

@@ -200,7 +200,7 @@ class PointCache:
 
     # ------------------------------------------------------------------------------------------- adding frames
     def add(self, rgb: torch.Tensor, depth: torch.Tensor, c2w, intrinsics, *, valid: torch.Tensor | None = None,
-            edge_filter: str | None = None) -> PointCache:
+            edge_filter: str | None = None, supersede: bool = True) -> PointCache:
         """This cache plus one RGB-D frame per batch element.
 
         Args:
@@ -211,6 +211,9 @@ class PointCache:
             valid: optional ``(B, H, W)`` bool: pixels to add (e.g. only some batch elements).
             edge_filter: :func:`depth_edges` mode for this frame (default: the cache's): e.g. "ramps" for a
                 generated frame in a cache started from exact depth.
+            supersede: let this frame replace the cached points it shows again or sees past (the newest view
+                wins); ``False`` only adds points, e.g. a generated frame filling the holes of a cache it should
+                not overwrite (pass those holes as ``valid``).
         """
         rgb = _check_image(rgb, "rgb")
         b, c, h, w = rgb.shape
@@ -230,7 +233,10 @@ class PointCache:
         bi, vi, ui = torch.nonzero(keep, as_tuple=True)
         new = (xyzw[bi, vi, ui], rgb.permute(0, 2, 3, 1)[bi, vi, ui].to(self.colors.dtype), radius[bi, vi, ui], bi,
                torch.full_like(bi, self.next_stamp))
-        old = ~self._superseded(depth, keep, poses, k4) if self.num_points else self.batch.bool()
+        if self.num_points and supersede:
+            old = ~self._superseded(depth, keep, poses, k4)
+        else:
+            old = torch.ones_like(self.batch, dtype=torch.bool)
         columns = zip((self.xyzw, self.colors, self.radius, self.batch, self.stamp), new)
         # (batch, stamp) order: per element, the old points it keeps, then its new ones
         merged = [torch.cat([before[old], added]) for before, added in columns]

@@ -1,8 +1,9 @@
 """Geometry conditioning for training: the cache a generator would hold before each chunk, made imperfect.
 
 At inference a geometry-guided model sees, before each chunk, its cache of frame 0 (exact twin depth, or depth it
-generated) and of every frame it generated so far, rendered at the chunk's poses (:mod:`world_model.geometry`).
-Training builds the same thing from a clip's ground truth, chunk by chunk (frames before a chunk only), and
+generated) and of what every frame it generated so far showed of the cache's holes, rendered at the chunk's poses
+(:mod:`world_model.geometry`). Training builds the same thing from a clip's ground truth, chunk by chunk (frames
+before a chunk only, each filling the holes of the render it was generated from), and
 corrupts what goes into the cache the way a generator's own frames are corrupt, so that the model learns to
 correct the cache instead of copying its artefacts (RL policies exploit warp artefacts):
 
@@ -122,19 +123,21 @@ def clip_geometry(frames: torch.Tensor, depth: torch.Tensor, c2w: torch.Tensor, 
     depth0 = torch.where(exact[:, None, None], depth[:, 0], depth0)
     keep0 = keep0 | exact[:, None, None]
     cache = PointCache.empty(b, device=dev).add(rgb0, depth0, c2w[:, 0], k, valid=keep0)
-    parts, added = [], 1
+    parts, added, covered = [], 1, {}
     for c0, c1 in bounds:
         first = c0 == 0
         lo = 0 if first else 1 + s * (c0 - 1)
         hi = 1 + s * (c1 - 1)
         if hi > f:
             raise ValueError(f"bounds {bounds} need {hi} frames, the clip has {f}")
-        while added < lo:  # the frames of earlier chunks join the cache, as generated ones would
+        while added < lo:  # frames of earlier chunks fill the holes their render had, as generated ones would
             rgb_i, depth_i, keep_i = corrupt_frames(frames[:, added], depth[:, added], scale, corruption, gen,
                                                     generated=True)
-            cache = cache.add(rgb_i, depth_i, c2w[:, added], k, valid=keep_i, edge_filter="ramps")
+            cache = cache.add(rgb_i, depth_i, c2w[:, added], k, valid=keep_i & ~covered.pop(added),
+                              edge_filter="ramps", supersede=False)
             added += 1
         render = cache.render(c2w[:, lo:hi], k, (h, w))
+        covered.update({lo + j: render.mask[:, j] for j in range(hi - lo)})
         parts.append(geometry_inputs(render, codec, first=first))
     return torch.cat(parts, dim=2)
 
