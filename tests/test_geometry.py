@@ -190,3 +190,48 @@ def test_training_geometry_follows_the_causal_cache_and_corrupts_it_reproducibly
     assert torch.equal(noisy[0], noisy[1]) and not torch.equal(noisy[0], exact)
     unknown = unknown_depth_geometry(frames[:, 0], codec, 4)
     assert unknown.shape == exact.shape and (unknown[:, -2:, 1:] == -1).all() and (unknown[:, -2:, 0] == 1).all()
+
+
+class RGBDClips(torch.utils.data.Dataset):
+    """Clips of a textured wall 2-4 m away seen by a camera sliding right: frames, depth, poses, intrinsics."""
+
+    def __init__(self, n: int = 4, frames: int = 9) -> None:
+        self.n, self.f = n, frames
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        g = torch.Generator().manual_seed(i)
+        wall = torch.rand(3, H, 4 * W, generator=g) * 2 - 1
+        frames = torch.stack([wall[:, :, j : j + W] for j in range(self.f)])
+        return {"frames": frames, "c2w": path(1, self.f, 0)[0], "intrinsics": K,
+                "depth": torch.full((self.f, H, W), 2.0 + i % 3)}
+
+
+def test_training_and_distilling_a_geometry_guided_model(tmp_path, one_thread):
+    from world_model.training import DistillConfig, Distiller, TrainConfig, Trainer
+
+    codec = rgbd_codec().to_config()
+    cfg = TrainConfig(model="tiny-geo", codec=codec, steps=3, batch_size=2, frames_schedule=((0, 4),), log_every=1,
+                      checkpoint_every=100, sample_steps=2, depth_first_prob=0.5)
+    trainer = Trainer(cfg, RGBDClips(), tmp_path / "teacher", device="cpu", progress=False)
+    summary = trainer.train()
+    assert summary["last"]["latent_frames"] == 4 and "depth_first_rows" in summary["last"]
+    dcfg = DistillConfig(model="tiny-geo", codec=codec, steps=2, batch_size=1, frames_schedule=((0, 4),),
+                         teacher_steps_per_segment=1, log_every=1, checkpoint_every=100, sample_steps=2)
+    d = Distiller(dcfg, RGBDClips(), tmp_path / "student", teacher=trainer.ema, device="cpu", progress=False)
+    assert d.train()["last"]["loss"] > 0
+    # the rollout's caches hold its own frames: chunk k's geometry comes from the chunks before it
+    from world_model.training import latent_batch
+    from world_model.training.data import collate_clips
+    from world_model.training.distill import RolloutGeometry, teacher_rollout
+
+    x0, cam, clip = latent_batch(collate_clips([RGBDClips()[0]]), d.codec, 4, "cpu")
+    bounds = d.teacher.config.chunk_bounds(4)
+    rollout = RolloutGeometry(clip, d.codec, bounds, "cpu")
+    noises = [torch.randn(1, 32, b - a, *x0.shape[-2:]) for a, b in bounds]
+    _, finals = teacher_rollout(d.teacher, x0[:, :, :1], cam, bounds, d.grid, noises, geometry=rollout)
+    assert rollout.inputs().shape == (1, 34, 4, *x0.shape[-2:]) and len(finals) == len(bounds)
+    with pytest.raises(ValueError, match="in order"):
+        rollout(1, finals)

@@ -25,6 +25,11 @@ the ODE-regression stage:
    teacher path after the first step, so later steps see inputs they were not trained on. The last step
    (to sigma 0) has the same target under both choices.
 
+Geometry-guided models: the teacher samples each chunk with the geometry cache a generator would hold then,
+built from the clip's first frame (its exact depth) and the teacher's own earlier chunks (decoded RGB-D, filling
+the holes of the render each was sampled from: :class:`RolloutGeometry`), not from ground truth; the student sees
+the same per-chunk geometry inputs. Caches are thus made of model outputs, with their artefacts.
+
 Classifier-free guidance is not used: the twin-world datasets carry no text, so the teacher is
 unconditional (its learned null caption if it is a text model).
 """
@@ -42,8 +47,10 @@ import torch
 
 from ..camera import CameraInputs
 from ..checkpoints import load_transformer
+from ..codecs.base import DecodeStreamState
 from ..sampling import DISTILLED_TIMESTEPS, euler_step, shift_sigmas, sigmas_from_timesteps
 from ..transformer import SanaWMTransformer
+from .data import latent_batch
 from .flow_matching import flow_matching_loss
 from .trainer import TrainConfig, Trainer
 
@@ -53,6 +60,60 @@ TARGETS = ("next", "x0")
 def unshift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     """Inverse of :func:`~world_model.sampling.shift_sigmas`: ``u = sigma / (shift - (shift - 1) sigma)``."""
     return sigmas / (shift - (shift - 1) * sigmas)
+
+
+class RolloutGeometry:
+    """Per-chunk geometry inputs from a cache of a clip's first frame and a rollout's own earlier chunks.
+
+    ``clip``: the batch's ``frames (B, F, 3, H, W)``, ``depth (B, F, H, W)``, ``c2w``, ``intrinsics`` (as
+    :func:`~world_model.training.data.latent_batch` returns it); ``bounds``: the rollout's latent chunks. Called
+    as ``geometry(k, finals)`` before chunk ``k``: the chunks before it are decoded (colour and depth) and fill the
+    holes of the render they were sampled from (generated depth: ``ramps`` edge filter), then the cache is
+    rendered at chunk ``k``'s frames. ``inputs()`` is every chunk's geometry so far, along the latent frames.
+    """
+
+    def __init__(self, clip: dict[str, torch.Tensor], codec, bounds: Sequence[tuple[int, int]], device) -> None:
+        from ..point_cache import PointCache
+
+        self.codec, self.bounds, self.device = codec, list(bounds), device
+        self.frames = clip["frames"].to(device).clamp(-1, 1)
+        self.c2w = clip["c2w"].to(device).float()
+        k = clip["intrinsics"].to(device).float()
+        self.k = k[:, 0] if k.ndim == 3 else k
+        self.hw = tuple(self.frames.shape[-2:])
+        self.cache = PointCache.from_frame(self.frames[:, 0], clip["depth"][:, 0].to(device).float(), self.c2w[:, 0],
+                                           self.k)
+        self.masks: dict[int, torch.Tensor] = {}
+        self.parts: list[torch.Tensor] = []
+
+    def _frame_range(self, k: int) -> tuple[int, int]:
+        a, b = self.bounds[k]
+        s = self.codec.temporal_stride
+        return (0 if a == 0 else 1 + s * (a - 1)), 1 + s * (b - 1)
+
+    def __call__(self, k: int, finals: list[torch.Tensor]) -> torch.Tensor:
+        from ..geometry import geometry_inputs
+
+        if k != len(self.parts):
+            raise ValueError(f"chunks must be asked for in order: expected chunk {len(self.parts)}, got {k}")
+        if k:  # the previous chunk's frames join the cache where its render had holes
+            lo, hi = self._frame_range(k - 1)
+            with torch.no_grad():  # a continuation chunk decodes to whole groups of frames (no lone frame 0)
+                (video, depth), _ = self.codec.decode_chunk(
+                    finals[k - 1].float(), DecodeStreamState(latent_frames=self.bounds[k - 1][0]), with_depth=True)
+            first = lo == 0
+            for j in range(1 if first else 0, hi - lo):
+                i = lo + j
+                self.cache = self.cache.add(video[:, :, j], depth[:, j], self.c2w[:, i], self.k,
+                                            valid=~self.masks.pop(i), edge_filter="ramps", supersede=False)
+        lo, hi = self._frame_range(k)
+        render = self.cache.render(self.c2w[:, lo:hi], self.k, self.hw)
+        self.masks.update({lo + j: render.mask[:, j] for j in range(hi - lo)})
+        self.parts.append(geometry_inputs(render, self.codec, first=lo == 0))
+        return self.parts[-1]
+
+    def inputs(self) -> torch.Tensor:
+        return torch.cat(self.parts, dim=2)
 
 
 def teacher_grid(student_sigmas: torch.Tensor, steps_per_segment: int, shift: float) -> tuple[torch.Tensor, list[int]]:
@@ -89,12 +150,15 @@ def teacher_rollout(
     *,
     record: Sequence[int] = (),
     autocast: Callable[[], Any] = contextlib.nullcontext,
+    geometry: Callable[[int, list[torch.Tensor]], torch.Tensor] | None = None,
 ) -> tuple[list[list[torch.Tensor]], list[torch.Tensor]]:
     """Chunk-by-chunk Euler sampling in latent space with full causal context, recording intermediate latents.
 
     ``first_latent (B, C, 1, h, w)``: the clean first frame (kept at timestep 0). ``camera``: inputs of the whole
     clip (at least ``bounds[-1][1]`` latent frames). ``noises[k]``: the starting noise of chunk ``k``.
     ``record``: grid indices whose latents are kept (index ``len(sigmas) - 1`` = the final chunk).
+    ``geometry(k, finals)``: the geometry input of chunk ``k`` given the earlier chunks' final latents
+    (geometry-guided models; it replaces ``camera.geometry`` for that chunk).
     Returns ``(records[k][j] = x at sigmas[record[j]] for chunk k, finals[k])``.
     """
     cache = model.new_cache(window_chunks=None)
@@ -103,6 +167,8 @@ def teacher_rollout(
     dtype = model.dtype
     for k, (a, b) in enumerate(bounds):
         cam = camera.slice_frames(a, b)
+        if geometry is not None:
+            cam = cam.with_geometry(geometry(k, finals).to(cam.plucker.dtype))
         x = noises[k].to(dtype).clone()
         bsz, t = x.shape[0], b - a
         if k == 0:
@@ -239,6 +305,13 @@ class Distiller(Trainer):
         n = next(i for i, (_, hi) in enumerate(bounds) if hi >= frame_end)
         return bounds[: n + 1]
 
+    def batch_loss(self, batch: dict[str, torch.Tensor], latent_frames: int,
+                   gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        """As :meth:`Trainer.batch_loss`; geometry-guided models take their caches from the teacher's rollout."""
+        x0, camera, clip = latent_batch(batch, self.codec, latent_frames, self.device)
+        self._clip = clip if self.model.config.geometry_channels else None
+        return self.compute_loss(x0, camera, gen)
+
     def compute_loss(self, x0: torch.Tensor, camera, gen: torch.Generator, depth_rows: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, dict[str, float]]:
         if depth_rows is not None and bool(depth_rows.any()):
@@ -251,9 +324,17 @@ class Distiller(Trainer):
         t_bounds = self._teacher_bounds_through(hi, x0.shape[2])
         b, ch, _, h, w = x0.shape
         noise = torch.randn((b, ch, t_bounds[-1][1], h, w), generator=gen, device=self.device)
+        rollout_geometry = None
+        if cfg.geometry_channels:
+            clip = getattr(self, "_clip", None)
+            if clip is None:
+                raise ValueError("a geometry-guided student needs the clip's frames and depth: use batch_loss")
+            rollout_geometry = RolloutGeometry(clip, self.codec, t_bounds, self.device)
         records, finals = teacher_rollout(self.teacher, x0[:, :, :1], camera, t_bounds, self.grid,
                                           self._split_noise(noise, t_bounds), record=self.record_idx,
-                                          autocast=self._autocast)
+                                          autocast=self._autocast, geometry=rollout_geometry)
+        if rollout_geometry is not None:  # the student sees the caches the teacher sampled with
+            camera = camera.slice_frames(0, t_bounds[-1][1]).with_geometry(rollout_geometry.inputs())
         # the teacher's trajectory of frames lo:hi at the student sigmas (then final), and its clean past
         rec = [torch.cat([r[j] for r in records], dim=2)[:, :, lo:hi] for j in range(len(self.record_idx))]
         past = torch.cat(finals, dim=2)[:, :, :lo]
@@ -279,17 +360,26 @@ class Distiller(Trainer):
         return loss, {"chunk": c}
 
     @torch.no_grad()
-    def student_teacher_gap(self, x0: torch.Tensor, camera, seed: int = 0) -> dict[str, float]:
+    def student_teacher_gap(self, x0: torch.Tensor, camera, seed: int = 0,
+                            clip: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """Latent MSE between the student's few-step streaming rollout (on its own context) and the teacher's,
-        from the same first frame, poses and noise (frame 0 excluded); plus each one's MSE to ``x0``."""
+        from the same first frame, poses and noise (frame 0 excluded); plus each one's MSE to ``x0``.
+        Geometry-guided models need the ``clip`` (each rollout then caches its own frames)."""
         t = x0.shape[2]
         s_bounds, t_bounds = self.model.config.chunk_bounds(t), self.teacher.config.chunk_bounds(t)
         gen = torch.Generator(device=self.device).manual_seed(seed)
         noise = torch.randn(x0.shape, generator=gen, device=self.device)
+        geometric = bool(self.model.config.geometry_channels)
+        if geometric and clip is None:
+            raise ValueError("a geometry-guided model needs the clip (frames, depth, poses) for its caches")
         _, t_fin = teacher_rollout(self.teacher, x0[:, :, :1], camera, t_bounds, self.grid,
-                                   self._split_noise(noise, t_bounds), autocast=self._autocast)
+                                   self._split_noise(noise, t_bounds), autocast=self._autocast,
+                                   geometry=RolloutGeometry(clip, self.codec, t_bounds, self.device) if geometric
+                                   else None)
         _, s_fin = teacher_rollout(self.ema, x0[:, :, :1], camera, s_bounds, self.student_sigmas,
-                                   self._split_noise(noise, s_bounds), autocast=self._autocast)
+                                   self._split_noise(noise, s_bounds), autocast=self._autocast,
+                                   geometry=RolloutGeometry(clip, self.codec, s_bounds, self.device) if geometric
+                                   else None)
         t_all, s_all = torch.cat(t_fin, 2)[:, :, 1:], torch.cat(s_fin, 2)[:, :, 1:]
         gt = x0[:, :, 1:]
         return {"gap_mse": float((s_all - t_all).pow(2).mean()), "student_mse": float((s_all - gt).pow(2).mean()),
@@ -305,12 +395,10 @@ class Distiller(Trainer):
 
     @torch.no_grad()
     def write_sample(self) -> dict[str, Any]:
-        from .data import latent_batch
-
         record = super().write_sample()
-        x0, camera, _ = latent_batch(self.sample_clip(), self.codec, self.config.latent_frames(self.step),
-                                     self.device)
-        gap = {"step": self.step, **self.student_teacher_gap(x0, camera, seed=self.config.seed)}
+        x0, camera, clip = latent_batch(self.sample_clip(), self.codec, self.config.latent_frames(self.step),
+                                        self.device)
+        gap = {"step": self.step, **self.student_teacher_gap(x0, camera, seed=self.config.seed, clip=clip)}
         self.log(gap)
         return {**record, **gap}
 

@@ -586,8 +586,10 @@ class Trainer:
         poses = batch["c2w"][:, :n]
         columns, record = [], {"step": self.step}
         image = frames[:1].to(self.device)
+        depth = {"depth": batch["depth"][:, 0].to(self.device)} if "depth" in batch else {}
         for label, gen in gens:
-            video = gen.generate(image, batch["intrinsics"][0, 0], poses, seed=self.config.seed)[0]
+            video = gen.generate(image, batch["intrinsics"][0, 0], poses, seed=self.config.seed,
+                                 **(depth if gen.takes_depth else {}))[0]
             columns.append(video.cpu())
             record[f"sample_psnr_{label}"] = psnr(video[1:].cpu(), frames[1:])
         columns.append(frames)
