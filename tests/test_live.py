@@ -180,3 +180,29 @@ def test_live_tf_chaining_matches_the_bag_reader(trajectory_data):
     idx = np.searchsorted(ref.timestamps, stamps)
     np.testing.assert_allclose(ref.timestamps[idx], stamps, atol=1e-9)
     np.testing.assert_allclose(np.stack([g[1] for g in got]), ref.poses[idx], atol=1e-9)
+
+
+def test_a_geometry_guided_model_streams_from_a_seed_with_or_without_its_depth(one_thread, tmp_path):
+    import torch
+
+    from world_model.bundles import untrained_world_model
+
+    geo = untrained_world_model("tiny-geo", image_hw=(16, 16))
+    with torch.no_grad():
+        for p in geo.student.parameters():
+            if not p.any():
+                p.add_(0.05 * torch.randn_like(p))
+    np.save(tmp_path / "depth.npy", np.full((20, 24), 2.0, np.float32))
+    t, pos, quat = _path(20, 16.0)
+    streams = []
+    for depth in (tmp_path / "depth.npy", None):  # given, then generated from the seed image
+        cam = LivePoseCamera(geo, mount=MOUNT, max_lag=30.0)
+        cam.set_seed(_seed_image(), depth=depth)
+        for i in range(len(t)):
+            cam.add_pose(t[i], pos[i], quat[i])
+        frames = _drain(cam)
+        assert len(frames) > 1 and all(np.isfinite(f.image).all() for f in frames)
+        streams.append(frames)
+    assert not np.array_equal(streams[0][-1].image, streams[1][-1].image)  # the depth changes what is rendered
+    with pytest.raises(ValueError, match="is 4x4 \\(HxW\\) but its image is 20x24"):
+        LivePoseCamera(geo, mount=MOUNT).set_seed(_seed_image(), depth=np.ones((4, 4), np.float32))
