@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-ce "human" rendering without a display
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
+import json
 import subprocess
 import sys
 import warnings
@@ -189,6 +190,46 @@ def test_twin_matches_world_model_spaces_poses_and_rewards(wm):
     sim = b.unwrapped.sim
     expect = sim._renderer(0).render(rb[4]["c2w"], sim.subs[0].intrinsics, check_inside=False)[0]
     np.testing.assert_array_equal(rb[0]["image"], expect)
+
+
+def _geometry(sim):
+    return (sim.image_hw, sim.fps, sim.frames_per_step, sim.fov_deg, sim.step_seconds,
+            sim.default_intrinsics.tolist())
+
+
+def test_twin_of_a_bundle_name_copies_that_models_geometry():
+    """Whatever the default bundle is, its twin (by name, or without a model) steps like its world-model env."""
+    wm_env = gym.make("SanaWM-Nav-v0", model="default")
+    want = _geometry(wm_env.unwrapped.sim)
+    twins = [gym.make("SanaWM-TwinNav-v0", model="default"), gym.make("SanaWM-TwinNav-v0"),
+             gym.make("SanaWM-TwinNav-v0", model=None)]
+    for twin in twins:
+        assert _geometry(twin.unwrapped.sim) == want
+        assert twin.observation_space == wm_env.observation_space
+        assert twin.metadata["render_fps"] == wm_env.metadata["render_fps"]
+    wm_env.reset(seed=5)
+    twins[0].reset(seed=5)
+    *_, info_wm = wm_env.step(FWD)
+    *_, info_twin = twins[0].step(FWD)
+    assert len(info_twin["frames_c2w"]) == len(info_wm["frames_c2w"]) == wm_env.unwrapped.sim.frames_per_step
+    np.testing.assert_array_equal(info_twin["timestamps"], info_wm["timestamps"])
+    np.testing.assert_array_equal(info_twin["frames_c2w"], info_wm["frames_c2w"])
+    # the vector twin of the same name too
+    vec_wm = gym.make_vec("SanaWM-Nav-v0", 2, vectorization_mode="vector_entry_point", model="default")
+    vec_twin = gym.make_vec("SanaWM-TwinNav-v0", 2, vectorization_mode="vector_entry_point", model="default")
+    assert _geometry(vec_twin.sim) == _geometry(vec_wm.sim) == want
+    assert vec_twin.single_observation_space == vec_wm.single_observation_space
+    # explicit geometry still replaces the model's, one value at a time
+    small = gym.make("SanaWM-TwinNav-v0", model="default", image_hw=(16, 16)).unwrapped.sim
+    assert small.image_hw == (16, 16) and _geometry(small)[1:4] == want[1:4]
+    for e in (wm_env, *twins, vec_wm, vec_twin):
+        e.close()
+
+
+def test_twin_of_an_untrained_model_copies_its_chunk(wm):
+    """A model with another chunk length than the default bundle's: the twin takes that model's."""
+    twin = make("SanaWM-TwinNav-v0", wm).unwrapped.sim
+    assert _geometry(twin) == _geometry(make("SanaWM-Nav-v0", wm).unwrapped.sim)
 
 
 def test_nav_success_terminates_and_step_after_end_raises():
@@ -393,6 +434,46 @@ def test_play_cli_headless_twin(tmp_path):
                               "--out", str(tmp_path / "p.mp4")])
     assert args.func(args) == 0
     assert (tmp_path / "p.mp4").stat().st_size > 0
+
+
+HEADLESS_HUMAN = """
+import json, os, sys, warnings
+import gymnasium as gym, numpy as np
+import sana_wm_env
+from sana_wm_env.cli.main import main
+
+out = {}
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    human = gym.make("SanaWM-TwinNav-v0", image_hw=(16, 16), render_mode="human")
+    first, _ = human.reset(seed=0)
+    human.step(np.ones(6))
+    human.close()
+out["warned"] = [str(w.message) for w in caught if "dummy" in str(w.message)]
+out["driver_left_set"] = "SDL_VIDEODRIVER" in os.environ
+later, _ = gym.make("SanaWM-TwinNav-v0", image_hw=(16, 16)).reset(seed=0)  # a later renderer in this process
+out["later_same"] = bool(np.array_equal(later["image"], first["image"]))
+out["play_rc"] = main(["play", "--twin", "--image-size", "16x16", "--max-steps", "2", "--out", sys.argv[1]])
+out["later_after_play"] = bool(np.array_equal(
+    gym.make("SanaWM-TwinNav-v0", image_hw=(16, 16)).reset(seed=0)[0]["image"], first["image"]))
+print("RESULT", json.dumps(out))
+"""
+
+
+def test_human_render_and_play_without_a_display_keep_mujoco_rendering(tmp_path):
+    """No DISPLAY and no SDL_VIDEODRIVER: SDL's dummy driver (with a warning), never the EGL "offscreen" one that
+    tears down MuJoCo's EGL display; later renders in the same process still work and play writes its video."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
+    video = tmp_path / "p.mp4"
+    res = subprocess.run([sys.executable, "-c", HEADLESS_HUMAN, str(video)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    lines = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
+    assert res.returncode == 0 and lines, res.stderr[-3000:]
+    out = json.loads(lines[-1][len("RESULT "):])
+    assert out["warned"] and "nothing is shown" in out["warned"][0]
+    assert not out["driver_left_set"]
+    assert out["later_same"] and out["later_after_play"]
+    assert out["play_rc"] == 0 and video.stat().st_size > 0
 
 
 # -- geometry-guided models: depth observations, cache coverage, first-frame depth ----------------------------

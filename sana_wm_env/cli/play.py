@@ -2,7 +2,9 @@
 
 Keys (held): W/S forward/back, A/D left/right, R/F up/down, Left/Right yaw, Up/Down pitch (Up looks up),
 Q/E roll; Backspace starts a new episode, Esc or closing the window quits. Every generated frame is written
-to the video at the model's fps. Without a display set ``SDL_VIDEODRIVER=dummy`` (e.g. with ``--max-steps``).
+to the video at the model's fps. Without a display (no ``DISPLAY`` or ``WAYLAND_DISPLAY``) and without
+``SDL_VIDEODRIVER`` the window uses SDL's "dummy" driver: nothing is shown, the video is still written (e.g. with
+``--max-steps``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--twin", action="store_true", help="play in the MuJoCo twin instead of the world model")
     p.add_argument("--task", default="nav", choices=("nav", "imagenav", "explore"), help="task (default: nav)")
     p.add_argument("--seed", type=int, default=0, help="episode seed: scene, start and goal (default: 0)")
-    p.add_argument("--image-size", default=None, help="twin without a model: HxW (default: 64x64)")
+    p.add_argument("--image-size", default=None, help="twin only: HxW instead of the model's (default: the model's)")
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: cpu)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (default: until Esc)")
     p.add_argument("--out", type=Path, default=Path("play.mp4"), help="video file (default: %(default)s)")
@@ -101,12 +103,11 @@ def _main(args: argparse.Namespace) -> int:
     from sana_wm_env.envs.world_model_env import TwinEnv, WorldModelEnv
 
     if args.twin:
-        model = None if args.model == "default" else args.model
         geometry = {"image_hw": parse_hw(args.image_size, "--image-size")} if args.image_size else {}
-        env = TwinEnv(args.task, model, render_mode="human", task_config={"max_steps": 10**9}, **geometry)
+        env = TwinEnv(args.task, args.model, render_mode="human", task_config={"max_steps": 10**9}, **geometry)
     else:
         if args.image_size:
-            raise ValueError("--image-size applies to --twin without a model; a world model has its own size")
+            raise ValueError("--image-size applies to --twin; a world model has its own size")
         env = WorldModelEnv(args.task, args.model, device=args.device, render_mode="human",
                             task_config={"max_steps": 10**9})
     result = run_play(env, args.out, seed=args.seed, max_steps=args.max_steps)

@@ -32,8 +32,6 @@ from world_model.camera import fov_to_intrinsics, resize_crop_geometry, resize_c
 OBS_MODES: tuple[str, ...] = ("dict", "image", "frames")
 SPLITS: dict[str, tuple[int, int]] = {"train": (100, SEED_COUNT), "eval": (0, 100)}
 START_CLEARANCE = 0.5  # metres: start and goal keep this far from every surface
-# Twin geometry when no model is given: the size class of the bundled CPU model.
-TWIN_DEFAULTS = {"image_hw": (64, 64), "fps": 16.0, "frames_per_step": 3, "fov_deg": 70.0}
 
 
 def resolve_model(model: WorldModel | str | Path, device: str | torch.device) -> WorldModel:
@@ -43,6 +41,13 @@ def resolve_model(model: WorldModel | str | Path, device: str | torch.device) ->
     if isinstance(model, str | Path):
         return load_world_model(model, device=device)
     raise ValueError(f"model must be a WorldModel, a bundle name or a bundle path, got {type(model).__name__}")
+
+
+def model_geometry(model: WorldModel, generator: str = "streaming") -> dict[str, Any]:
+    """What an env takes from ``model``: image size, fps, frames per step (one chunk of ``generator``) and field of
+    view; a twin copies it so that its spaces, step duration and camera are those of the model's env."""
+    return {"image_hw": tuple(int(v) for v in model.image_hw), "fps": float(model.fps),
+            "frames_per_step": WorldModelBackend(model, generator).frames_per_step, "fov_deg": float(model.fov_deg)}
 
 
 def load_depth(depth, image, hw: tuple[int, int]) -> np.ndarray:
@@ -194,15 +199,15 @@ class CameraSim:
         elif source == "twin":
             if compile is not None:
                 raise ValueError("compile applies to source='world_model' (a twin env renders with MuJoCo); drop it")
-            like = None
-            if model is not None and model != "default":
-                like = resolve_model(model, "cpu") if not isinstance(model, WorldModel) else model
-            base = dict(TWIN_DEFAULTS)
-            if like is not None:  # the twin of a model: the model's geometry, so the spaces are identical
-                wmb = WorldModelBackend(like, generator)
-                base = {"image_hw": tuple(like.image_hw), "fps": float(like.fps),
-                        "frames_per_step": wmb.frames_per_step, "fov_deg": float(like.fov_deg)}
-            base.update({k: v for k, v in geometry.items() if v is not None})
+            # the twin of a model copies its geometry (identical spaces and step duration); None: the default
+            # bundled model's. A given WorldModel stays where it is; a name or path is loaded on the CPU.
+            # Geometry passed explicitly wins (and with all of it given and no model, no model is loaded).
+            given = {k: v for k, v in geometry.items() if v is not None}
+            base = dict(given)
+            if model is not None or len(given) < len(geometry):
+                like = model if isinstance(model, WorldModel) else resolve_model(
+                    "default" if model is None else model, "cpu")
+                base = {**model_geometry(like, generator), **given}
             self.image_hw, self.fps = tuple(int(v) for v in base["image_hw"]), float(base["fps"])
             self.fov_deg, self.frames_per_step = float(base["fov_deg"]), int(base["frames_per_step"])
             self.backend = TwinBackend(self._render, self.frames_per_step)

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import warnings
+from collections.abc import Iterator
+
 import numpy as np
 
 HUD_MIN_SIZE = 256  # the frame is enlarged (nearest neighbour) to at least this many pixels wide
@@ -23,8 +29,37 @@ def hud_frame(frame: np.ndarray, lines: list[str], min_size: int = HUD_MIN_SIZE)
     return np.asarray(canvas, dtype=np.uint8)
 
 
+def has_display() -> bool:
+    """Whether SDL can open a real window: always on macOS and Windows, elsewhere only with an X11 or Wayland
+    display in the environment."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+@contextlib.contextmanager
+def safe_video_driver() -> Iterator[None]:
+    """Around ``pygame.display.init()``: without a display and without ``SDL_VIDEODRIVER``, SDL's "dummy" driver
+    (with a warning that nothing is shown).
+
+    SDL's own fallback without a display is its "offscreen" driver, an EGL one: quitting it terminates the EGL
+    display MuJoCo renders the twin with, and every later render in the process fails. The variable is only set
+    while SDL picks its driver and restored after.
+    """
+    if os.environ.get("SDL_VIDEODRIVER") or has_display():
+        yield
+        return
+    warnings.warn('render_mode="human" without a display (no DISPLAY or WAYLAND_DISPLAY): using the "dummy" SDL '
+                  "video driver, so nothing is shown; set SDL_VIDEODRIVER to choose another", stacklevel=4)
+    os.environ["SDL_VIDEODRIVER"] = "dummy"
+    try:
+        yield
+    finally:
+        os.environ.pop("SDL_VIDEODRIVER", None)
+
+
 class HumanWindow:
-    """A pygame-ce window showing rgb frames (headless under ``SDL_VIDEODRIVER=dummy``)."""
+    """A pygame-ce window showing rgb frames (without a display: SDL's "dummy" driver, see ``safe_video_driver``)."""
 
     def __init__(self, title: str = "SANA-WM") -> None:
         try:
@@ -32,7 +67,9 @@ class HumanWindow:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ImportError('render_mode="human" needs pygame-ce: pip install "sana-wm-env[play]"') from exc
         self.pygame = pygame
-        pygame.display.init()
+        if not pygame.display.get_init():
+            with safe_video_driver():
+                pygame.display.init()
         self.title = title
         self.screen = None
         self.clock = pygame.time.Clock()

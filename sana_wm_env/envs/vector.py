@@ -33,8 +33,6 @@ class WorldModelVectorEnv(VectorEnv):
                  render_mode: str | None = None, **kwargs: Any) -> None:
         if render_mode is not None and render_mode != "rgb_array":
             raise ValueError(f"render_mode must be 'rgb_array' or None for a vector env, got {render_mode!r}")
-        if self.source == "twin" and model == "default":
-            model = None
         self.sim = CameraSim(num_envs, task=task, source=self.source, model=model, **kwargs)
         self.num_envs = num_envs
         self.render_mode = render_mode
@@ -103,6 +101,7 @@ class WorldModelVectorEnv(VectorEnv):
 
 
 class TwinVectorEnv(WorldModelVectorEnv):
-    """N MuJoCo twin sub-envs with the spaces, poses and rewards of ``WorldModelVectorEnv``."""
+    """N MuJoCo twin sub-envs with the spaces, poses and rewards of ``WorldModelVectorEnv`` (the geometry of
+    ``model``, as for ``TwinEnv``)."""
 
     source = "twin"

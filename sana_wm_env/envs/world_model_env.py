@@ -144,12 +144,13 @@ class WorldModelEnv(gym.Env):
 class TwinEnv(WorldModelEnv):
     """The MuJoCo twin of a ``WorldModelEnv``: same spaces, poses and rewards, frames rendered from the scene.
 
-    ``model`` (optional) is the world model whose geometry (image size, fps, frames per step, field of view) the
-    twin copies; without it ``image_hw``, ``fps``, ``frames_per_step`` and ``fov_deg`` default to the bundled
-    CPU model's (64x64, 16 fps, 3 frames, 70 degrees).
+    ``model`` (a ``WorldModel``, a bundle name or path; ``"default"`` or ``None``: the default bundled model) is
+    the world model whose geometry (image size, fps, frames per step, field of view) the twin copies, so it
+    matches ``WorldModelEnv(task, model)``; the model itself never runs. ``image_hw``, ``fps``,
+    ``frames_per_step`` and ``fov_deg`` given as keywords replace the model's.
     """
 
     source = "twin"
 
-    def __init__(self, task: str = "nav", model: WorldModel | str | Path | None = None, **kwargs: Any) -> None:
+    def __init__(self, task: str = "nav", model: WorldModel | str | Path | None = "default", **kwargs: Any) -> None:
         super().__init__(task, model, **kwargs)
