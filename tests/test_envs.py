@@ -8,6 +8,7 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # pygame-ce "human" rendering
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 import json
+import re
 import subprocess
 import sys
 import warnings
@@ -289,6 +290,93 @@ def test_reset_from_image_and_intrinsics(wm, tmp_path):
         make("SanaWM-ImageNav-v0", wm).reset(options={"image": img, "intrinsics": k, "goal": [1, 0, 0, 0, 0, 0, 1]})
     with pytest.raises(ValueError, match="world-model"):
         make("SanaWM-TwinNav-v0", None, image_hw=(16, 16)).reset(options={"image": img, "intrinsics": k})
+
+
+K16 = [20.0, 20.0, 16.0, 12.0]
+IMG = np.zeros((24, 32, 3), np.uint8)
+GOAL = [1.0, 0, 0, 0, 0, 0, 1]
+# (options, what the error must name: the argument, the expected form, what was given)
+BAD_OPTIONS = [
+    ({"seed": 3}, r"unknown key\(s\) 'seed'.*known keys: 'scene'"),
+    ({"goal_pose": GOAL}, r"unknown key\(s\) 'goal_pose'.*'goal' \(goal pose"),
+    ({"scene": "city"}, r'options\["scene"\] must be a \(family, seed\) pair .*rooms.*got \'city\''),
+    ({"scene": ("mars", 3)}, r'options\["scene"\] must be a \(family, seed\) pair.*got \(\'mars\', 3\)'),
+    ({"scene": ("rooms", "3")}, r'options\["scene"\].*seed an int in \[0, .*got \(\'rooms\', \'3\'\)'),
+    ({"scene": ("rooms", -1)}, r'options\["scene"\].*got \(\'rooms\', -1\)'),
+    ({"scene": ("rooms", 2.5)}, r'options\["scene"\].*got \(\'rooms\', 2\.5\)'),
+    ({"scene": ("rooms", 1, 2)}, r'options\["scene"\] must be a \(family, seed\) pair.*got \(\'rooms\', 1, 2\)'),
+    ({"intrinsics": K16}, r"options\['intrinsics'\] applies only with options\[\"image\"\]"),
+    ({"depth": np.ones((4, 4))}, r"options\['depth'\] applies only with options\[\"image\"\]"),
+    ({"goal_image": IMG}, r"options\['goal_image'\] applies only with options\[\"image\"\]"),
+    ({"scene": ("rooms", 1), "image": IMG, "intrinsics": K16}, r'options\["scene"\].*options\["image"\].*one of'),
+    ({"image": np.zeros((0, 8, 3), np.uint8), "intrinsics": K16},
+     r'options\["image"\] must be a path or a uint8 \(H, W, 3\) array with H, W >= 1, got uint8 \(0, 8, 3\)'),
+    ({"image": IMG, "intrinsics": [1j, 20, 16, 12]}, r'options\["intrinsics"\] must be \[fx, fy, cx, cy\].*1j'),
+    ({"image": IMG, "intrinsics": ["20", "20", "16", "12"]}, r'options\["intrinsics"\] must be.*\'20\''),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS, ids=[str(i) for i in range(len(BAD_OPTIONS))])
+def test_reset_rejects_bad_options_by_name(wm, options, message):
+    env = make("SanaWM-Nav-v0", wm)
+    with pytest.raises(ValueError, match=message):
+        env.reset(seed=0, options={"goal": GOAL, **options} if "image" in options else options)
+    env.close()
+
+
+def test_reset_rejects_unreadable_image_files_by_name(wm, tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "ok.png"
+    Image.fromarray(np.full((24, 32, 3), 99, np.uint8)).save(png)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(png.read_bytes()[:60])
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not an image at all" * 10)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    env = make("SanaWM-Nav-v0", wm)
+    for path in (truncated, garbage, empty):
+        with pytest.raises(ValueError, match=r'options\["image"\] must be an image file \(PNG, JPEG, \.\.\.\) or a '
+                                             rf"uint8 \(H, W, 3\) array; '{re.escape(str(path))}' does not read "
+                                             "as an image"):
+            env.reset(options={"image": str(path), "intrinsics": K16, "goal": GOAL})
+    image_nav = make("SanaWM-ImageNav-v0", wm)
+    with pytest.raises(ValueError, match=rf'options\["goal_image"\] must be an image file.*{re.escape(str(garbage))}'):
+        image_nav.reset(options={"image": str(png), "intrinsics": K16, "goal": GOAL, "goal_image": str(garbage)})
+    obs, _ = image_nav.reset(options={"image": str(png), "intrinsics": K16, "goal": GOAL, "goal_image": str(png)})
+    assert obs["goal"].shape == (16, 16, 3)  # the good file still loads
+
+
+def test_twin_and_vector_envs_reject_bad_options_too(wm):
+    with pytest.raises(ValueError, match=r'options\["scene"\] must be a \(family, seed\) pair'):
+        make("SanaWM-TwinNav-v0", wm).reset(options={"scene": "city"})
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'sceen'"):
+        gym.make_vec("SanaWM-TwinNav-v0", 2, vectorization_mode="vector_entry_point", model=wm).reset(
+            options={"sceen": ("rooms", 1)})
+    obs, info = make("SanaWM-TwinNav-v0", wm).reset(options={"scene": ("rooms", 7)})  # a good one still works
+    assert info["scene"] == "rooms/7"
+
+
+def test_non_real_actions_are_rejected_by_name(wm):
+    env = make("SanaWM-TwinNav-v0", wm)
+    env.reset(seed=1)
+    bad = [(np.array([1 + 2j, 0, 0, 0, 0, 0]), "complex128"), ([0.5j, 0, 0, 0, 0, 0], "complex128"),
+           (["1", "0", "0", "0", "0", "0"], "<U1"), ([None] * 6, "object")]
+    for action, dtype in bad:
+        with pytest.raises(ValueError, match=rf"action must be real numbers \(bool, int or float\) of shape \(6,\) "
+                                             rf"or \(1, 6\), got dtype {dtype}"):
+            env.step(action)
+    with pytest.raises(ValueError, match=r"action must be real numbers of shape \(6,\) or \(1, 6\)"):
+        env.step([[1.0, 0], [0, 0, 0]])  # ragged
+    with pytest.raises(ValueError, match=r"real numbers .* of shape \(K, H, 6\), got dtype complex128"):
+        env.unwrapped.imagine(np.zeros((2, 1, 6), complex))
+    venv = gym.make_vec("SanaWM-TwinNav-v0", 2, vectorization_mode="vector_entry_point", model=wm)
+    venv.reset(seed=1)
+    with pytest.raises(ValueError, match=r"real numbers .* of shape \(2, 6\), got dtype complex128"):
+        venv.step(np.zeros((2, 6), complex))
+    _, _, _, _, info = env.step(np.array([True, 0, 0, 0, 0, 0]))  # bools and ints are real numbers
+    assert info["action_clipped"] == 0
 
 
 def test_obs_modes_and_imagenav_goal_image(wm):

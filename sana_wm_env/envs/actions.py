@@ -60,15 +60,25 @@ def check_action_frame(frame: str) -> str:
     return frame
 
 
+def real_array(actions, shape: str) -> np.ndarray:
+    """``actions`` as float64, or a ValueError naming the expected ``shape`` if they are not real numbers (complex
+    values would lose their imaginary part, strings would be parsed)."""
+    try:
+        raw = np.asarray(actions)
+    except (TypeError, ValueError) as exc:  # ragged nesting
+        raise ValueError(f"action must be real numbers of shape {shape}, got {actions!r}") from exc
+    if raw.dtype.kind not in "biuf":
+        raise ValueError(f"action must be real numbers (bool, int or float) of shape {shape}, got dtype {raw.dtype}: "
+                         f"{actions!r}")
+    return raw.astype(np.float64)
+
+
 def validate_actions(actions, batch: int) -> tuple[np.ndarray, np.ndarray]:
     """Check ``actions`` ((6,) for batch 1, or (batch, 6)); return (clipped float64 (batch, 6), clipped count per row).
 
     NaN/inf raise ValueError; values outside [-1, 1] are clipped and counted (never silently).
     """
-    try:
-        a = np.asarray(actions, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"action must be numbers of shape (6,) or ({batch}, 6), got {actions!r}") from exc
+    a = real_array(actions, f"(6,) or ({batch}, 6)" if batch == 1 else f"({batch}, 6)")
     if batch == 1 and a.shape == (6,):
         a = a[None]
     if a.shape != (batch, 6):

@@ -19,6 +19,7 @@ from sana_wm_env.envs.actions import (
     ActionLimits,
     action_twists,
     check_action_frame,
+    real_array,
     step_poses,
     validate_actions,
 )
@@ -65,8 +66,11 @@ def load_depth(depth, image, hw: tuple[int, int]) -> np.ndarray:
     return fit_depth(read_depth(depth, what='options["depth"]'), src, hw, what='options["depth"]')
 
 
-def load_image(image, hw: tuple[int, int], intrinsics) -> tuple[np.ndarray, np.ndarray]:
-    """``options["image"]`` (path or uint8 (H, W, 3) array) -> resized/centre-cropped uint8 image and intrinsics."""
+def load_image(image, hw: tuple[int, int], intrinsics, *, what: str = 'options["image"]'
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``options["image"]`` (path or uint8 (H, W, 3) array) -> resized/centre-cropped uint8 image and intrinsics.
+
+    ``what`` names the argument in errors (an unreadable file or a wrong array is a ValueError, never PIL's own)."""
     from PIL import Image
 
     if intrinsics is None:
@@ -74,22 +78,68 @@ def load_image(image, hw: tuple[int, int], intrinsics) -> tuple[np.ndarray, np.n
                          'options["image"]')
     if isinstance(image, str | Path):
         if not Path(image).is_file():
-            raise ValueError(f'options["image"]: no file at {str(image)!r}')
-        pil = Image.open(image).convert("RGB")
+            raise ValueError(f'{what}: no file at {str(image)!r}')
+        try:
+            with Image.open(image) as im:
+                pil = im.convert("RGB")
+        except (OSError, Image.DecompressionBombError) as exc:  # UnidentifiedImageError, truncated data
+            raise ValueError(f"{what} must be an image file (PNG, JPEG, ...) or a uint8 (H, W, 3) array; "
+                             f"{str(image)!r} does not read as an image: {exc}") from exc
     else:
         arr = np.asarray(image)
-        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-            raise ValueError(f'options["image"] must be a path or a uint8 (H, W, 3) array, got {arr.dtype} {arr.shape}')
+        if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
+            raise ValueError(f"{what} must be a path or a uint8 (H, W, 3) array with H, W >= 1, got {arr.dtype} "
+                             f"{arr.shape}")
         pil = Image.fromarray(arr)
     src = (pil.height, pil.width)
-    k = np.asarray(intrinsics, dtype=np.float64)
-    if k.shape != (4,) or not np.isfinite(k).all() or (k[:2] <= 0).any():
-        raise ValueError(f'options["intrinsics"] must be [fx, fy, cx, cy] with fx, fy > 0, got {intrinsics!r}')
+    k = np.asarray(intrinsics)
+    if k.dtype.kind not in "iuf" or k.shape != (4,) or not np.isfinite(k).all() or (k[:2] <= 0).any():
+        raise ValueError(f'options["intrinsics"] must be [fx, fy, cx, cy] (real numbers, pixels) with fx, fy > 0, '
+                         f"got {intrinsics!r}")
+    k = k.astype(np.float64)
     (rh, rw), (top, left) = resize_crop_geometry(src, hw)
     if (rh, rw) != src:
         pil = pil.resize((rw, rh), Image.LANCZOS)
     pil = pil.crop((left, top, left + hw[1], top + hw[0]))
     return np.asarray(pil, dtype=np.uint8), resize_crop_intrinsics(k, src, hw).numpy()
+
+
+# reset(options=...) keys and what each holds (an unknown key is an error, not ignored)
+RESET_OPTIONS: dict[str, str] = {
+    "scene": "(family, seed) of the twin-world scene to start in",
+    "goal": "goal pose [x, y, z, qx, qy, qz, qw] relative to the start",
+    "image": "start image instead of a twin-world scene: a path or a uint8 (H, W, 3) array",
+    "intrinsics": 'with "image": [fx, fy, cx, cy] pixels of that image',
+    "depth": 'with "image": its depth, a path or float (H, W) metres',
+    "goal_image": 'with "image", for ImageNav: the goal image, a path or a uint8 (H, W, 3) array',
+    "text": "prompt features (L, C) for a text-conditioned model",
+}
+WITH_IMAGE: tuple[str, ...] = ("intrinsics", "depth", "goal_image")
+
+
+def check_options(options: dict) -> None:
+    """Reject ``reset`` options that would be ignored or misread: unknown keys, image-only keys without
+    ``"image"``, ``"scene"`` beside ``"image"``, and a ``"scene"`` that is not a (family, seed) pair."""
+    unknown = sorted(str(k) for k in options if k not in RESET_OPTIONS)
+    if unknown:
+        raise ValueError(f"options: unknown key(s) {', '.join(map(repr, unknown))}; known keys: "
+                         + "; ".join(f"{k!r} ({v})" for k, v in RESET_OPTIONS.items()))
+    if "image" not in options:
+        stray = [k for k in WITH_IMAGE if k in options]
+        if stray:
+            raise ValueError(f'options[{stray[0]!r}] applies only with options["image"] (a twin-world start renders '
+                             "its own image, intrinsics and goal image); drop it or give the image")
+    elif "scene" in options:
+        raise ValueError('options["scene"] picks a twin-world scene; options["image"] starts from that image instead '
+                         "(no scene): give one of them")
+    if "scene" in options:
+        scene = options["scene"]
+        family = scene[0] if isinstance(scene, tuple | list) and len(scene) == 2 else None
+        seed = scene[1] if family is not None else None
+        if (family not in FAMILIES or isinstance(seed, bool) or not isinstance(seed, int | np.integer)
+                or not 0 <= int(seed) < SEED_COUNT):
+            raise ValueError(f'options["scene"] must be a (family, seed) pair with family one of '
+                             f"{', '.join(FAMILIES)} and seed an int in [0, {SEED_COUNT - 1}], got {scene!r}")
 
 
 def _relative_goal(options: dict, start_body: np.ndarray) -> np.ndarray | None:
@@ -311,6 +361,7 @@ class CameraSim:
         starts, images, ks, seeds, texts, depths = [], [], [], [], [], []
         for i, rng, opts in zip(idx, rngs, options):
             opts = dict(opts or {})
+            check_options(opts)
             sub = self.subs[i]
             sub.rng = rng
             goal_image = None
@@ -330,7 +381,7 @@ class CameraSim:
                 if self.task.needs_goal_image:
                     if "goal_image" not in opts:
                         raise ValueError('ImageNav from options["image"] needs options["goal_image"]')
-                    goal_image, _ = load_image(opts["goal_image"], self.image_hw, k)
+                    goal_image, _ = load_image(opts["goal_image"], self.image_hw, k, what='options["goal_image"]')
             else:
                 k = self.default_intrinsics
                 scene, start, goal = self.draw_episode(rng, opts)
@@ -464,7 +515,7 @@ class CameraSim:
         sub = self.subs[i]
         if sub.episode is None:
             raise RuntimeError("call reset() before imagine()")
-        a = np.asarray(actions, dtype=np.float64)
+        a = real_array(actions, "(K, H, 6)")
         if a.ndim != 3 or a.shape[2] != 6 or a.shape[0] < 1 or a.shape[1] < 1:
             raise ValueError(f"actions must have shape (K, H, 6) with K, H >= 1, got {a.shape}")
         k, horizon = a.shape[:2]

@@ -19,7 +19,9 @@ of the step's last frame its geometry cache already showed (content seen before 
 uint8 array) with ``intrinsics`` ([fx, fy, cx, cy] of that image), optionally its ``depth`` (path or float
 (H, W) metres, ``sana_wm_env.depth``; else a geometry-guided model generates it) and for ImageNav
 ``goal_image``; ``text``
-(prompt features ``(L, C)`` for a text model). Same seed and actions give the same frames.
+(prompt features ``(L, C)`` for a text model). Any other key, an image-only key without ``image``, or ``scene``
+beside ``image`` is a ValueError (``sana_wm_env.envs.core.RESET_OPTIONS``). Same seed and actions give the same
+frames.
 
 ``compile="default"`` runs the world model's streaming step through ``torch.compile`` (inductor): on a CPU
 x1.3-1.4 steps/s on a one-frame chunk, after 1.5-4 minutes of compiling during the first steps of the first
