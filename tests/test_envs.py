@@ -249,7 +249,9 @@ def test_nav_success_terminates_and_step_after_end_raises():
 
 
 def test_truncation_collision_and_explore_reward():
-    env = make("SanaWM-TwinExplore-v0", None, image_hw=(16, 16), task_config={"max_steps": 3})
+    # the turn per step is the scenario's, not the default bundled model's: pin the step's duration
+    env = make("SanaWM-TwinExplore-v0", None, image_hw=(16, 16), fps=16.0, frames_per_step=3,
+               task_config={"max_steps": 3})
     env.reset(seed=4)
     out = [env.step(np.array([0, 0, 0, 0, 0, 1.0])) for _ in range(3)]
     assert [o[3] for o in out] == [False, False, True] and not any(o[2] for o in out)
@@ -305,9 +307,9 @@ BAD_OPTIONS = [
     ({"scene": ("rooms", -1)}, r'options\["scene"\].*got \(\'rooms\', -1\)'),
     ({"scene": ("rooms", 2.5)}, r'options\["scene"\].*got \(\'rooms\', 2\.5\)'),
     ({"scene": ("rooms", 1, 2)}, r'options\["scene"\] must be a \(family, seed\) pair.*got \(\'rooms\', 1, 2\)'),
-    ({"intrinsics": K16}, r"options\['intrinsics'\] applies only with options\[\"image\"\]"),
-    ({"depth": np.ones((4, 4))}, r"options\['depth'\] applies only with options\[\"image\"\]"),
-    ({"goal_image": IMG}, r"options\['goal_image'\] applies only with options\[\"image\"\]"),
+    ({"intrinsics": K16}, r'options\["intrinsics"\] applies only with options\["image"\]'),
+    ({"depth": np.ones((4, 4))}, r'options\["depth"\] applies only with options\["image"\]'),
+    ({"goal_image": IMG}, r'options\["goal_image"\] applies only with options\["image"\]'),
     ({"scene": ("rooms", 1), "image": IMG, "intrinsics": K16}, r'options\["scene"\].*options\["image"\].*one of'),
     ({"image": np.zeros((0, 8, 3), np.uint8), "intrinsics": K16},
      r'options\["image"\] must be a path or a uint8 \(H, W, 3\) array with H, W >= 1, got uint8 \(0, 8, 3\)'),

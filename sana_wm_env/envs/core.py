@@ -127,7 +127,7 @@ def check_options(options: dict) -> None:
     if "image" not in options:
         stray = [k for k in WITH_IMAGE if k in options]
         if stray:
-            raise ValueError(f'options[{stray[0]!r}] applies only with options["image"] (a twin-world start renders '
+            raise ValueError(f'options["{stray[0]}"] applies only with options["image"] (a twin-world start renders '
                              "its own image, intrinsics and goal image); drop it or give the image")
     elif "scene" in options:
         raise ValueError('options["scene"] picks a twin-world scene; options["image"] starts from that image instead '
