@@ -11,8 +11,11 @@ slerp rotation, as ``Trajectory.resample``) -> camera poses ``T_world_body @ mou
 ``frames_per_step`` poses -> the streaming generator. Each frame carries the stamp of the pose it depicts, so
 stamps stay true when generation runs slower than real time; pending frames are bounded by ``max_lag``
 seconds (older ones are dropped and counted). A stamp gap longer than ``max_gap`` holds the stream (no frames
-are invented across the gap) and is counted. ``imagine`` runs a path on a forked generator state: the live
-stream is not disturbed.
+are invented across the gap) and is counted. A stamp more than ``max_gap`` *behind* the newest pose means the
+pose clock jumped back (a looping bag, a simulator restart): the stream restarts from the seed image at that
+pose and ``clock_jumps`` counts it; a smaller step back is an out-of-order pose (dropped) until ``request_reset``,
+after which the next pose restarts the clock whatever its stamp. ``imagine`` runs a path on a forked generator
+state: the live stream is not disturbed.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from world_model.camera import fov_to_intrinsics, validate_c2w
 from world_model.generators import GeneratorState
 
 QUAT_NORM_TOL = 1e-2
-POSE_STATUSES = ("accepted", "waiting_for_seed", "gap", "nan", "invalid", "duplicate", "out_of_order")
+POSE_STATUSES = ("accepted", "waiting_for_seed", "gap", "clock_jump", "nan", "invalid", "duplicate", "out_of_order")
 
 
 def _depth_kwargs(depth: np.ndarray | None) -> dict:
@@ -108,6 +111,8 @@ class LivePoseCamera:
         self.intrinsics: np.ndarray | None = None  # [fx, fy, cx, cy] of the model-sized image
         self._last: tuple[float, np.ndarray] | None = None  # last accepted (stamp, T_world_body)
         self._last_wall: float | None = None
+        self._rebase = False  # set by request_reset: the next pose may restart the clock, whatever its stamp
+        self.last_clock_jump: tuple[float, float] | None = None  # (from, to) stamps of the latest jump back
         self._t0: float | None = None
         self._next_k = 0
         self._pending: deque[tuple[int, float, np.ndarray, float]] = deque()  # (k, stamp, c2w, arrival wall)
@@ -121,7 +126,8 @@ class LivePoseCamera:
         self._next_request = 0
         self.counters = dict.fromkeys(
             ("poses_in", "accepted", "waiting_for_seed", "dropped_nan", "dropped_invalid", "dropped_duplicate",
-             "dropped_out_of_order", "dropped_frames", "gaps", "frames_out", "chunks", "restarts", "imagine_requests",
+             "dropped_out_of_order", "dropped_frames", "gaps", "clock_jumps", "frames_out", "chunks", "restarts",
+             "imagine_requests",
              "imagine_dropped", "imagined_frames"), 0)
         self._last_out_stamp: float | None = None
         self._latencies: deque[float] = deque(maxlen=100)
@@ -182,11 +188,21 @@ class LivePoseCamera:
             if abs(float(np.linalg.norm(q)) - 1.0) > QUAT_NORM_TOL:
                 self.counters["dropped_invalid"] += 1
                 return "invalid"
+            jumped = False
             if self._last is not None and stamp <= self._last[0]:
-                key = "dropped_duplicate" if stamp == self._last[0] else "dropped_out_of_order"
-                self.counters[key] += 1
-                return key.removeprefix("dropped_")
+                if stamp < self._last[0] and (self._rebase or stamp < self._last[0] - self.max_gap):
+                    jumped = True  # the clock jumped back: restart below instead of dropping every later pose
+                    self.counters["clock_jumps"] += 1
+                    self.last_clock_jump = (self._last[0], float(stamp))
+                    self._t0, self._start, self._last_out_stamp = None, None, None
+                    self._pending.clear()
+                    self._epoch += 1
+                else:
+                    key = "dropped_duplicate" if stamp == self._last[0] else "dropped_out_of_order"
+                    self.counters[key] += 1
+                    return key.removeprefix("dropped_")
             self.counters["accepted"] += 1
+            self._rebase = False
             body = pose_matrix(pos, q)
             prev, self._last, self._last_wall = self._last, (float(stamp), body), time.monotonic()
             if self._t0 is None:
@@ -194,7 +210,7 @@ class LivePoseCamera:
                     self.counters["waiting_for_seed"] += 1
                     return "waiting_for_seed"
                 self._request_start_locked()
-                return "accepted"
+                return "clock_jump" if jumped else "accepted"
             status = "accepted"
             if prev is not None and stamp - prev[0] > self.max_gap:
                 # hold: no frames are invented across the gap; the clock resumes at the new pose
@@ -239,11 +255,13 @@ class LivePoseCamera:
             self.counters["dropped_frames"] += over
 
     def request_reset(self) -> bool:
-        """Restart from the latest seed image at the latest pose (or at the next pose). False without a seed."""
+        """Restart from the latest seed image at the latest pose (or at the next pose). The next pose may then be
+        older than the latest (the clock was restarted): it restarts the stream there. False without a seed."""
         with self._cond:
             if self._seed_image is None:
                 return False
             self.counters["restarts"] += 1
+            self._rebase = True
             if self._last is not None:
                 self._request_start_locked()
             else:

@@ -28,7 +28,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 
 from sana_wm_env.envs.core import load_image  # noqa: E402
 from sana_wm_env.trajectories import camera_mount, load  # noqa: E402
-from sana_wm_ros.node import SanaWMNode, array_to_image, stamp_to_sec  # noqa: E402
+from sana_wm_ros.node import SanaWMNode, array_to_image, sec_to_stamp, stamp_to_sec  # noqa: E402
 
 SEED_IMAGE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 DOMAIN = random.Random(os.getpid() ^ int(time.time())).randint(100, 200)
@@ -389,6 +389,221 @@ def test_seed_image_topic_waits_for_a_seed_and_reset_takes_the_latest(ctx, wm, o
         assert cam.stats()["restarts"] == 1
     finally:
         h.close()
+
+
+def _tf_msg(edges, t: float):
+    """tf2_msgs/TFMessage of ``edges`` [(parent, child, x)] (identity rotation) stamped ``t``."""
+    from geometry_msgs.msg import TransformStamped
+    from tf2_msgs.msg import TFMessage
+
+    msg = TFMessage()
+    for parent, child, x in edges:
+        tr = TransformStamped()
+        sec_to_stamp(t, tr.header.stamp)
+        tr.header.frame_id, tr.child_frame_id = parent, child
+        tr.transform.translation.x = x
+        tr.transform.rotation.w = 1.0
+        msg.transforms.append(tr)
+    return msg
+
+
+def _diag_values(diag) -> dict[str, str]:
+    return {kv.key: kv.value for kv in diag.status[0].values}
+
+
+def test_tf_input_drops_a_reversed_and_a_self_loop_edge_and_keeps_going(ctx, wm, one_thread):
+    """A reversed edge (it closes a cycle with the chain) and a self-loop are dropped and counted on /diagnostics;
+    the chain keeps streaming."""
+    pytest.importorskip("tf2_msgs", reason="tf2_msgs: build it with python -m sana_wm_ros.build_tf2_msgs")
+    from tf2_msgs.msg import TFMessage
+
+    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "tf", "parent_frame": "odom",
+                      "child_frame": "base_link", "diagnostics_period": 0.2, "max_lag": 60.0}, model=wm)
+    try:
+        static_qos = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                                reliability=ReliabilityPolicy.RELIABLE)
+        tf_pub = h.publisher(TFMessage, "/tf")
+        static_pub = h.publisher(TFMessage, "/tf_static", static_qos)
+        cam = h.node.camera
+        stamps = 50.0 + 0.05 * np.arange(30)
+        for i, t in enumerate(stamps):
+            if i == 10:  # a reversed copy of the chain's edge, then a self-loop on a static edge
+                tf_pub.publish(_tf_msg([("base_link", "odom", -0.5)], t - 0.01))
+                assert h.wait(lambda: h.node.tf.rejected_edges == 1, 10)
+                static_pub.publish(_tf_msg([("base_link", "base_link", 0.0)], 0.0))
+                assert h.wait(lambda: h.node.tf.rejected_edges == 2, 10)
+            tf_pub.publish(_tf_msg([("odom", "base_link", 0.05 * i)], t))
+            time.sleep(0.005)
+        h.settle(accepted=len(stamps))
+        assert len(h.images) == _expected_frames(stamps, cam.fps, cam.chunk_frames) > 20
+        np.testing.assert_allclose(_stamps(h.images), stamps[0] + np.arange(len(h.images)) / cam.fps, atol=2e-9)
+        xs = [m.pose.position.x for m in h.poses]
+        np.testing.assert_allclose(xs, (_stamps(h.poses) - 50.0), atol=1e-6)  # x = 1 m/s * t: unbent chain
+        assert h.wait(lambda: any(_diag_values(d).get("tf_rejected_edges") == "2" for d in h.diags), 10)
+        report = next(d.status[0] for d in h.diags if _diag_values(d).get("tf_rejected_edges") == "2")
+        assert "2 TF edge(s) dropped" in report.message and "base_link -> base_link (a self-loop)" in report.message
+        assert report.level == b"\x01"  # the report after a new bad edge warns
+    finally:
+        h.close()
+
+
+@pytest.mark.parametrize("source", ["pose", "tf"])
+def test_a_pose_clock_jump_back_restarts_the_stream_and_reset_recovers(ctx, wm, one_thread, source):
+    """A looping bag: the pose clock jumps back by more than max_gap; the stream restarts from the seed image at
+    the new clock, and /diagnostics counts the jump. A smaller jump back drops poses until ~/reset."""
+    if source == "tf":
+        pytest.importorskip("tf2_msgs", reason="tf2_msgs: build it with python -m sana_wm_ros.build_tf2_msgs")
+        from tf2_msgs.msg import TFMessage
+    params = {"initial_image": str(SEED_IMAGE), "diagnostics_period": 0.2, "max_lag": 60.0}
+    params.update({"input": "tf"} if source == "tf" else {"input": "pose", "pose_topic": "/robot_pose"})
+    h = Harness(ctx, params, model=wm)
+    try:
+        if source == "tf":
+            pub = h.publisher(TFMessage, "/tf")
+            send = lambda t, x: pub.publish(_tf_msg([("odom", "base_link", x)], t))  # noqa: E731
+        else:
+            pub = h.publisher(PoseStamped, "/robot_pose")
+            send = lambda t, x: pub.publish(_pose_msg(t, x))  # noqa: E731
+        cam = h.node.camera
+
+        def play(stamps, accepted):
+            for t in stamps:
+                send(t, float(t) - 90.0)
+                time.sleep(0.005)
+            h.settle(accepted=accepted)
+
+        play(100.0 + 0.05 * np.arange(20), 20)
+        n1 = len(h.images)
+        assert n1 == _expected_frames(100.0 + 0.05 * np.arange(20), cam.fps, cam.chunk_frames)
+        second = 5.0 + 0.05 * np.arange(20)  # the bag loops: back to 5 s
+        play(second, 40)
+        s = cam.stats()
+        assert s["clock_jumps"] == 1 and s["dropped_out_of_order"] == 0
+        after = h.images[n1:]
+        assert len(after) == _expected_frames(second, cam.fps, cam.chunk_frames) > 10
+        np.testing.assert_allclose(_stamps(after), 5.0 + np.arange(len(after)) / cam.fps, atol=2e-9)
+        np.testing.assert_array_equal(np.frombuffer(bytes(after[0].data), np.uint8).reshape(16, 16, 3),
+                                      cam._seed_image)  # restarted from the seed image
+        np.testing.assert_allclose([m.pose.position.x for m in h.poses[n1:]], _stamps(after) - 90.0, atol=1e-6)
+        assert h.wait(lambda: any(_diag_values(d).get("clock_jumps") == "1" and "jumped back" in d.status[0].message
+                                  for d in h.diags), 10)
+        # a jump back shorter than max_gap: dropped as out of order (a reordered message looks the same) ...
+        n2 = len(h.images)
+        for t in 5.7 + 0.05 * np.arange(4):
+            send(t, float(t) - 90.0)
+            time.sleep(0.005)
+        key = "dropped" if source == "tf" else "dropped_out_of_order"
+        assert h.wait(lambda: (h.node.tf.dropped if source == "tf" else cam.stats()[key]) == 4, 10)
+        assert cam.stats()["accepted"] == 40
+        # ... until ~/reset restarts the stream: the earlier clock is taken from the next pose on
+        client = h.probe.create_client(Trigger, "/sana_wm/reset")
+        assert client.wait_for_service(timeout_sec=10)
+        fut = client.call_async(Trigger.Request())
+        assert h.wait(fut.done, 10) and fut.result().success, fut.result().message
+        third = 5.7 + 0.05 * np.arange(4, 20)
+        play(third, 40 + len(third))
+        assert cam.stats()["restarts"] == 1
+        restarted = [i for i, m in enumerate(h.images) if i >= n2 and stamp_to_sec(m.header.stamp) == third[0]]
+        assert restarted, _stamps(h.images[n2:])
+        tail = h.images[restarted[0]:]
+        np.testing.assert_allclose(_stamps(tail), third[0] + np.arange(len(tail)) / cam.fps, atol=2e-9)
+        assert len(tail) == _expected_frames(third, cam.fps, cam.chunk_frames)
+    finally:
+        h.close()
+
+
+def _corrupt_bundle(tmp_path: Path) -> Path:
+    folder = tmp_path / "corrupt_bundle"
+    folder.mkdir()
+    (folder / "bundle.json").write_text('{"format": ')
+    return folder
+
+
+BAD_PARAMETERS = [  # (overrides, the parameter the error must name)
+    ({"diagnostics_period": 0.0}, "diagnostics_period"),
+    ({"diagnostics_period": -1.0}, "diagnostics_period"),
+    ({"fps": -5.0}, "fps"),
+    ({"fps": float("nan")}, "fps"),
+    ({"torch_threads": -2}, "torch_threads"),
+    ({"pose_queue": 0}, "pose_queue"),
+    ({"pose_queue": 2.5}, "pose_queue"),
+    ({"seed": -1}, "seed"),
+    ({"max_gap": 0.0}, "max_gap"),
+    ({"max_lag": -1.0}, "max_lag"),
+    ({"stall_timeout": 0.0}, "stall_timeout"),
+    ({"tf_hold": -0.1}, "tf_hold"),
+    ({"initial_depth_scale": 0.0}, "initial_depth_scale"),
+    ({"input": "lidar"}, "input"),
+    ({"pose_topic": "not a topic"}, "pose_topic"),
+    ({"pose_topic": ""}, "pose_topic"),
+    ({"seed_image_topic": "/cam/"}, "seed_image_topic"),
+    ({"input": "tf", "child_frame": "odom"}, "child_frame"),
+    ({"mount_xyz": [0.0, 0.1]}, "mount_xyz"),
+    ({"mount_rpy": [0.0, float("inf"), 0.0]}, "mount_rpy"),
+    ({"seed_intrinsics": [500.0, 500.0, 320.0]}, "seed_intrinsics"),
+    ({"seed_intrinsics": [-500.0, 500.0, 320.0, 240.0]}, "seed_intrinsics"),
+    ({"frame_id": ""}, "frame_id"),
+    ({"device": "gpu0"}, "device"),
+    ({"initial_image": "/nonexistent/first_frame.png"}, "initial_image"),
+    ({"initial_image": "{tmp}"}, "initial_image"),  # a folder
+    ({"initial_image": "{tmp}/corrupt.png"}, "initial_image"),
+    ({"initial_image": "{tmp}/truncated.png"}, "initial_image"),
+    ({"initial_depth": "{tmp}/missing.npy", "initial_image": str(SEED_IMAGE)}, "initial_depth"),
+    ({"initial_depth": "{tmp}/depth.npy"}, "initial_depth"),  # without initial_image
+    ({"model": "/nonexistent/bundle"}, "model"),
+    ({"model": "{tmp}/corrupt_bundle"}, "model"),
+    ({"model": "{tmp}"}, "model"),  # a folder without bundle.json
+]
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("bad_files")
+    (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (tmp / "truncated.png").write_bytes(SEED_IMAGE.read_bytes()[:200])
+    np.save(tmp / "depth.npy", np.ones((4, 4), np.float32))
+    _corrupt_bundle(tmp)
+    return tmp
+
+
+@pytest.mark.parametrize("overrides,name", BAD_PARAMETERS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD_PARAMETERS)])
+def test_bad_parameters_fail_at_start_in_one_line_naming_the_parameter(ctx, wm, bad_files, overrides, name):
+    from sana_wm_ros.node import ParameterError
+
+    params = {k: v.format(tmp=bad_files) if isinstance(v, str) else v for k, v in overrides.items()}
+    with pytest.raises(ParameterError) as err:
+        SanaWMNode(model=None if "model" in params else wm, context=ctx,
+                   parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+    text = str(err.value)
+    assert text.startswith(f"parameter {name} ") and "\n" not in text, text
+    assert f"-p {name}:=" in text, text  # says what to set instead
+
+
+def test_numbers_of_either_type_are_accepted(ctx, wm):
+    """``-p fps:=8`` (an integer) and ``-p seed_intrinsics:="[20, 20, 12, 10]"`` work like their float forms."""
+    node = SanaWMNode(model=wm, context=ctx, parameter_overrides=[
+        Parameter("fps", value=8), Parameter("max_gap", value=1), Parameter("initial_image", value=str(SEED_IMAGE)),
+        Parameter("seed_intrinsics", value=[20, 20, 12, 10]), Parameter("mount_xyz", value=[0, 0, 1])])
+    try:
+        assert node.camera.fps == 8.0 and node.camera.max_gap == 1.0
+        assert node.params["seed_intrinsics"] == [20.0, 20.0, 12.0, 10.0]
+    finally:
+        node.close()
+        node.destroy_node()
+
+
+@pytest.mark.parametrize("arg,name", [("diagnostics_period:=0.0", "diagnostics_period"),
+                                      ("model:=/nonexistent/bundle", "model"),
+                                      ("initial_image:={tmp}/corrupt.png", "initial_image")])
+def test_console_script_rejects_a_bad_parameter_in_one_line(bad_files, arg, name):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN + 2), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "sana_wm_ros.node", "--ros-args", "-p", arg.format(tmp=bad_files)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"sana-wm-ros: parameter {name} "), proc.stderr
 
 
 def test_console_script_shuts_down_cleanly_on_sigint(tmp_path, wm):

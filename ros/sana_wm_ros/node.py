@@ -10,12 +10,17 @@ Inputs (``input`` parameter): ``odometry`` (nav_msgs/Odometry), ``pose`` (geomet
 Outputs: ``~/image`` (rgb8), ``~/camera_info``, ``~/camera_pose`` (the OpenCV camera pose each frame depicts),
 ``~/imagined/image`` + ``~/imagined/camera_info``, ``/diagnostics``. Services: ``~/reset`` (std_srvs/Trigger).
 Topics: ``~/imagine`` (nav_msgs/Path), ``seed_image_topic`` (+ optional ``seed_camera_info_topic``).
+Parameters (``PARAMETERS``) are read and checked once, at start: a bad one stops the node with one line naming
+it, the form it takes and an example (:class:`ParameterError`). Numbers may be given as integers or floats.
 """
 
 from __future__ import annotations
 
+import math
+import re
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,9 +31,12 @@ try:
     from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped
     from nav_msgs.msg import Odometry
     from nav_msgs.msg import Path as PathMsg
+    from rcl_interfaces.msg import ParameterDescriptor
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.expand_topic_name import expand_topic_name
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from rclpy.validate_full_topic_name import validate_full_topic_name
     from sensor_msgs.msg import CameraInfo, Image
     from std_srvs.srv import Trigger
 except ImportError as _err:  # pragma: no cover - exercised only without the ros extra
@@ -43,6 +51,122 @@ INSTALL_HINT = ('the ROS 2 node needs rclpy and the message packages: pip instal
                 "(Python 3.11, x86_64 Linux), or source a ROS 2 workspace")
 TF2_HINT = ("input 'tf' needs tf2_msgs, which is not on PyPI: in a ROS 2 workspace it comes with ROS; in a pip "
             "venv build it once with `python -m sana_wm_ros.build_tf2_msgs`")
+
+
+
+
+class ParameterError(ValueError):
+    """A parameter the node cannot run with: one line naming it, the expected form, the value and an example."""
+
+
+def _number(lo: float, inclusive: bool) -> Callable[[object], float]:
+    """Check: a finite int or float ``>= lo`` (``> lo`` unless ``inclusive``), as a float."""
+
+    def check(v) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or v < lo or (v == lo and not inclusive):
+            raise ValueError
+        return float(v)
+
+    return check
+
+
+def _integer(lo: int) -> Callable[[object], int]:
+    def check(v) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise ValueError
+        return v
+
+    return check
+
+
+def _text(v) -> str:
+    if not isinstance(v, str) or not v.strip():
+        raise ValueError
+    return v
+
+
+def _optional_text(v) -> str:
+    if not isinstance(v, str):
+        raise ValueError
+    return v
+
+
+def _vector3(v) -> list[float]:
+    if isinstance(v, str) or not hasattr(v, "__len__") or len(v) != 3:
+        raise ValueError
+    return [_number(-math.inf, True)(x) for x in v]
+
+
+def _intrinsics(v) -> list[float]:
+    """``[fx, fy, cx, cy]`` with positive focal lengths, or ``[0.0]`` / ``[]`` (-> ``[]``: the model's FoV)."""
+    if isinstance(v, str) or not hasattr(v, "__len__"):
+        raise ValueError
+    k = [_number(-math.inf, True)(x) for x in v]
+    if k in ([0.0], []):
+        return []
+    if len(k) != 4 or k[0] <= 0 or k[1] <= 0:
+        raise ValueError
+    return k
+
+
+def _device(v) -> str:
+    import torch
+
+    dev = torch.device(_text(v))  # RuntimeError on a malformed string
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("torch sees no CUDA device here")
+    return v
+
+
+# name -> (default, check (returns the value to use, raises on a bad one), expected form, example)
+PARAMETERS: dict[str, tuple[object, Callable[[object], object], str, str]] = {
+    "model": ("default", _text, "'default', a shipped bundle name or a bundle folder (with bundle.json)", "default"),
+    "device": ("cpu", _device, "a torch device that exists here: cpu, cuda, cuda:1", "cpu"),
+    "seed": (0, _integer(0), "an integer >= 0 (the generator's noise seed)", "0"),
+    "fps": (0.0, _number(0.0, True), "frames per second, a number >= 0 (0: the model's fps)", "16.0"),
+    "torch_threads": (0, _integer(0), "an integer >= 0 (0: torch's default)", "1"),
+    "input": ("odometry", _text, f"one of {', '.join(INPUTS)}", "odometry"),
+    "pose_topic": ("/odom", _text, "a ROS topic name", "/odom"),
+    "pose_queue": (100, _integer(1), "an integer >= 1 (the pose subscription's depth)", "100"),
+    "tf_topic": ("/tf", _text, "a ROS topic name", "/tf"),
+    "tf_static_topic": ("/tf_static", _text, "a ROS topic name", "/tf_static"),
+    "parent_frame": ("odom", _text, "a TF frame name (the world frame of the chain)", "odom"),
+    "child_frame": ("base_link", _text, "a TF frame name other than parent_frame (the body frame)", "base_link"),
+    "tf_hold": (0.1, _number(0.0, True), "seconds >= 0 a slower TF edge's last sample is held", "0.1"),
+    "mount_xyz": ([0.0, 0.0, 0.0], _vector3, "[x, y, z], 3 finite numbers (m, body frame)", '"[0.0, 0.0, 0.2]"'),
+    "mount_rpy": ([0.0, 0.0, 0.0], _vector3, "[roll, pitch, yaw], 3 finite numbers (rad)", '"[0.0, 0.0, 0.0]"'),
+    "frame_id": ("sana_wm_camera_optical_frame", _text, "a frame name", "sana_wm_camera_optical_frame"),
+    "initial_image": ("", _optional_text, "'' or the path of a readable image file (png, jpg)",
+                      "examples/first_frame.png"),
+    "initial_depth": ("", _optional_text, "'' or the path of initial_image's depth map (npy, 16-bit png, exr)",
+                      "depth.npy"),
+    "initial_depth_scale": (1000.0, _number(0.0, False), "a positive number (16-bit png depth units per metre)",
+                            "1000.0"),
+    "seed_intrinsics": ([0.0], _intrinsics, "[fx, fy, cx, cy] pixels with fx, fy > 0, or [0.0] (the model's FoV)",
+                        '"[500.0, 500.0, 320.0, 240.0]"'),
+    "seed_image_topic": ("", _optional_text, "'' or a ROS topic name", "/camera/image_raw"),
+    "seed_camera_info_topic": ("", _optional_text, "'' or a ROS topic name", "/camera/camera_info"),
+    "max_gap": (0.5, _number(0.0, False), "a positive number of seconds", "0.5"),
+    "max_lag": (2.0, _number(0.0, False), "a positive number of seconds", "2.0"),
+    "stall_timeout": (1.0, _number(0.0, False), "a positive number of seconds", "1.0"),
+    "diagnostics_period": (1.0, _number(0.0, False), "a positive number of seconds", "1.0"),
+}
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error, without rcl's trailing source location and final full stop."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    return re.sub(r", at \S+:\d+$", "", " ".join(text.splitlines()[0].split())).rstrip(".")
+
+
+def parameter_error(name: str, value, why: str = "") -> ParameterError:
+    """The one-line error for parameter ``name``: expected form, the value given, why (optional), an example."""
+    _, _, expected, example = PARAMETERS[name]
+    return ParameterError(f"parameter {name} must be {expected}, got {value!r}{': ' + why if why else ''}; "
+                          f"set e.g. -p {name}:={example}")
 
 
 def stamp_to_sec(stamp) -> float:
@@ -110,19 +234,25 @@ class SanaWMNode(Node):
         if _ROS_IMPORT_ERROR is not None:
             raise RuntimeError(INSTALL_HINT) from _ROS_IMPORT_ERROR
         super().__init__("sana_wm", **node_kwargs)
+        try:
+            self._setup(model)
+        except BaseException:
+            self.destroy_node()
+            raise
+
+    def _setup(self, model) -> None:
+        """Parameters, engine, topics, services and the worker (the constructor destroys the node if this fails)."""
         from sana_wm_env.live import LivePoseCamera
         from sana_wm_env.trajectories import camera_mount
 
         p = self._declare_all()
-        if p["input"] not in INPUTS:
-            raise ValueError(f"parameter input must be one of {', '.join(INPUTS)}, got {p['input']!r}")
         if p["torch_threads"] > 0:
             import torch
 
             torch.set_num_threads(p["torch_threads"])
         self.params = p
         self.camera = LivePoseCamera(
-            p["model"] if model is None else model, mount=camera_mount(p["mount_xyz"], p["mount_rpy"]),
+            self._load_model(p) if model is None else model, mount=camera_mount(p["mount_xyz"], p["mount_rpy"]),
             fps=p["fps"] if p["fps"] > 0 else None, seed=p["seed"], device=p["device"], max_gap=p["max_gap"],
             max_lag=p["max_lag"],
         )
@@ -144,8 +274,12 @@ class SanaWMNode(Node):
         if p["initial_image"]:
             k = p["seed_intrinsics"] or None
             depth = Path(p["initial_depth"]).expanduser() if p["initial_depth"] else None
-            self.camera.set_seed(Path(p["initial_image"]).expanduser(), k, depth=depth,
-                                 depth_scale=p["initial_depth_scale"])
+            try:
+                self.camera.set_seed(Path(p["initial_image"]).expanduser(), k, depth=depth,
+                                     depth_scale=p["initial_depth_scale"])
+            except Exception as err:  # the image was checked already: the depth map or a model/depth mismatch
+                name = "initial_depth" if depth is not None else "initial_image"
+                raise parameter_error(name, p[name], _one_line(err)) from None
         self._seed_k = None
         if p["seed_image_topic"]:
             self.create_subscription(Image, p["seed_image_topic"], self._on_seed_image, sensor)
@@ -155,6 +289,7 @@ class SanaWMNode(Node):
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
         self.latencies: list[float] = []
+        self._reported: dict[str, int] = {}  # counters as of the previous /diagnostics message
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="sana_wm_generator", daemon=True)
         self._worker.start()
@@ -164,25 +299,53 @@ class SanaWMNode(Node):
             f"({p['pose_topic'] if p['input'] != 'tf' else p['parent_frame'] + ' -> ' + p['child_frame']})")
 
     def _declare_all(self) -> dict:
-        defaults = {
-            "model": "default", "device": "cpu", "seed": 0, "fps": 0.0, "torch_threads": 0,
-            "input": "odometry", "pose_topic": "/odom", "pose_queue": 100,
-            "tf_topic": "/tf", "tf_static_topic": "/tf_static", "parent_frame": "odom", "child_frame": "base_link",
-            "tf_hold": 0.1,
-            "mount_xyz": [0.0, 0.0, 0.0], "mount_rpy": [0.0, 0.0, 0.0], "frame_id": "sana_wm_camera_optical_frame",
-            "initial_image": "", "initial_depth": "", "initial_depth_scale": 1000.0,
-            "seed_intrinsics": [0.0], "seed_image_topic": "", "seed_camera_info_topic": "",
-            "max_gap": 0.5, "max_lag": 2.0, "stall_timeout": 1.0, "diagnostics_period": 1.0,
-        }
+        """Declare every parameter (any type: ``-p fps:=8`` works) and check it, before anything loads or runs."""
         out = {}
-        for name, value in defaults.items():
-            out[name] = self.declare_parameter(name, value).value
-        k = [float(x) for x in out["seed_intrinsics"]]
-        if k not in ([0.0], []) and len(k) != 4:
-            raise ValueError(f"parameter seed_intrinsics must be [fx, fy, cx, cy] (or [0.0]: from the model FoV), "
-                             f"got {k}")
-        out["seed_intrinsics"] = k if len(k) == 4 else []
+        for name, (default, check, expected, _) in PARAMETERS.items():
+            descriptor = ParameterDescriptor(description=expected, dynamic_typing=True)
+            value = self.declare_parameter(name, default, descriptor).value
+            try:
+                out[name] = check(value)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise parameter_error(name, value, _one_line(err) if str(err) else "") from None
+        if out["input"] not in INPUTS:
+            raise parameter_error("input", out["input"])
+        topics = ["seed_image_topic", "seed_camera_info_topic"]
+        topics += ["tf_topic", "tf_static_topic"] if out["input"] == "tf" else ["pose_topic"]
+        for name in topics:
+            if out[name] or name == "pose_topic":
+                try:
+                    validate_full_topic_name(expand_topic_name(out[name], self.get_name(), self.get_namespace()))
+                except Exception as err:  # rclpy raises its own exception types (and ValueError) here
+                    raise parameter_error(name, out[name], _one_line(err).removeprefix("Invalid topic name: ")) \
+                        from None
+        if out["input"] == "tf" and out["parent_frame"].lstrip("/") == out["child_frame"].lstrip("/"):
+            raise parameter_error("child_frame", out["child_frame"], "it is parent_frame too")
+        if out["initial_depth"] and not out["initial_image"]:
+            raise parameter_error("initial_depth", out["initial_depth"], "it needs initial_image (the depth is of it)")
+        for name in ("initial_image", "initial_depth"):
+            path = Path(out[name]).expanduser()
+            if out[name] and not path.is_file():
+                raise parameter_error(name, out[name], "a folder" if path.is_dir() else "no such file")
+        if out["initial_image"]:
+            from PIL import Image as PILImage
+
+            try:
+                with PILImage.open(Path(out["initial_image"]).expanduser()) as im:
+                    im.load()  # the whole image: a truncated file fails here, not later in the seed
+            except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, ... for a bad file
+                raise parameter_error("initial_image", out["initial_image"],
+                                      f"not a readable image ({_one_line(err)})") from None
         return out
+
+    def _load_model(self, p: dict):
+        """The world model of parameter ``model`` on ``device``; a missing or broken bundle is a ParameterError."""
+        from sana_wm_env.envs.core import resolve_model
+
+        try:
+            return resolve_model(p["model"], p["device"])
+        except Exception as err:  # a missing folder, bad JSON, missing or corrupt weights: all one kind of error
+            raise parameter_error("model", p["model"], _one_line(err)) from None
 
     # ---------------------------------------------------------------------------------------------- inputs
     def _feed(self, t: float, pos, quat) -> None:
@@ -194,6 +357,10 @@ class SanaWMNode(Node):
             log.warning("dropped a pose whose quaternion is not unit length", throttle_duration_sec=2.0)
         elif status in ("duplicate", "out_of_order"):
             log.warning(f"dropped a pose with a {status.replace('_', '-')} stamp {t:.9f}", throttle_duration_sec=2.0)
+        elif status == "clock_jump":
+            was, now = self.camera.last_clock_jump
+            log.warning(f"the pose clock jumped back from {was:.3f} to {now:.3f} s: restarting the stream there",
+                        throttle_duration_sec=2.0)
         elif status == "gap":
             log.warning(f"gap in the pose stream (> {self.camera.max_gap} s): holding, resuming at {t:.3f}",
                         throttle_duration_sec=2.0)
@@ -212,7 +379,8 @@ class SanaWMNode(Node):
             raise RuntimeError(TF2_HINT) from err
         from sana_wm_env.trajectories.tf import TFBuffer
 
-        self.tf = TFBuffer(max_samples=1000)
+        # a TF clock jump back (looping bag, simulator restart) clears the dynamic edges, as tf2_ros buffers do
+        self.tf = TFBuffer(max_samples=1000, jump_back=p["max_gap"])
         self._tf_lock = threading.Lock()
         static_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL,
                                 reliability=ReliabilityPolicy.RELIABLE)
@@ -221,10 +389,14 @@ class SanaWMNode(Node):
 
     def _on_tf(self, msg, static: bool) -> None:
         with self._tf_lock:
+            rejected = self.tf.rejected_edges
             for tr in msg.transforms:
                 r, q = tr.transform.translation, tr.transform.rotation
                 self.tf.add(tr.header.frame_id, tr.child_frame_id, stamp_to_sec(tr.header.stamp),
                             [r.x, r.y, r.z], [q.x, q.y, q.z, q.w], static=static)
+            if self.tf.rejected_edges != rejected:
+                self.get_logger().warning(f"dropped TF edge {self.tf.last_rejected}; the tree keeps its other edges",
+                                          throttle_duration_sec=5.0)
             new = self.tf.poll(self.params["parent_frame"], self.params["child_frame"], self.params["tf_hold"])
         from world_model.camera import rotmat_to_quat
 
@@ -257,6 +429,9 @@ class SanaWMNode(Node):
             self.get_logger().warning(f"~/imagine: path ignored: {err}")
 
     def _on_reset(self, request, response):
+        if self.params["input"] == "tf":
+            with self._tf_lock:  # the TF clock may have been restarted too: take the next samples whatever their stamps
+                self.tf.clear_dynamic()
         response.success = self.camera.request_reset()
         response.message = ("restarting from the latest seed image" if response.success
                             else "no seed image yet (set initial_image or publish on seed_image_topic)")
@@ -312,6 +487,19 @@ class SanaWMNode(Node):
             msgs.append(f"generation lags {s['lag_s']:.2f} s behind the poses")
         if s["dropped_frames"]:
             msgs.append(f"{s['dropped_frames']} frames dropped to keep up")
+        if s["clock_jumps"]:
+            was, now = self.camera.last_clock_jump
+            msgs.append(f"pose clock jumped back {s['clock_jumps']} time(s), last from {was:.3f} to {now:.3f} s: "
+                        "stream restarted there")
+        if self.params["input"] == "tf":
+            s.update(tf_dropped=self.tf.dropped, tf_rejected_edges=self.tf.rejected_edges,
+                     tf_clock_jumps=self.tf.clock_jumps)
+            if self.tf.rejected_edges:
+                msgs.append(f"{self.tf.rejected_edges} TF edge(s) dropped, last {self.tf.last_rejected}")
+        for key in ("clock_jumps", "tf_rejected_edges"):  # warn in the report that follows a new one
+            if s.get(key, 0) > self._reported.get(key, 0):
+                level = DiagnosticStatus.WARN
+            self._reported[key] = s.get(key, 0)
         status.level = level
         status.message = "; ".join(msgs) or "generating"
         status.values = [KeyValue(key=k, value=f"{v:.6g}" if isinstance(v, float) else str(v)) for k, v in s.items()]

@@ -100,18 +100,29 @@ class TFBuffer:
     """Edges of a TF tree: static poses and, per dynamic edge, the last ``max_samples`` timestamped poses.
 
     ``max_samples=None`` keeps everything (bag reading); the live node bounds it so a long run or a burst cannot
-    grow memory. Out-of-order samples of an edge are dropped (and counted in ``dropped``).
+    grow memory. Out-of-order samples of an edge are dropped (and counted in ``dropped``). An edge that would break
+    the tree (a self-loop, or one that closes a cycle, such as a reversed copy of an edge) is dropped and counted
+    in ``rejected_edges`` (``last_rejected`` says which and why): the tree it arrives in keeps working.
+    ``jump_back`` (seconds, None: off): a dynamic sample more than that older than its edge's newest means the
+    clock jumped back (a looping bag, a simulator restart): every dynamic edge is cleared, the sample is kept and
+    ``clock_jumps`` counts it, so the tree follows the new clock instead of dropping it all as out of order.
     """
 
-    def __init__(self, max_samples: int | None = 1000) -> None:
+    def __init__(self, max_samples: int | None = 1000, jump_back: float | None = None) -> None:
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 2):
             raise ValueError(f"max_samples must be None or an int >= 2, got {max_samples!r}")
+        if jump_back is not None and not (isinstance(jump_back, int | float) and jump_back > 0):
+            raise ValueError(f"jump_back must be None or a positive number of seconds, got {jump_back!r}")
         self.max_samples = max_samples
+        self.jump_back = jump_back
         self.parent_of: dict[str, str] = {}
         self.static: dict[Edge, np.ndarray] = {}
         self.dynamic: dict[Edge, deque] = defaultdict(lambda: deque(maxlen=self.max_samples))
         self.counts: dict[Edge, int] = defaultdict(int)  # samples ever received per dynamic edge
         self.dropped = 0
+        self.rejected_edges = 0
+        self.last_rejected: str | None = None
+        self.clock_jumps = 0
         self._emitted: dict[Edge, float] = {}
 
     def add(self, parent: str, child: str, stamp: float, pos, quat_xyzw, static: bool = False) -> bool:
@@ -123,17 +134,44 @@ class TFBuffer:
                 or abs(np.linalg.norm(q) - 1.0) > 1e-2:
             self.dropped += 1
             return False
+        why = self._breaks_tree(*key)
+        if why is not None:
+            self.rejected_edges += 1
+            self.last_rejected = f"{key[0]} -> {key[1]} ({why})"
+            return False
         self.parent_of[key[1]] = key[0]
         if static:
             self.static[key] = pose_matrix(pos, q)
             return True
         samples = self.dynamic[key]
+        if samples and self.jump_back is not None and stamp < samples[-1][0] - self.jump_back:
+            self.clear_dynamic()
+            self.clock_jumps += 1
+            samples = self.dynamic[key]
         if samples and stamp <= samples[-1][0]:
             self.dropped += 1
             return False
         samples.append((float(stamp), pose_matrix(pos, q)))
         self.counts[key] += 1
         return True
+
+    def _breaks_tree(self, parent: str, child: str) -> str | None:
+        """Why the edge ``parent -> child`` cannot join the tree (None: it can): TF is a tree, and one bad edge
+        kept would make every chain through its frames unresolvable."""
+        if parent == child:
+            return "a self-loop"
+        f, seen = parent, 0
+        while f in self.parent_of and seen <= len(self.parent_of):
+            f, seen = self.parent_of[f], seen + 1
+            if f == child:
+                return f"{child} is already an ancestor of {parent}: it would close a cycle"
+        return None
+
+    def clear_dynamic(self) -> None:
+        """Forget every dynamic sample and what ``poll`` emitted (the tree and its static edges stay): the clock
+        restarts, e.g. after it jumped back."""
+        self.dynamic.clear()
+        self._emitted.clear()
 
     def chain(self, parent: str, child: str, source: str = "TF") -> TFChain:
         return find_chain(self.parent_of, _frame(parent), _frame(child), source)
