@@ -13,9 +13,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 POLICY_SPECS: tuple[str, ...] = ("random", "scripted", "cem", "mppi", "ppo:PATH.zip", "servo:PATH.pt")
+
+
+def check_policy_spec(spec: str) -> None:
+    """Fail (ValueError/FileNotFoundError naming the spec or its file) unless ``spec`` names a policy that can be
+    built; cheap, so a command checks its policy before loading a world model. A ``servo:`` network is loaded."""
+    if spec in ("random", "scripted", "cem", "mppi"):
+        return
+    algo, sep, path = spec.partition(":")
+    if not (sep and algo and path):
+        raise ValueError(f"policy must be one of {', '.join(POLICY_SPECS)} (ALGO:PATH for any SB3 algorithm); "
+                         f"got {spec!r}")
+    if algo == "servo":
+        from policies.relative_pose import load_relative_pose_net
+
+        load_relative_pose_net(path)
+    elif not Path(path).is_file():
+        raise FileNotFoundError(f"policy {spec!r}: no SB3 model zip at {path}")
 
 
 def make_policy(spec: str, env, *, seed: int = 0, planner: dict[str, Any] | None = None):

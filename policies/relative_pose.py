@@ -181,18 +181,29 @@ def save_relative_pose_net(net: RelativePoseNet, path: str | Path, metrics: dict
 
 
 def load_relative_pose_net(path: str | Path) -> RelativePoseNet:
-    """Load a network written by :func:`save_relative_pose_net` (eval mode, on the CPU)."""
+    """Load a network written by :func:`save_relative_pose_net` (eval mode, on the CPU).
+
+    Any other file raises ValueError naming it. Only tensors are ever unpickled (``weights_only=True``): torch's
+    advice to load such a file with arbitrary code execution allowed is not passed on.
+    """
     path = Path(path)
+    train = f"train one with `python examples/pretrain_relative_pose.py --out {path}`"
     if not path.is_file():
-        raise FileNotFoundError(f"no relative-pose network at {path}; train one with "
-                                f"`python examples/pretrain_relative_pose.py --out {path}`")
-    blob = torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"no relative-pose network at {path}; {train}")
+    not_a_net = f"{path} is not a relative-pose network file (save_relative_pose_net writes them; {train})"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # torch raises UnpicklingError, RuntimeError, EOFError, IndexError... by the damage
+        raise ValueError(f"{not_a_net}: torch cannot read it as a tensor file") from None
     if not isinstance(blob, dict) or blob.get("format") != "sana-wm-env/relative-pose-net":
-        raise ValueError(f"{path} is not a relative-pose network file (save_relative_pose_net writes them)")
-    cfg = dict(blob["config"])
-    cfg["image_hw"] = tuple(cfg["image_hw"])
-    net = RelativePoseNet(RelativePoseNetConfig(**cfg))
-    net.load_state_dict(blob["state_dict"])
+        raise ValueError(not_a_net)
+    try:
+        cfg = dict(blob["config"])
+        cfg["image_hw"] = tuple(cfg["image_hw"])
+        net = RelativePoseNet(RelativePoseNetConfig(**cfg))
+        net.load_state_dict(blob["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:  # missing/unknown config keys, other shapes
+        raise ValueError(f"{path}: a damaged relative-pose network file ({type(err).__name__}); {train}") from None
     return net.eval()
 
 

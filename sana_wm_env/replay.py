@@ -4,6 +4,8 @@
 the camera path the model renders: a time window of it, resampled at the model's frame rate (optionally slowed
 down or sped up), converted to OpenCV camera-to-world and made relative to its first pose. Stamp gaps up to
 ``max_gap`` seconds are interpolated (translation linearly, rotation by slerp); a longer gap fails and says where.
+``path_frames`` counts the frames of that path from the arguments alone and refuses more than ``max_frames``
+(default :data:`sana_wm_env.limits.MAX_FRAMES`), so a slip such as fps=100000 fails before anything is resampled.
 
 ``stream_replay`` runs a causal generator along that path and hands every finished chunk to a callback (write it
 to an mp4, compare it to a twin render, keep its latents for a refiner): nothing grows with the path length but
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sana_wm_env.limits import MAX_FRAMES, check_frames
 from sana_wm_env.trajectories import OPENCV_IN_REP103, Trajectory
 from world_model.generators import GeneratorState, StreamingGenerator
 
@@ -48,6 +51,38 @@ class ReplayPath:
                           child_frame_id="camera")
 
 
+def _window(traj: Trajectory, start: float, duration: float | None) -> tuple[float, float]:
+    """The window ``[a, b]`` (stamps of the recording) that ``start``/``duration`` select."""
+    if len(traj) < 2:
+        raise ValueError(f"trajectory has {len(traj)} pose; a replay needs at least 2")
+    t = traj.timestamps
+    if not np.isfinite(start) or start < 0 or start >= traj.duration:
+        raise ValueError(f"start must be in [0, {traj.duration:.3f}) seconds (the recording's length; --start), "
+                         f"got {start!r}")
+    if duration is not None and (not np.isfinite(duration) or duration <= 0):
+        raise ValueError(f"duration must be a positive number of seconds (--duration), got {duration!r}")
+    a = t[0] + start
+    return a, t[-1] if duration is None else min(t[-1], a + duration)
+
+
+def path_frames(traj: Trajectory, *, fps: float, time_scale: float = 1.0, start: float = 0.0,
+                duration: float | None = None, max_frames: int = MAX_FRAMES) -> int:
+    """Frames of the path :func:`prepare_path` makes with these arguments, counted without resampling anything;
+    more than ``max_frames`` raises ValueError with the count, the limit and what to change."""
+    for name, flag, v in (("fps", "--fps", fps), ("time_scale", "--time-scale", time_scale)):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v) or v <= 0:
+            raise ValueError(f"{name} must be a positive number ({flag}), got {v!r}")
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise ValueError(f"max_frames must be a positive int (--max-frames), got {max_frames!r}")
+    a, b = _window(traj, start, duration)
+    rate = fps * time_scale  # frames per recorded second
+    n = int(min(np.floor((b - a) * rate + 1e-9), 2.0**62)) + 1
+    return check_frames(n, f"a replay of {b - a:.3f} recorded seconds at fps {fps:g} (--fps) x time scale "
+                           f"{time_scale:g} (--time-scale)",
+                        "lower --fps or --time-scale, shorten the window (--start/--duration), or raise the limit "
+                        "with --max-frames", limit=max_frames)
+
+
 def prepare_path(
     traj: Trajectory,
     *,
@@ -57,13 +92,15 @@ def prepare_path(
     duration: float | None = None,
     mount: np.ndarray | None = None,
     max_gap: float = MAX_GAP_S,
+    max_frames: int = MAX_FRAMES,
 ) -> ReplayPath:
     """The camera path to render from ``traj`` (see module docstring).
 
     ``start``/``duration``: window in seconds of the recording (from its first stamp; default: all of it).
     ``time_scale``: >1 plays back slower (more frames per recorded second), <1 faster. ``mount``: ``T_body_cam``
     for a REP-103 body trajectory (default: camera at the body origin looking along +x); not allowed for a
-    camera (OpenCV) trajectory. A trajectory of unknown convention must be declared first.
+    camera (OpenCV) trajectory. A trajectory of unknown convention must be declared first. More than
+    ``max_frames`` frames raise ValueError (see :func:`path_frames`).
     """
     if not isinstance(traj, Trajectory):
         raise ValueError(f"traj must be a Trajectory, got {type(traj).__name__}")
@@ -79,15 +116,9 @@ def prepare_path(
     if traj.convention == "opencv" and mount is not None:
         raise ValueError("mount: the trajectory already holds OpenCV camera poses; a camera mount applies only to "
                          "'rep103' body trajectories")
-    if len(traj) < 2:
-        raise ValueError(f"trajectory has {len(traj)} pose; a replay needs at least 2")
+    n = path_frames(traj, fps=fps, time_scale=time_scale, start=start, duration=duration, max_frames=max_frames)
     t = traj.timestamps
-    if not np.isfinite(start) or start < 0 or start >= traj.duration:
-        raise ValueError(f"start must be in [0, {traj.duration:.3f}) seconds (the recording's length), got {start!r}")
-    if duration is not None and (not np.isfinite(duration) or duration <= 0):
-        raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
-    a = t[0] + start
-    b = t[-1] if duration is None else min(t[-1], a + duration)
+    a, b = _window(traj, start, duration)
     # Gaps between the stamps that bracket the window.
     i0 = max(0, int(np.searchsorted(t, a, side="right")) - 1)
     i1 = min(len(t) - 1, int(np.searchsorted(t, b, side="left")))
@@ -103,7 +134,6 @@ def prepare_path(
             "(--start/--duration)"
         )
     rate = fps * time_scale  # frames per recorded second
-    n = int(np.floor((b - a) * rate + 1e-9)) + 1
     times = np.minimum(a + np.arange(n) / rate, b)
     sampled = traj.resample(times=times)
     camera = sampled.to_opencv(mount) if traj.convention == "rep103" else sampled

@@ -161,6 +161,48 @@ def test_malformed_nan_and_quaternion_rows(tmp_path):
         load(tmp_path / "missing.txt")
 
 
+def test_euroc_stamps_are_exact_whole_nanoseconds(tmp_path):
+    p = tmp_path / "gt.csv"
+    row = ",0,0,0,1,0,0,0\n"
+    p.write_text("#timestamp [ns], p_x\n" + "1.5e18" + row + "1500000000001000000" + row + "1.6E+18" + row)
+    np.testing.assert_array_equal(load(p).timestamps, [1.5e9, 1.5e9 + 1e-3, 1.6e9])  # was 1e-9 s: "1.5e18" -> 1
+    p.write_text("1000" + row + "nan" + row + "3000" + row)
+    with pytest.raises(ValueError, match=r"gt\.csv:2: row contains NaN"):  # was int('nan') without a location
+        load(p)
+    with pytest.warns(UserWarning, match="dropped 1 row"):
+        assert len(load(p, on_invalid="drop")) == 2
+    p.write_text("1403715273.26" + row)  # seconds, not nanoseconds: used to become 1403715273 ns
+    with pytest.raises(ValueError, match=r"gt\.csv:1: timestamp '1403715273.26' is not a whole number of nano"):
+        load(p)
+    p.write_text("1e30" + row)
+    with pytest.raises(ValueError, match=r"gt\.csv:1: .* outside the int64 range"):
+        load(p)
+
+
+def test_binary_and_foreign_files_are_named_with_their_line(tmp_path):
+    good = b"1.0 0 0 0 0 0 0 1\n"
+    for name, junk, col in (("utf8.txt", b"2.0 \xff\xfe 0\n", 5), ("zeros.txt", bytes(40) + b"\n", 1)):
+        (tmp_path / name).write_bytes(good + good.replace(b"1.0", b"1.5") + junk)
+        for fmt in ("auto", "tum"):
+            with pytest.raises(ValueError, match=rf"{name}:3: binary data \(byte 0x.. at column {col}\), not a text"):
+                load(tmp_path / name, format=fmt)
+    (tmp_path / "start.txt").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    with pytest.raises(ValueError, match=r"start\.txt:1: binary data"):
+        load(tmp_path / "start.txt")
+    (tmp_path / "dir.txt").mkdir()
+    with pytest.raises(ValueError, match=r"dir\.txt is a folder; a kitti trajectory is a file"):
+        load(tmp_path / "dir.txt", format="kitti")
+    with pytest.raises(ValueError, match=r"dir\.txt is not a ROS 2 bag \(no metadata\.yaml"):
+        load(tmp_path / "dir.txt")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match=r"obj\.npy is not a trajectory \.npy \(it holds Python objects"):
+        load(tmp_path / "obj.npy")
+    np.savez(tmp_path / "obj.npz", c2w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"obj\.npz is not a readable trajectory \.npz \(it holds Python obj") as info:
+        load(tmp_path / "obj.npz")
+    assert "allow_pickle" not in str(info.value)
+
+
 def test_npz_npy_round_trip_and_intrinsics(tmp_path):
     rng = np.random.default_rng(0)
     poses = np.tile(np.eye(4), (5, 1, 1))

@@ -5,16 +5,21 @@ Pose topics: ``geometry_msgs/msg/PoseStamped``, ``PoseWithCovarianceStamped``, `
 ``/tf_static``; ``parent_frame -> child_frame`` is looked up through the TF tree (chains through any common
 ancestor). Output stamps are those of the most frequent dynamic edge on the chain, within the time span all
 dynamic edges cover; the other dynamic edges are interpolated there (linear translation, slerp rotation).
+
+A bag that cannot be read (truncated, zeroed, not a bag at all, a folder without ``metadata.yaml``) raises
+ValueError naming it, whatever the storage library raised.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from sana_wm_env.trajectories.io import _check_convention, _quat_poses
+from sana_wm_env.trajectories.io import _check_convention, _quat_poses, _reason
 from sana_wm_env.trajectories.tf import find_chain, interpolate_edge
 from sana_wm_env.trajectories.trajectory import Trajectory, clean_rows
 
@@ -51,13 +56,46 @@ def _topics_str(connections) -> str:
     return ", ".join(f"{t} ({ty})" for t, ty in sorted(seen.items()))
 
 
-def _open(path: Path):
+def _unreadable(path: Path, err: BaseException) -> ValueError:
+    """The error for a bag the storage library cannot read (its exceptions vary with the damage)."""
+    return ValueError(f"path: {path} is not a readable ROS 2 bag ({_reason(err)}); it may be truncated or damaged: "
+                      "copy it again, or repair it (`ros2 bag reindex` for a folder, `mcap recover` for an .mcap)")
+
+
+@contextmanager
+def _open(path: Path) -> Iterator:
+    """An open ``AnyReader`` of the bag at ``path`` (a bag folder, an ``.mcap`` file or a folder's ``.db3``)."""
     try:
         from rosbags.highlevel import AnyReader
     except ImportError as err:  # pragma: no cover - dependency missing
         raise RuntimeError("reading ROS 2 bags needs the 'rosbags' package (pip install rosbags)") from err
     bag = path.parent if path.is_file() and path.suffix == ".db3" else path
-    return AnyReader([bag])
+    if bag.is_dir() and not (bag / "metadata.yaml").is_file():
+        raise ValueError(f"path: {path} is not a ROS 2 bag (no metadata.yaml in {bag}); pass a trajectory file "
+                         "(TUM, EuRoC, KITTI, .npz, .npy), an .mcap file or a bag folder")
+    try:
+        reader = AnyReader([bag])
+        reader.open()
+    except Exception as err:  # rosbags raises its own errors, sqlite3, zstd, struct and index errors alike
+        raise _unreadable(path, err) from None
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _messages(reader, connections, path: Path) -> Iterator[tuple]:
+    """``(connection, message)`` of ``connections`` in time order; damaged data raises ValueError naming the bag."""
+    it = reader.messages(connections=connections)
+    while True:
+        try:
+            conn, _t, raw = next(it)
+            msg = reader.deserialize(raw, conn.msgtype)
+        except StopIteration:
+            return
+        except Exception as err:  # as in _open: whatever the damage makes the storage library raise
+            raise _unreadable(path, err) from None
+        yield conn, msg
 
 
 def read_bag(path, topic: str | None = None, parent_frame: str | None = None, child_frame: str | None = None,
@@ -101,8 +139,7 @@ def read_bag(path, topic: str | None = None, parent_frame: str | None = None, ch
 def _read_pose_topic(reader, sel, p: Path, parent_frame, child_frame, conv: str, on_invalid: str) -> Trajectory:
     topic, msgtype = sel[0].topic, sel[0].msgtype
     times, pos, quat, frames, children = [], [], [], set(), set()
-    for conn, _t, raw in reader.messages(connections=sel):
-        msg = reader.deserialize(raw, conn.msgtype)
+    for _conn, msg in _messages(reader, sel, p):
         times.append(_stamp(msg.header))
         frames.add(msg.header.frame_id)
         children.add(getattr(msg, "child_frame_id", ""))
@@ -132,8 +169,7 @@ def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_i
     edges: dict[tuple[str, str], list] = defaultdict(list)  # (parent, child) -> [(t, pos, quat)]
     static: dict[tuple[str, str], tuple] = {}
     parent_of: dict[str, str] = {}
-    for conn, _t, raw in reader.messages(connections=tf_conns):
-        msg = reader.deserialize(raw, conn.msgtype)
+    for conn, msg in _messages(reader, tf_conns, p):
         is_static = "static" in conn.topic
         for tr in msg.transforms:
             key = (tr.header.frame_id.lstrip("/"), tr.child_frame_id.lstrip("/"))
