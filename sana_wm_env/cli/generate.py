@@ -143,8 +143,12 @@ def build_model(args: argparse.Namespace) -> WorldModel:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sana_wm_env.limits import check_fps
+
     if args.chunks < 1:
         raise ValueError(f"--chunks must be >= 1, got {args.chunks}")
+    if args.fps is not None:
+        check_fps(args.fps, "--fps")
     wm = build_model(args).to(args.device)
     model, codec = wm.student.eval(), wm.codec
     size = wm.image_hw if args.size is None else parse_hw(args.size, "--size")
