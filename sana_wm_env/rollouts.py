@@ -2,7 +2,8 @@
 
 A rollout is a folder::
 
-    rollout.json        the manifest (below); written last, on close: a folder without it is incomplete
+    rollout.json        the manifest (below); written last, on close: a folder without it is incomplete, and
+                        one whose manifest says ``partial: true`` is a failed or interrupted recording
     frames.npy          uint8 (N, H, W, 3)     exact frames (frame 0 = the start image)
     video.mp4           the same frames for viewing (libx264, lossy)
     c2w.npy             float64 (N, 4, 4)      OpenCV camera-to-world per frame (+x right, +y down, +z forward),
@@ -21,11 +22,14 @@ Manifest keys: ``format`` ("sana-wm-rollout/1"), ``kind`` ("env", "generation" o
 ``latent_pixel_frames`` (pixel frames the latents decode to: ``1 + stride * (T - 1)``; >= N, the generator's
 padded tail frames are dropped from ``frames``), ``steps`` S (0 for generations), ``action_dim``, ``refined``
 (bool), ``refiner`` (its description, refined only), ``source`` (the stage-1 rollout a refined one came from),
-``extra`` (free JSON: task, scene, terminated, ...), ``seconds`` (wall time of the recording).
+``extra`` (free JSON: task, scene, terminated, ...), ``seconds`` (wall time of the recording), ``partial``
+(true when the recording failed or was interrupted: :meth:`RolloutWriter.abort`, or a writer left by an
+exception) and ``partial_reason``.
 
 Every array is written as it comes (:class:`RolloutWriter` appends chunk by chunk to ``.npy`` files whose header
 is completed on close), so memory stays flat in episode length; :func:`read_rollout` memory-maps ``frames.npy``.
-:func:`validate_rollout` checks a folder and says what is wrong. The frame/latent layout follows the codec:
+:func:`validate_rollout` checks a folder and says what is wrong; it and :func:`read_rollout` refuse partial
+rollouts unless ``allow_partial=True``. The frame/latent layout follows the codec:
 latent frame 0 is frame 0 alone, latent frame ``j >= 1`` holds frames ``stride * (j - 1) + 1 .. stride * j``.
 
 Refining (``sana-wm refine IN --out OUT``, :func:`refine_rollout`) writes a rollout of the same format with
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +53,13 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from sana_wm_env.outputs import check_output, write_text_atomic
+
 FORMAT = "sana-wm-rollout/1"
 KINDS = ("env", "generation", "replay")
 MANIFEST = "rollout.json"
+FILES = ("frames.npy", "video.mp4", "c2w.npy", "timestamps.npy", "latents.npy", "stage1_latents.npy", "actions.npy",
+         "rewards.npy", "step_frames.npy", MANIFEST, "comparison.mp4")
 _HEADER_BYTES = 256  # fixed .npy header (v1.0) so the shape can be filled in on close
 
 
@@ -132,6 +141,9 @@ class RolloutWriter:
     ``add_frames(uint8 (n, H, W, 3), c2w (n, 4, 4), timestamps=None)`` (default stamps ``i / fps``),
     ``add_latents((C, t, h, w) or (1, C, t, h, w))``, ``add_step(action, reward, last_frame=None)``.
     ``codec``: config of the latents' codec (``LatentCodec.to_config()``), required with latents.
+    A recording that fails or is interrupted is closed with :meth:`abort` (the context manager does it when an
+    exception leaves the block): its manifest says ``partial: true`` and readers refuse it. A partial rollout
+    already in ``folder`` is replaced without ``overwrite``.
     """
 
     def __init__(self, folder: str | Path, *, fps: float, intrinsics, image_hw: tuple[int, int],
@@ -150,12 +162,11 @@ class RolloutWriter:
         if h < 1 or w < 1:
             raise ValueError(f"image_hw must be two positive ints, got {image_hw!r}")
         self.folder = Path(folder)
-        if (self.folder / MANIFEST).exists() and not overwrite:
+        if holds_complete_rollout(self.folder) and not overwrite:
             raise ValueError(f"folder: {self.folder} already holds a rollout; choose another folder or pass "
                              "overwrite=True")
-        if self.folder.exists() and overwrite:
-            for name in ("frames.npy", "video.mp4", "c2w.npy", "timestamps.npy", "latents.npy", "stage1_latents.npy",
-                         "actions.npy", "rewards.npy", "step_frames.npy", MANIFEST, "comparison.mp4"):
+        if self.folder.is_dir():  # an overwritten or partial rollout: none of its files may stay
+            for name in FILES:
                 (self.folder / name).unlink(missing_ok=True)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.manifest: dict[str, Any] = {
@@ -211,6 +222,9 @@ class RolloutWriter:
             z = z[0]
         if z.ndim != 4:
             raise ValueError(f"latents must be (C, t, h, w) or (1, C, t, h, w), got {tuple(z.shape)}")
+        if not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{name}: the latents hold NaN or inf values (the model diverged?); nothing after "
+                             "them is recorded")
         rows = z.permute(1, 0, 2, 3).numpy()
         if name not in self._latents:
             self._latents[name] = NpyAppender(self.folder / f"{name}.npy", np.float32, rows.shape[1:])
@@ -230,13 +244,50 @@ class RolloutWriter:
                                           "last_frame")
 
     def close(self, **extra: Any) -> dict[str, Any]:
-        """Complete every file and write the manifest (``extra`` merges into ``manifest["extra"]``)."""
+        """Complete every file and write the manifest (``extra`` merges into ``manifest["extra"]``).
+
+        A rollout that then fails validation is marked partial (the reason in ``partial_reason``) and the
+        validation error raised."""
         if self.closed:
             return self.manifest
         for app in (self._frames, self._c2w, self._stamps, *self._latents.values(), *self._steps.values()):
             app.close()
         if self._video is not None:
             self._video.close()
+        self._write_manifest(extra, None)
+        try:
+            validate_rollout(self.folder)
+        except (ValueError, FileNotFoundError) as err:
+            self._write_manifest({}, f"it did not validate: {err}")
+            raise
+        return self.manifest
+
+    def abort(self, reason: BaseException | str) -> dict[str, Any]:
+        """Close a failed or interrupted recording: what was written is kept, the manifest says ``partial: true``.
+
+        Never raises (it runs while another error propagates); a second problem is added to the reason."""
+        if self.closed:
+            return self.manifest
+        if isinstance(reason, KeyboardInterrupt):
+            reason = "interrupted (Ctrl-C)"
+        elif isinstance(reason, BaseException):
+            reason = f"failed: {type(reason).__name__}: {reason}"
+        for part in (self._frames, self._c2w, self._stamps, *self._latents.values(), *self._steps.values(),
+                     self._video):
+            try:
+                if part is not None:
+                    part.close()
+            except Exception as err:  # the recording is partial anyway: keep the first error, note this one
+                reason += f"; closing {getattr(part, 'path', '')}: {err}"
+        try:
+            self._write_manifest({}, reason)
+        except OSError as err:
+            print(f"rollout: could not mark {self.folder} partial ({err})", file=sys.stderr)
+        self.closed = True
+        return self.manifest
+
+    def _write_manifest(self, extra: dict[str, Any], partial_reason: str | None) -> None:
+        """Write ``rollout.json`` from the rows written so far (partial when ``partial_reason`` is given)."""
         m = self.manifest
         m["extra"].update(extra)
         m["frames"] = self._frames.rows
@@ -247,16 +298,42 @@ class RolloutWriter:
         m["steps"] = self._steps["actions"].rows if self._steps else 0
         m["action_dim"] = int(self._steps["actions"].tail[0]) if self._steps else None
         m["seconds"] = round(time.perf_counter() - self._t0, 3)
-        (self.folder / MANIFEST).write_text(json.dumps(m, indent=2) + "\n")
+        m["partial"] = partial_reason is not None
+        m["partial_reason"] = partial_reason
+        write_text_atomic(self.folder / MANIFEST, json.dumps(m, indent=2) + "\n")
         self.closed = True
-        validate_rollout(self.folder)
-        return m
 
     def __enter__(self) -> RolloutWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc is not None:
+            self.abort(exc)
+        else:
+            self.close()
+
+
+def holds_complete_rollout(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a rollout manifest that is not marked partial (unreadable counts as complete)."""
+    mpath = Path(folder) / MANIFEST
+    if not mpath.is_file():
+        return False
+    try:
+        return not json.loads(mpath.read_text()).get("partial")
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def check_rollout_folder(folder: str | Path, flag: str, *, inputs=(), overwrite: bool | None = None) -> Path:
+    """Fail (ValueError naming ``flag``) unless a new rollout can go to ``folder``: see
+    :func:`sana_wm_env.outputs.check_output`; a complete rollout there needs ``overwrite`` (None: the command
+    has no --overwrite)."""
+    folder = check_output(folder, flag, kind="dir", inputs=inputs)
+    if holds_complete_rollout(folder) and not overwrite:
+        how = "pass --overwrite or choose another folder" if overwrite is False else "choose another folder or " \
+            "delete it first"
+        raise ValueError(f"{flag} {folder} already holds a rollout; {how}")
+    return folder
 
 
 def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
@@ -266,8 +343,11 @@ def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(arr.shape), arr.dtype
 
 
-def validate_rollout(folder: str | Path) -> dict[str, Any]:
-    """Check a rollout folder; return its manifest or raise ValueError / FileNotFoundError saying what is wrong."""
+def validate_rollout(folder: str | Path, allow_partial: bool = False) -> dict[str, Any]:
+    """Check a rollout folder; return its manifest or raise ValueError / FileNotFoundError saying what is wrong.
+
+    A partial rollout (a failed or interrupted recording) is refused unless ``allow_partial``; then its files
+    are checked against what its manifest counted."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"rollout: {folder} is not a folder")
@@ -281,6 +361,9 @@ def validate_rollout(folder: str | Path) -> dict[str, Any]:
         raise ValueError(f"rollout: {mpath} is not valid JSON ({err})") from None
     if m.get("format") != FORMAT:
         raise ValueError(f"rollout: {mpath} format must be {FORMAT!r}, got {m.get('format')!r}")
+    if m.get("partial") and not allow_partial:
+        raise ValueError(f"rollout: {folder} is partial, {m.get('partial_reason') or 'its recording did not finish'}"
+                         "; record it again (or read it with allow_partial=True)")
     missing = [k for k in ("kind", "fps", "image_hw", "intrinsics", "frames", "codec", "latent_frames",
                            "latent_pixel_frames", "steps", "refined") if k not in m]
     if missing:
@@ -312,7 +395,7 @@ def validate_rollout(folder: str | Path) -> dict[str, Any]:
         if len(shape) != 4 or shape[0] != t:
             raise ValueError(f"rollout: latents.npy must be (T={t}, C, h, w) float32, got {shape}")
         need("latents.npy", shape, np.float32)
-        if m["latent_pixel_frames"] < n:
+        if m["latent_pixel_frames"] < n and not m.get("partial"):  # a partial one may stop between the two
             raise ValueError(f"rollout: {t} latent frames decode to {m['latent_pixel_frames']} frames, fewer than the "
                              f"{n} recorded frames")
         if m["refined"]:
@@ -327,10 +410,10 @@ def validate_rollout(folder: str | Path) -> dict[str, Any]:
     return m
 
 
-def read_rollout(folder: str | Path) -> Rollout:
-    """Validate and load a rollout (``frames`` memory-mapped)."""
+def read_rollout(folder: str | Path, allow_partial: bool = False) -> Rollout:
+    """Validate and load a rollout (``frames`` memory-mapped); partial ones only with ``allow_partial``."""
     folder = Path(folder)
-    m = validate_rollout(folder)
+    m = validate_rollout(folder, allow_partial=allow_partial)
 
     def opt(name: str) -> np.ndarray | None:
         p = folder / name
@@ -408,11 +491,12 @@ def refine_rollout(source: str | Path | Rollout, out: str | Path, refiner, *, se
                 writer.add_step(act, float(rew), int(last))
         writer.manifest.update(refined=True, refiner=refiner.describe(), source=str(ro.path))
         manifest = writer.close(refine_seconds=round(refine_s, 3), refine_seed=seed)
+    except BaseException as err:
+        writer.abort(err)  # the real error propagates; the folder is marked partial
+        raise
     finally:
         if side is not None:
             side.close()
-        if not writer.closed:
-            writer.close()
     return manifest
 
 
@@ -497,4 +581,5 @@ class RefineEpisodeWrapper(gym.Wrapper):
 
 
 __all__ = ["FORMAT", "KINDS", "NpyAppender", "RefineEpisodeWrapper", "Rollout", "RolloutWriter",
-           "check_refiner_for", "read_rollout", "refine_rollout", "validate_rollout"]
+           "check_refiner_for", "check_rollout_folder", "holds_complete_rollout", "read_rollout", "refine_rollout",
+           "validate_rollout"]

@@ -76,3 +76,54 @@ def test_generate_with_a_depth_map_and_without(tmp_path, capsys):
     assert main(["generate", "--random-init", "--model", "small-cpu", "--image", str(EXAMPLE), "--size", "32x32",
                  "--depth", str(tmp_path / "depth.npy"), "--out", str(tmp_path / "y.mp4")]) == 2
     assert "does not use depth" in capsys.readouterr().err
+
+
+def test_output_paths_are_checked_before_any_model_or_episode(tmp_path, capsys, monkeypatch):
+    import sana_wm_env.cli.eval as eval_cli
+    import sana_wm_env.cli.generate as generate_cli
+    import sana_wm_env.envs.world_model_env as envs
+    import sana_wm_env.evaluation.policy as policy
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("work started before the output paths were checked")
+
+    for module, name in ((eval_cli, "load_model_or_explain"), (generate_cli, "load_world_model"),
+                         (generate_cli, "untrained_world_model"), (policy, "make_eval_envs"),
+                         (envs, "WorldModelEnv"), (envs, "TwinEnv")):
+        monkeypatch.setattr(module, name, too_late)
+    folder, file = tmp_path / "folder", tmp_path / "file"
+    folder.mkdir()
+    file.write_text("keep")
+    image = tmp_path / "first.png"
+    image.write_bytes(EXAMPLE.read_bytes())
+    gen = ["generate", "--random-init", "--model", "small-cpu", "--image", str(image)]
+    cases = [
+        (["evaluate-policy", "--twin-only", "--episodes", "1", "--json", str(folder)], "--json", "is a folder"),
+        (["eval", "--json", str(folder)], "--json", "is a folder"),
+        (["eval", "--json", str(file / "r.json")], "--json", "is a file, not a folder"),
+        (["eval", "--json", str(tmp_path / "r.json"), "--out-dir", str(file)], "--out-dir", "is a file"),
+        ([*gen, "--out", str(folder)], "--out", "is a folder"),
+        ([*gen, "--out", str(image.with_suffix(".gif")), "--depth", str(image.with_suffix(".gif"))], "--out",
+         "would replace the input --depth"),
+        ([*gen, "--out", str(tmp_path / "clip.txt")], "--out", "must end in .mp4 or .gif"),
+        (["demo", "--out", str(folder)], "--out", "is a folder"),
+        (["play", "--twin", "--out", str(file / "p.mp4")], "--out", "is a file, not a folder"),
+        (["train", "--data", str(tmp_path), "--out", str(file)], "--out", "is a file; give --out a folder"),
+        (["dataset", "make", "--clips", "1", "--frames", "4", "--out", str(file)], "--out", "is a file"),
+    ]
+    for argv, flag, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"error: {flag} " in err and message in err and len(err.strip().splitlines()) == 1, (argv, err)
+    assert file.read_text() == "keep" and list(folder.iterdir()) == []
+
+
+def test_ctrl_c_anywhere_is_one_line_and_exit_code_130(capsys, monkeypatch):
+    import sana_wm_env.cli.info as info_cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(info_cli, "run", interrupted)  # the parser is built per call: it takes this one
+    assert main(["info"]) == 130
+    assert capsys.readouterr().err == "sana-wm info: interrupted; the outputs of this run were not completed\n"

@@ -97,3 +97,66 @@ def test_spec_and_cli_bad_input(tmp_path, capsys):
         main(["dataset", "make", "--clips", "1", "--frames", "4", "--size", "0x8", "--out", str(out)])
     assert main(["dataset", "make", "--clips", "1", "--frames", "4", "--scenes", "moon", "--out",
                  str(tmp_path / "x")]) == 2
+
+
+def test_damaged_clips_are_reported_named_and_rendered_again(tmp_path, capsys):
+    root = tmp_path / "twin"
+    make = ["dataset", "make", "--scenes", "rooms", "--clips", "3", "--frames", "4", "--size", "16x16",
+            "--out", str(root), "--no-progress"]
+    assert main(make) == 0
+    clips = [root / "clips" / f"{i:06d}.npz" for i in range(3)]
+    good = [p.read_bytes() for p in clips]
+    clips[1].write_bytes(good[1][: len(good[1]) // 2])  # truncated (a copy cut short, a full disk)
+    flipped = bytearray(good[2])
+    flipped[600] ^= 0xFF  # one byte of the frames changed: only the checksum tells
+    clips[2].write_bytes(bytes(flipped))
+    capsys.readouterr()
+    assert main(["dataset", "info", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "clips present: 1 / 3 (2 damaged" in out
+    assert f"damaged: clip {clips[1]} is damaged" in out and f"damaged: clip {clips[2]} is damaged" in out
+    assert "checksum" in out or "CRC" in out
+    # Loading names the clip and what to do, instead of a bare BadZipFile traceback.
+    ds = TwinClipDataset(root, random_crop=False)
+    for i in (1, 2):
+        with pytest.raises(ValueError, match=rf"clip {clips[i]} cannot be read \(BadZipFile: .*sana-wm dataset make"):
+            ds[i]
+    # Resuming renders the damaged clips again, identically; the dataset is whole.
+    assert main(make) == 0
+    out = capsys.readouterr().out
+    assert "wrote 2 clip(s), 1 already present" in out and out.count("rendered again: clip") == 2
+    assert [p.read_bytes() for p in clips] == good
+    assert main(["dataset", "info", str(root)]) == 0 and "clips present: 3 / 3\n" in capsys.readouterr().out
+    # --out is checked first: a file where the folder should be
+    (tmp_path / "file").write_text("x")
+    assert main([*make[:-3], "--out", str(tmp_path / "file"), "--no-progress"]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+
+
+def test_ctrl_c_ends_dataset_make_with_one_line_and_leaves_only_whole_clips(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "twin"
+    cmd = [sys.executable, "-m", "sana_wm_env.cli.main", "dataset", "make", "--scenes", "rooms", "--clips", "400",
+           "--frames", "8", "--size", "16x16", "--workers", "2", "--no-progress", "--out", str(root)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not ((root / "clips").is_dir() and any((root / "clips").glob("0*.npz"))):  # wait for the first clip
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in a terminal reaches the whole process group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        "sana-wm dataset: interrupted; the outputs of this run were not completed"]
+    kept = sorted(p.name for p in (root / "clips").glob("0*.npz"))
+    assert 0 < len(kept) < 400
+    from sana_wm_env.datasets.writer import DatasetSpec, damaged_clips
+
+    assert damaged_clips(root, DatasetSpec.from_json(json.loads((root / "dataset.json").read_text()))) == {}

@@ -181,3 +181,98 @@ def test_place_in_scene_keeps_the_relative_path():
     assert scene.free(world[:, :3, 3], 0.25).all()
     with pytest.raises(ValueError, match="does not fit"):
         place_in_scene(scene, _path(20, step=(0.0, 0.0, 5.0)), tries=50)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def _fail_after(monkeypatch, chunks: int, error: BaseException) -> None:
+    """Make the streaming replay raise ``error`` after ``chunks`` chunks were written (a mid-run failure)."""
+    import sana_wm_env.replay as replay_module
+
+    real = replay_module.stream_replay
+
+    def failing(*args, on_chunk, **kwargs):
+        seen = []
+
+        def chunk(*a):
+            on_chunk(*a)
+            seen.append(1)
+            if len(seen) >= chunks:
+                raise error
+        return real(*args, on_chunk=chunk, **kwargs)
+
+    monkeypatch.setattr(replay_module, "stream_replay", failing)
+
+
+def test_no_output_replaces_the_input_trajectory(trajectory_data, tmp_path, capsys):
+    flight = tmp_path / "flight.tum"
+    flight.write_bytes((trajectory_data / "freiburg1_xyz-groundtruth.txt").read_bytes())
+    before = flight.read_bytes()
+    code, err = _replay([str(flight), "--image", str(EXAMPLE), "--convention", "opencv", "--duration", "1",
+                         "--out", str(tmp_path / "flight.mp4")], capsys)
+    assert code == 2 and "TUM sidecar" in err and "would replace the input trajectory" in err and "--out" in err
+    assert len(err.strip().splitlines()) == 1 and flight.read_bytes() == before
+    assert not (tmp_path / "flight.mp4").exists() and not (tmp_path / "flight.json").exists()
+
+
+def test_output_paths_are_checked_before_the_model_loads(trajectory_data, tmp_path, capsys, monkeypatch):
+    import sana_wm_env.cli.eval as eval_cli
+
+    def no_model(*a, **k):
+        raise AssertionError("the model loaded before the output paths were checked")
+
+    monkeypatch.setattr(eval_cli, "load_model_or_explain", no_model)
+    traj = trajectory_data / "V102_groundtruth.csv"
+    (tmp_path / "taken.json").mkdir()
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "rollout.json").write_text(json.dumps({"format": "sana-wm-rollout/1"}))
+    cases = [
+        (["--out", str(tmp_path / "taken.mp4")], "JSON sidecar"),  # taken.json is a folder
+        (["--out", str(tmp_path / "dir.mp4")], "is a folder"),
+        (["--out", str(tmp_path / "file" / "v.mp4")], "is a file, not a folder"),
+        (["--out", str(tmp_path / "v.mp4"), "--save-rollout", str(tmp_path / "file")], "--save-rollout"),
+        (["--out", str(tmp_path / "v.mp4"), "--save-rollout", str(tmp_path / "done")], "already holds a rollout"),
+        (["--out", str(EXAMPLE.with_suffix(".mp4")), "--image", str(EXAMPLE.with_suffix(".mp4"))],
+         "would replace the input --image"),
+    ]
+    (tmp_path / "dir.mp4").mkdir()
+    for extra, message in cases:
+        args = [str(traj), *(["--image", str(EXAMPLE)] if "--image" not in extra else []), *extra]
+        code, err = _replay(args, capsys)
+        assert code == 2 and message in err, (extra, err)
+        assert not (tmp_path / "v.mp4").exists()
+
+
+def test_failed_or_interrupted_runs_leave_the_earlier_outputs(trajectory_data, tmp_path, capsys, monkeypatch):
+    from sana_wm_env.rollouts import read_rollout, validate_rollout
+
+    out = tmp_path / "v.mp4"
+    base = [str(trajectory_data / "V102_groundtruth.csv"), "--image", str(EXAMPLE), "--start", "10", "--out", str(out)]
+    code, err = _replay([*base, "--duration", "1.5"], capsys)
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert set(before) == {"v.mp4", "v.tum", "v.json"}
+    # A failure after two chunks: the error surfaces; the complete set of the earlier run stays, nothing else.
+    with monkeypatch.context() as m:
+        _fail_after(m, 2, RuntimeError("the GPU fell over"))
+        with pytest.raises(RuntimeError, match="fell over"):
+            _replay([*base, "--duration", "1"], capsys)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # Ctrl-C with --save-rollout: one line, exit 130, the rollout kept but partial, which readers say.
+    rollout = tmp_path / "ro"
+    with monkeypatch.context() as m:
+        _fail_after(m, 2, KeyboardInterrupt())
+        code, err = _replay([*base, "--duration", "1", "--save-rollout", str(rollout)], capsys)
+    assert code == 130 and "Traceback" not in err  # the progress bar, then one line
+    assert err.strip().splitlines()[-1] == "sana-wm replay: interrupted; the outputs of this run were not completed"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    with pytest.raises(ValueError, match=r"is partial, interrupted \(Ctrl-C\); record it again"):
+        validate_rollout(rollout)
+    partial = read_rollout(rollout, allow_partial=True)
+    assert partial.manifest["partial"] and 1 < len(partial) < 17  # frame 0 and the first chunk
+    # A shorter successful run replaces every output together, and its rollout replaces the partial one.
+    code, err = _replay([*base, "--duration", "1", "--save-rollout", str(rollout)], capsys)
+    assert code == 0, err
+    video, tum, meta = _outputs(out)
+    assert len(video) == len(tum) == meta["frames"] == 17 and len(read_rollout(rollout)) == 17
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ro", "v.json", "v.mp4", "v.tum"]

@@ -222,3 +222,58 @@ def test_replay_saves_a_rollout_that_refine_reads(tmp_path, wm):
     assert main(["refine", str(tmp_path / "ro"), "--out", str(tmp_path / "out"), "--refiner",
                  str(tmp_path / "ref")]) == 0
     assert len(read_rollout(tmp_path / "out")) == 12
+
+
+def test_a_failed_recording_raises_its_own_error_and_is_marked_partial(tmp_path):
+    codec = {"type": "patch", "patch_size": 2, "temporal_stride": 1, "latent_channels": 12}
+    frames, poses = np.zeros((3, 8, 8, 3), np.uint8), path_poses(3)
+    # An error inside the block (after frames whose latents never came): that error, not a validation error.
+    with pytest.raises(RuntimeError, match="decoder failed"), RolloutWriter(
+            tmp_path / "a", fps=8, intrinsics=K4, image_hw=(8, 8), codec=codec, video=False) as w:
+        w.add_frames(frames[:1], poses[:1])
+        w.add_latents(torch.zeros(12, 1, 4, 4))
+        w.add_frames(frames[1:], poses[1:])
+        raise RuntimeError("decoder failed")
+    with pytest.raises(ValueError, match="is partial, failed: RuntimeError: decoder failed; record it again"):
+        read_rollout(tmp_path / "a")
+    m = read_rollout(tmp_path / "a", allow_partial=True).manifest
+    assert m["partial"] and m["frames"] == 3 and m["latent_frames"] == 1
+    # NaN latents are an error of their own; the folder is partial, not a valid shorter rollout.
+    with pytest.raises(ValueError, match="latents hold NaN or inf"), RolloutWriter(
+            tmp_path / "b", fps=8, intrinsics=K4, image_hw=(8, 8), codec=codec, video=False) as w:
+        w.add_frames(frames[:1], poses[:1])
+        w.add_latents(torch.full((12, 1, 4, 4), float("nan")))
+    with pytest.raises(ValueError, match="is partial, failed: ValueError: latents"):
+        validate_rollout(tmp_path / "b")
+    # close() that finds the folder inconsistent raises that and leaves it partial, not complete-but-invalid.
+    w = RolloutWriter(tmp_path / "c", fps=8, intrinsics=K4, image_hw=(8, 8), codec=codec, video=False)
+    w.add_frames(frames, poses)
+    w.add_latents(torch.zeros(12, 1, 4, 4))
+    with pytest.raises(ValueError, match="1 latent frames decode to 1 frames, fewer than the 3"):
+        w.close()
+    with pytest.raises(ValueError, match="is partial, it did not validate"):
+        validate_rollout(tmp_path / "c")
+    # A partial rollout is no obstacle to recording again into the same folder (a complete one is).
+    with RolloutWriter(tmp_path / "c", fps=8, intrinsics=K4, image_hw=(8, 8), video=False) as w:
+        w.add_frames(frames, poses)
+    assert len(read_rollout(tmp_path / "c")) == 3 and not read_rollout(tmp_path / "c").manifest["partial"]
+
+
+def test_refining_into_nan_surfaces_the_error_and_leaves_a_partial_folder(tmp_path, wm, monkeypatch, capsys):
+    from sana_wm_env.cli.main import main
+
+    record_generation(tmp_path / "in", wm)
+    ref = tiny_refiner()
+    ref.save(tmp_path / "ref")
+    monkeypatch.setattr(WorldModelRefiner, "refine", lambda self, z, **kw: torch.full_like(z, float("nan")))
+    with pytest.raises(ValueError, match="latents_chunk must be a finite .* contains NaN or inf"):
+        refine_rollout(tmp_path / "in", tmp_path / "out", ref)
+    with pytest.raises(ValueError, match="is partial"):
+        read_rollout(tmp_path / "out")
+    # the CLI: one line naming the real error; --out checked against the input before any work
+    assert main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "out2"), "--refiner",
+                 str(tmp_path / "ref")]) == 2
+    assert "contains NaN or inf" in capsys.readouterr().err
+    assert main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "in"), "--overwrite", "--refiner",
+                 str(tmp_path / "ref")]) == 2
+    assert "--out" in capsys.readouterr().err and read_rollout(tmp_path / "in")

@@ -6,10 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from sana_wm_env.limits import MAX_FRAMES, MAX_MEMORY_BYTES
-
-from . import whole_number
-
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -47,9 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "same command resumes an interrupted run.")
     m.add_argument("--scenes", type=_names, default=("rooms", "city", "outdoor"),
                    help="comma-separated scene families (default: rooms,city,outdoor)")
-    m.add_argument("--clips", type=whole_number, required=True, help="number of clips")
-    m.add_argument("--frames", type=whole_number, required=True,
-                   help=f"frames per clip (at most {MAX_FRAMES:,}, and {MAX_MEMORY_BYTES // 2**30} GiB of frames)")
+    m.add_argument("--clips", type=int, required=True, help="number of clips")
+    m.add_argument("--frames", type=int, required=True, help="frames per clip")
     m.add_argument("--size", type=_size, default=(64, 64), help="frame size HxW (default 64x64)")
     m.add_argument("--fps", type=float, default=16.0, help="frames per second (default 16)")
     m.add_argument("--out", type=Path, required=True, help="output directory")
@@ -65,7 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
     m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     m.set_defaults(func=run_make)
-    i = sub.add_parser("info", help="summarise a dataset directory")
+    i = sub.add_parser("info", help="summarise a dataset directory and check its clips",
+                       description="Print the settings and count the clips present; every clip is checked "
+                                   "(checksums, arrays, shapes) and damaged ones are listed and not counted (exit "
+                                   "code 1). `sana-wm dataset make` with the same settings renders them again.")
     i.add_argument("root", type=Path, help="dataset directory")
     i.set_defaults(func=run_info)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -73,6 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_make(args: argparse.Namespace) -> int:
     from sana_wm_env.datasets.writer import DatasetSpec, make_dataset
+    from sana_wm_env.outputs import check_output
+
+    check_output(args.out, "--out", kind="dir")
 
     h, w = args.size
     spec = DatasetSpec(
@@ -81,6 +82,8 @@ def run_make(args: argparse.Namespace) -> int:
         revisit_fraction=args.revisit_fraction,
     )
     stats = make_dataset(args.out, spec, workers=args.workers, progress=not args.no_progress)
+    for message in stats["damaged"].values():
+        print(f"rendered again: {message}")
     print(
         f"{args.out}: wrote {stats['written']} clip(s), {stats['skipped']} already present; "
         f"{stats['seconds']:.2f} s, {stats['clips_per_s']:.2f} clips/s, {stats['frames_per_s']:.1f} frames/s"
@@ -92,10 +95,15 @@ def run_info(args: argparse.Namespace) -> int:
     meta = Path(args.root) / "dataset.json"
     if not meta.is_file():
         raise FileNotFoundError(f"root: {args.root} is not a twin dataset (no dataset.json)")
-    from sana_wm_env.datasets.writer import DatasetSpec, read_dataset_json
+    from sana_wm_env.datasets.writer import DatasetSpec, clip_path, damaged_clips
 
-    spec = DatasetSpec.from_json(read_dataset_json(args.root), meta).to_json()
-    done = len(list((Path(args.root) / "clips").glob("[0-9]*.npz")))
-    print(json.dumps(spec, indent=2))
-    print(f"clips present: {done} / {spec['clips']}")
-    return 0
+    raw = json.loads(meta.read_text())
+    spec = DatasetSpec.from_json(raw)
+    damaged = damaged_clips(args.root, spec)
+    done = sum(clip_path(args.root, i).exists() for i in range(spec.clips)) - len(damaged)
+    print(json.dumps(raw, indent=2))
+    for message in damaged.values():
+        print(f"damaged: {message}")
+    print(f"clips present: {done} / {spec.clips}" + (f" ({len(damaged)} damaged, not counted; `sana-wm dataset make` "
+                                                      "with these settings renders them again)" if damaged else ""))
+    return 1 if damaged else 0

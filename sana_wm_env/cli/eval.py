@@ -143,9 +143,14 @@ def run(args: argparse.Namespace) -> int:
 
     from sana_wm_env.evaluation import evaluate, targets, world_model_candidates
     from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, versions, write_json
+    from sana_wm_env.outputs import check_output
 
     t0 = time.perf_counter()
     set_torch_threads(args.threads)
+    check_output(args.json, "--json")  # before the model loads: a long evaluation is not lost to a bad path
+    out_dir = check_output(args.out_dir or args.json.parent, "--out-dir", kind="dir")
+    for name in ("contact", "psnr"):
+        check_output(out_dir / f"{args.json.stem}_{name}.png", "--out-dir")
     model = load_model_or_explain(args.model, args.device)
     cfg = build_config(args, model)
     model.student.eval()
@@ -166,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         results = evaluate(candidates, cfg, progress=not args.no_progress)
     contact = results.pop("_contact")
-    out_dir = args.out_dir or args.json.parent
     stem = args.json.stem
     title = f"{model.name}: generated vs twin-world ground truth (first main episode per family)"
     figures = {

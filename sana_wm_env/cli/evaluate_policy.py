@@ -18,6 +18,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sana_wm_env.outputs import check_output
+
 from . import set_torch_threads
 
 
@@ -51,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from policies import check_policy_spec, make_policy  # the CLI is an application: it may use the policies layer
+    from policies import make_policy  # the CLI is an application: it may use the policies layer
     from sana_wm_env.cli.generate import parse_hw
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
@@ -60,10 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--episodes must be >= 1, got {args.episodes}")
     if args.max_steps is not None and args.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
-    try:
-        check_policy_spec(args.policy)  # before any world model loads
-    except (ValueError, FileNotFoundError) as err:
-        raise type(err)(f"--policy: {err}") from None
+    if args.json is not None:
+        check_output(args.json, "--json")  # before the episodes run: results are not lost to a bad path
     geometry = {}
     if args.image_size:
         if not args.twin_only or args.model is not None:

@@ -143,12 +143,12 @@ def build_model(args: argparse.Namespace) -> WorldModel:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sana_wm_env.limits import check_fps
+    from sana_wm_env.outputs import StagedOutputs, check_output
 
     if args.chunks < 1:
         raise ValueError(f"--chunks must be >= 1, got {args.chunks}")
-    if args.fps is not None:
-        check_fps(args.fps, "--fps")
+    check_output(args.out, "--out", inputs=(("--image", args.image), ("--depth", args.depth)),
+                 suffixes=(".mp4", ".gif"))
     wm = build_model(args).to(args.device)
     model, codec = wm.student.eval(), wm.codec
     size = wm.image_hw if args.size is None else parse_hw(args.size, "--size")
@@ -174,7 +174,8 @@ def run(args: argparse.Namespace) -> int:
                              else None)
         bar.update(poses.shape[0] - bar.n)
     elapsed = time.perf_counter() - t0
-    write_video(to_uint8(video[0]), args.out, fps)
+    with StagedOutputs() as outputs:  # a failed write leaves no half video under --out
+        write_video(to_uint8(video[0]), outputs.stage(args.out), fps)
     summary = {"out": str(args.out), "frames": int(video.shape[1]), "size": list(size), "seconds": round(elapsed, 3),
                "frames_per_second": round((video.shape[1] - 1) / elapsed, 2), "generator": args.generator,
                "model": args.model, "random_init": args.random_init}

@@ -29,16 +29,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "func", None) is None:
-        parser.print_help()
-        return 2
+    """Run one subcommand: errors in the input end with one line and exit code 2, Ctrl-C with one line and 130."""
+    args = None
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            parser.print_help()
+            return 2
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:
-        print(f"sana-wm {args.command}: error: {err}", file=sys.stderr)
+        print(f"{_name(args)}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The subcommands discard their staged outputs and mark partial rollouts on the way out.
+        print(f"{_name(args)}: interrupted; the outputs of this run were not completed", file=sys.stderr)
+        return 130
+
+
+def _name(args: argparse.Namespace | None) -> str:
+    """``sana-wm COMMAND`` for messages (``sana-wm`` before the command line is parsed)."""
+    command = getattr(args, "command", None)
+    return f"sana-wm {command}" if command else "sana-wm"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -80,7 +80,13 @@ def run_play(env, out: Path | None, *, seed: int | None = 0, max_steps: int | No
             episodes += 1
             frames.append(base.sim.subs[0].frame.copy())
     env.close()
-    path = write_video(np.stack(frames), out, fps=base.sim.fps) if out is not None else None
+    path = None
+    if out is not None:
+        from sana_wm_env.outputs import StagedOutputs
+
+        with StagedOutputs() as outputs:  # a failed write leaves no half video under ``out``
+            write_video(np.stack(frames), outputs.stage(out), fps=base.sim.fps)
+        path = Path(out)
     return {"steps": steps, "frames": len(frames), "episodes": episodes, "path": path}
 
 
@@ -101,7 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     from sana_wm_env.cli.generate import parse_hw
     from sana_wm_env.envs.world_model_env import TwinEnv, WorldModelEnv
+    from sana_wm_env.outputs import check_output
 
+    check_output(args.out, "--out", suffixes=(".mp4", ".gif"))  # before the model loads and the session starts
     if args.twin:
         geometry = {"image_hw": parse_hw(args.image_size, "--image-size")} if args.image_size else {}
         env = TwinEnv(args.task, args.model, render_mode="human", task_config={"max_steps": 10**9}, **geometry)

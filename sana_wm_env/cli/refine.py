@@ -51,22 +51,23 @@ def bundled_refiner_path(manifest: dict) -> Path:
     for p in tried:
         if (p / "refiner.json").is_file():
             return p
+    shipped = sorted(p.parent.name.removesuffix("-refiner") for p in BUNDLED_DIR.glob("*-refiner/refiner.json"))
     raise FileNotFoundError(f"--refiner bundled: no refiner ships with model {manifest.get('model')!r} (looked in "
-                            f"{', '.join(map(str, tried)) or 'nothing: the rollout names no model'}); pass --refiner "
-                            "FOLDER (train one with `sana-wm train-refiner`)")
+                            f"{', '.join(map(str, tried)) or 'nothing: the rollout names no model'}; refiners ship "
+                            f"with {', '.join(shipped) or 'no bundled model'}); pass --refiner FOLDER (train one "
+                            "with `sana-wm train-refiner`)")
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sana_wm_env.rollouts import check_refiner_for, read_rollout, refine_rollout
+    from sana_wm_env.rollouts import check_refiner_for, check_rollout_folder, read_rollout, refine_rollout
     from world_model.refiner import load_refiner
 
     set_torch_threads(args.threads)
     # ---- every check before any work ----
+    check_rollout_folder(args.out, "--out", inputs=(("rollout", args.rollout),), overwrite=args.overwrite)
     ro = read_rollout(args.rollout)
-    if (args.out / "rollout.json").exists() and not args.overwrite:
-        raise ValueError(f"--out {args.out} already holds a rollout; pass --overwrite or choose another folder")
     path = bundled_refiner_path(ro.manifest) if args.refiner == "bundled" else Path(args.refiner)
     kwargs = {} if args.strength is None else {"strength": args.strength}
     refiner = load_refiner(path, device=args.device, what="--refiner", **kwargs)

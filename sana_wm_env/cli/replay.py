@@ -10,6 +10,10 @@ recording's clock: compare with `evo_ape tum GROUND_TRUTH OUT.tum -as`) and OUT.
 frame count, timing). --twin FAMILY/SEED also renders a twin world along the same path (placed level inside the
 scene; its first render is the first frame, so --image is not used) and writes generated | ground truth side by
 side. Stamp gaps up to --max-gap seconds are interpolated, longer ones fail.
+
+The outputs are checked before the model loads (none may be a folder or replace an input: for flight.tum use
+an --out other than flight.mp4) and written under temporary names, renamed together when the run succeeds: a
+failed or interrupted run leaves an earlier run's files as they were (and a --save-rollout marked partial).
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bundle_meta, set_torch_threads
+from sana_wm_env.outputs import StagedOutputs
+
+from . import set_torch_threads
 
 CONVENTION_CHOICES = ("opencv", "rep103")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from sana_wm_env.limits import MAX_FRAMES
     from sana_wm_env.replay import MAX_GAP_S
     from sana_wm_env.trajectories import FORMATS
 
@@ -62,9 +67,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="window length in recorded seconds (default: all)")
     p.add_argument("--max-gap", type=float, default=MAX_GAP_S,
                    help="interpolate stamp gaps up to this many seconds, fail on longer (default: %(default)s)")
-    p.add_argument("--max-frames", type=int, default=MAX_FRAMES,
-                   help="refuse a path of more frames than this, counted before anything loads (default: "
-                        "%(default)s): a slip in --fps or --time-scale fails at once")
     p.add_argument("--twin", default=None, metavar="FAMILY/SEED", help="also render this twin world (e.g. rooms/0)")
     p.add_argument("--refine", nargs="?", const="bundled", default=None, metavar="REFINER",
                    help="refine the stage-1 latents: a refiner folder (default: the model's shipped refiner)")
@@ -111,7 +113,28 @@ def sidecar_paths(out: Path) -> tuple[Path, Path]:
     return out.with_suffix(".tum"), out.with_suffix(".json")
 
 
+def check_outputs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """Check --out, its sidecars and --save-rollout before any work; returns (TUM, JSON, stage-1 mp4) paths."""
+    from sana_wm_env.outputs import check_output
+    from sana_wm_env.rollouts import check_rollout_folder
+
+    tum_path, json_path = sidecar_paths(args.out)
+    stage1_path = args.out.with_name(args.out.stem + "_stage1.mp4")
+    inputs = (("trajectory", args.trajectory), ("--image", args.image), ("--depth", args.depth))
+    check_output(args.out, "--out", inputs=inputs)
+    for what, p in (("TUM sidecar", tum_path), ("JSON sidecar", json_path), ("stage-1 video", stage1_path)):
+        check_output(p, "--out", inputs=inputs, subject=f"the {what} {p} of --out {args.out}")
+    if args.save_rollout is not None:
+        check_rollout_folder(args.save_rollout, "--save-rollout", inputs=inputs)
+    return tum_path, json_path, stage1_path
+
+
 def run(args: argparse.Namespace) -> int:
+    with StagedOutputs() as outputs:  # renamed to their final names together on success, deleted on failure
+        return _run(args, outputs)
+
+
+def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     import torch
     from tqdm import tqdm
 
@@ -119,14 +142,13 @@ def run(args: argparse.Namespace) -> int:
     from sana_wm_env.cli.eval import load_model_or_explain
     from sana_wm_env.cli.generate import load_depth_for, load_image
     from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
-    from sana_wm_env.limits import check_fps
-    from sana_wm_env.replay import check_length, path_frames, place_in_scene, prepare_path, stream_replay
+    from sana_wm_env.replay import check_length, place_in_scene, prepare_path, stream_replay
     from sana_wm_env.trajectories import load, save
     from sana_wm_env.video import VideoWriter, from_uint8, to_uint8
     from world_model.camera import fov_to_intrinsics
 
     # ---- everything that can be wrong with the input fails here, before any generation ----
-    tum_path, json_path = sidecar_paths(args.out)
+    tum_path, json_path, stage1_path = check_outputs(args)
     set_torch_threads(args.threads)
     if args.twin is None and args.image is None:
         raise ValueError("--image FIRST.png is required (or --twin FAMILY/SEED, whose render is the first frame)")
@@ -134,8 +156,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--twin renders the first frame itself with the model's camera; drop --image/--intrinsics/"
                          "--fov (or drop --twin to start from your image)")
     mount, mount_vals = parse_mount(args.mount)
-    if args.fps is not None:
-        check_fps(args.fps, "--fps")
+    model = load_model_or_explain(args.model, args.device)
+    fps = model.fps if args.fps is None else args.fps
+    h, w = model.image_hw
     traj = load(args.trajectory, format=args.format, topic=args.topic, parent_frame=args.parent_frame,
                 child_frame=args.child_frame)
     if traj.convention == "unknown" and args.convention is not None:
@@ -146,14 +169,8 @@ def run(args: argparse.Namespace) -> int:
     if traj.convention == "unknown":
         raise ValueError(f"{args.trajectory} does not say whether it holds camera or body poses; pass --convention "
                          "opencv (camera: x right, y down, z forward) or rep103 (robot body: x forward, y left, z up)")
-    window = dict(time_scale=args.time_scale, start=args.start, duration=args.duration, max_frames=args.max_frames)
-    meta_fps = (bundle_meta(args.model) or {}).get("fps") if args.fps is None else args.fps
-    if meta_fps is not None:  # the frame count, before the model loads
-        path_frames(traj, fps=float(meta_fps), **window)
-    model = load_model_or_explain(args.model, args.device)
-    fps = model.fps if args.fps is None else args.fps
-    h, w = model.image_hw
-    path = prepare_path(traj, fps=fps, mount=mount, max_gap=args.max_gap, **window)
+    path = prepare_path(traj, fps=fps, time_scale=args.time_scale, start=args.start, duration=args.duration,
+                        mount=mount, max_gap=args.max_gap)
     gen = model.streaming_generator()
     check_length(gen, len(path))
     scene = world = None
@@ -183,11 +200,13 @@ def run(args: argparse.Namespace) -> int:
 
     # ---- generation ----
     renderer = None
-    stage1_out = args.out.with_name(args.out.stem + "_stage1.mp4") if refiner is not None else args.out
+    stage1_out = stage1_path if refiner is not None else args.out
+    if refiner is None:
+        outputs.stale.append(stage1_path)  # an earlier run's, which this run's JSON would not describe
     latents: list[torch.Tensor] = []
     psnr_sum, psnr_n = 0.0, 0
     scale = max(1, 256 // h)
-    writer = VideoWriter(stage1_out, fps)
+    writer = VideoWriter(outputs.stage(stage1_out), fps)
     recorder = None
     if args.save_rollout is not None:
         from sana_wm_env.rollouts import RolloutWriter
@@ -232,6 +251,10 @@ def run(args: argparse.Namespace) -> int:
             stats = stream_replay(gen, image.to(args.device), k4, path.c2w, seed=args.seed, on_chunk=on_chunk,
                                   progress=lambda done, total: bar.update(done - bar.n), depth=depth)
         elapsed = time.perf_counter() - t0
+    except BaseException as err:
+        if recorder is not None:
+            recorder.abort(err)  # kept, marked partial: readers refuse it
+        raise
     finally:
         writer.close()
         if recorder is not None:
@@ -244,13 +267,13 @@ def run(args: argparse.Namespace) -> int:
         z = torch.cat(latents, dim=2)
         full = model.codec.num_pixel_frames(z.shape[2])  # the held poses of a padded tail included
         c2w = np.concatenate([path.c2w, np.repeat(path.c2w[-1:], full - len(path), axis=0)])
-        with VideoWriter(args.out, fps) as refined_writer:
+        with VideoWriter(outputs.stage(args.out), fps) as refined_writer:
             n = refiner.write_refined(z, model.codec, refined_writer, num_frames=len(path), fps=fps,
                                       prompt=args.prompt, seed=args.seed, c2w=torch.from_numpy(c2w)[None],
                                       intrinsics=k4)
         refine_info = {"refiner": refiner.describe(), "seconds": round(time.perf_counter() - t1, 3),
                        "frames": n, "stage1_video": str(stage1_out)}
-    save(path.trajectory(), tum_path, format="tum")
+    save(path.trajectory(), outputs.stage(tum_path), format="tum")
     summary = {
         "out": str(args.out), "tum": str(tum_path), "model": model.name,
         "model_path": str(model.path) if model.path else None, "frames": stats["frames"], "fps": fps,
@@ -269,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
     if scene is not None:
         summary["twin"] = {"scene": args.twin, "start_c2w": world[0].round(9).tolist(),
                            "psnr_db_mean": round(psnr_sum / max(1, psnr_n), 3), "layout": "generated | twin render"}
-    json_path.write_text(json.dumps(summary, indent=2) + "\n")
+    outputs.stage(json_path).write_text(json.dumps(summary, indent=2) + "\n")  # staged last: marks the run done
+    outputs.commit()
     print(f"wrote {args.out} ({stats['frames']} frames at {fps:g} fps), {tum_path} and {json_path}")
     print(json.dumps({k: summary[k] for k in ("out", "frames", "seconds", "frames_per_second")}))
     return 0

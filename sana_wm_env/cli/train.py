@@ -178,9 +178,13 @@ def finish(trainer, args: argparse.Namespace, summary: dict) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sana_wm_env.outputs import check_output
     from world_model.config import get_config
     from world_model.training import TrainConfig, Trainer
 
+    check_output(args.out, "--out", kind="dir")
+    if args.export is not None:
+        check_output(args.export, "--export", kind="dir")
     overrides = explicit_overrides(args, FIELDS + ("mode", "flow_shift", "init_from"))
     if args.preset is not None:
         overrides["model"] = parse_model(args.preset)

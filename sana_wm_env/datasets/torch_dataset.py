@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sana_wm_env.datasets.writer import DatasetSpec, clip_path, read_dataset_json
+from sana_wm_env.datasets.writer import DatasetSpec, clip_path
 from world_model.camera import relative_to_first
 
 
@@ -28,7 +30,7 @@ class TwinClipDataset(Dataset):
         meta = self.root / "dataset.json"
         if not meta.is_file():
             raise FileNotFoundError(f"root: {self.root} is not a twin dataset (no dataset.json)")
-        self.spec = DatasetSpec.from_json(read_dataset_json(self.root), meta)
+        self.spec = DatasetSpec.from_json(json.loads(meta.read_text()))
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive int, got {stride!r}")
         n = self.spec.frames if num_frames is None else num_frames
@@ -54,6 +56,15 @@ class TwinClipDataset(Dataset):
         last_start = self.spec.frames - span
         start = int(torch.randint(0, last_start + 1, ()).item()) if self.random_crop and last_start > 0 else 0
         sel = slice(start, start + span, self.stride)
+        try:
+            return self._load(index, start, sel)
+        except (zipfile.BadZipFile, OSError, EOFError, KeyError, ValueError) as err:
+            raise ValueError(f"clip {clip_path(self.root, index)} cannot be read ({type(err).__name__}: {err}); "
+                             "`sana-wm dataset make` with the dataset's settings renders damaged clips again "
+                             f"(`sana-wm dataset info {self.root}` lists them)") from err
+
+    def _load(self, index: int, start: int, sel: slice) -> dict:
+        """Frames ``sel`` of clip ``index`` as an item (see the class docstring)."""
         with np.load(clip_path(self.root, index), allow_pickle=False) as z:
             c2w = torch.from_numpy(z["c2w"][sel])
             out = dict(

@@ -7,7 +7,8 @@ Dataset format ``sana-wm-twin/1`` (a directory):
     "scenes": ["rooms", ...], "motions": ["drone", ...], "split": "train"|"eval", "seed": S, "depth": bool,
     "fov_deg": [lo, hi], "revisit_fraction": p, "clearance": 0.2}`` - everything needed to regenerate
     any clip (clip ``i`` depends only on these settings and ``i``).
-``clips/<i:06d>.npz`` (one per clip, written atomically, so an interrupted run resumes where it stopped)
+``clips/<i:06d>.npz`` (one per clip, written atomically, so an interrupted run resumes where it stopped; a resumed
+run checks every clip (:func:`check_clip`: checksums, arrays and shapes) and renders damaged ones again)
     ``rgb``          uint8   (F, H, W, 3)
     ``c2w``          float64 (F, 4, 4)  OpenCV camera-to-world (+x right, +y down, +z forward), metres, in the
                                          scene's world frame (z up); use ``relative_to_first`` for model input
@@ -26,12 +27,12 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sana_wm_env.limits import check_frames, check_memory
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, TRAIN_SEEDS, make_scene
 from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
 
@@ -64,11 +65,6 @@ class DatasetSpec:
                 raise ValueError(f"{name} must be a positive int{' >= 2' if name == 'frames' else ''}, got {v!r}")
         if not np.isfinite(self.fps) or self.fps <= 0:
             raise ValueError(f"fps must be a positive number, got {self.fps!r}")
-        # A clip is rendered whole in memory before it is written: refuse absurd sizes before any work.
-        check_frames(self.frames, "frames per clip (--frames)", "use fewer frames per clip")
-        clip_bytes = self.frames * self.height * self.width * (3 + (2 if self.depth else 0))
-        check_memory(clip_bytes, f"a clip of {self.frames:,} frames of {self.height}x{self.width} (--frames, --size)",
-                     "use fewer or smaller frames per clip")
         if not self.scenes or any(s not in FAMILIES for s in self.scenes):
             raise ValueError(f"scenes must be a non-empty subset of {', '.join(FAMILIES)}; got {list(self.scenes)}")
         if not self.motions or any(m not in MOTIONS for m in self.motions):
@@ -94,42 +90,66 @@ class DatasetSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict, source: str | Path = "dataset.json") -> DatasetSpec:
-        """The spec a ``dataset.json`` object holds; anything else raises ValueError naming ``source``."""
-        if not isinstance(d, dict):
-            raise ValueError(f"{source}: holds a JSON {type(d).__name__}, not an object of dataset settings")
+    def from_json(cls, d: dict) -> DatasetSpec:
         if d.get("format") != FORMAT:
-            raise ValueError(f"{source}: format must be {FORMAT!r}, got {d.get('format')!r}")
+            raise ValueError(f"dataset.json: format must be {FORMAT!r}, got {d.get('format')!r}")
         d = dict(d)
-        try:
-            d["scenes"], d["motions"], d["fov_deg"] = tuple(d["scenes"]), tuple(d["motions"]), tuple(d["fov_deg"])
-            return cls(**d)
-        except (KeyError, TypeError) as err:  # a setting missing, unknown or of the wrong kind
-            raise ValueError(f"{source}: not the settings of a {FORMAT} dataset ({type(err).__name__}: {err}); "
-                             "`sana-wm dataset make` writes it") from None
-
-
-def read_dataset_json(root: str | Path) -> dict:
-    """The ``dataset.json`` object of the dataset folder ``root``: a missing file raises FileNotFoundError, one
-    that is not a JSON object ValueError naming the file (and the line of a JSON syntax error)."""
-    meta = Path(root) / "dataset.json"
-    if not meta.is_file():
-        raise FileNotFoundError(f"root: {root} is not a twin dataset (no dataset.json)")
-    try:
-        d = json.loads(meta.read_text())
-    except UnicodeDecodeError:
-        raise ValueError(f"{meta}: not a text file; a dataset.json is a JSON object of dataset settings") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{meta}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); a dataset.json is "
-                         "a JSON object of dataset settings (`sana-wm dataset make` writes it)") from None
-    if not isinstance(d, dict):
-        raise ValueError(f"{meta}: holds a JSON {type(d).__name__}, not an object; a dataset.json is a JSON object of "
-                         "dataset settings (`sana-wm dataset make` writes it)")
-    return d
+        d["scenes"], d["motions"], d["fov_deg"] = tuple(d["scenes"]), tuple(d["motions"]), tuple(d["fov_deg"])
+        return cls(**d)
 
 
 def clip_path(root: Path, index: int) -> Path:
     return Path(root) / "clips" / f"{index:06d}.npz"
+
+
+def _array_headers(zf: zipfile.ZipFile) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every ``.npy`` member of an open ``.npz``, read from the headers only."""
+    out = {}
+    for name in zf.namelist():
+        with zf.open(name) as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+        out[name.removesuffix(".npy")] = (tuple(shape), np.dtype(dtype))
+    return out
+
+
+def check_clip(path: str | Path, spec: DatasetSpec) -> None:
+    """Raise ValueError naming ``path`` unless it is a complete clip of ``spec``: a readable archive whose every
+    member passes its checksum, holding every array with the shape and dtype the format gives."""
+    path = Path(path)
+    f, h, w = spec.frames, spec.height, spec.width
+    want = {"rgb": ((f, h, w, 3), np.uint8), "c2w": ((f, 4, 4), np.float64), "intrinsics": ((f, 4), np.float32),
+            "timestamps": ((f,), np.float64), "family": None, "scene_seed": None, "motion": None, "revisit": None,
+            "loop_period_frames": None, "traj_seed": None}
+    if spec.depth:
+        want["depth"] = ((f, h, w), np.float16)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()  # reads every member and checks its CRC
+            if bad is not None:
+                raise ValueError(f"member {bad} fails its checksum")
+            got = _array_headers(zf)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise ValueError(f"clip {path} is damaged ({err})") from None
+    for key, shape_dtype in want.items():
+        if key not in got:
+            raise ValueError(f"clip {path} is damaged (it lacks {key!r})")
+        if shape_dtype is not None and got[key] != (shape_dtype[0], np.dtype(shape_dtype[1])):
+            raise ValueError(f"clip {path} is damaged ({key} is {got[key][1]} {got[key][0]}, the dataset says "
+                             f"{np.dtype(shape_dtype[1])} {shape_dtype[0]})")
+
+
+def damaged_clips(root: str | Path, spec: DatasetSpec) -> dict[int, str]:
+    """``{clip index: what is wrong}`` for the clips present under ``root`` that fail :func:`check_clip`."""
+    bad = {}
+    for i in range(spec.clips):
+        if clip_path(root, i).exists():
+            try:
+                check_clip(clip_path(root, i), spec)
+            except ValueError as err:
+                bad[i] = str(err)
+    return bad
 
 
 def clip_plan(spec: DatasetSpec, index: int) -> dict:
@@ -162,12 +182,8 @@ def make_clip(spec: DatasetSpec, index: int) -> dict[str, np.ndarray]:
         except RuntimeError:
             seeds = TRAIN_SEEDS if spec.split == "train" else EVAL_SEEDS
             scene = make_scene(plan["family"], int(seeds[(seeds.index(plan["scene_seed"]) + k + 1) % len(seeds)]))
-    if traj is None:  # the settings ask for more than these scenes hold: bad input, not a crash
-        raise ValueError(
-            f"clip {index}: no {plan['motion']} camera path of {spec.frames} frames "
-            f"({(spec.frames - 1) / spec.fps:.1f} s at {spec.fps:g} fps) fits in the {plan['family']} scenes tried; "
-            "long clips need room: use fewer frames per clip (--frames) or other scenes (--scenes)"
-        )
+    if traj is None:
+        raise RuntimeError(f"clip {index}: no valid trajectory found ({plan})")
     k4 = fov_to_intrinsics(plan["fov"], spec.height, spec.width).double().numpy()
     renderer = SceneRenderer(scene, spec.height, spec.width, depth=spec.depth)
     rgb = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
@@ -202,12 +218,13 @@ def write_clip(spec: DatasetSpec, root: Path, index: int) -> int:
     return spec.frames
 
 
-def prepare(root: Path, spec: DatasetSpec) -> list[int]:
-    """Create ``root`` (or check that an existing one has the same settings); return the missing clip ids."""
+def prepare(root: Path, spec: DatasetSpec) -> tuple[list[int], dict[int, str]]:
+    """Create ``root`` (or check that an existing one has the same settings); return the ids of the clips to
+    render (the missing ones and the damaged ones, which are deleted) and what was wrong with the damaged ones."""
     root = Path(root)
     meta = root / "dataset.json"
     if meta.exists():
-        old = DatasetSpec.from_json(read_dataset_json(root), meta)
+        old = DatasetSpec.from_json(json.loads(meta.read_text()))
         if old != spec:
             diff = {k: (v, spec.to_json()[k]) for k, v in old.to_json().items() if spec.to_json()[k] != v}
             raise ValueError(f"out: {root} holds a dataset with other settings (existing, requested): {diff}")
@@ -217,7 +234,17 @@ def prepare(root: Path, spec: DatasetSpec) -> list[int]:
     (root / "clips").mkdir(exist_ok=True)
     for stale in (root / "clips").glob(".*.tmp.npz"):
         stale.unlink()
-    return [i for i in range(spec.clips) if not clip_path(root, i).exists()]
+    damaged = damaged_clips(root, spec)
+    for i in damaged:
+        clip_path(root, i).unlink()
+    return [i for i in range(spec.clips) if not clip_path(root, i).exists()], damaged
+
+
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent (which ends the pool), instead of each printing a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _worker(args: tuple[DatasetSpec, str, int]) -> int:
@@ -228,8 +255,8 @@ def _worker(args: tuple[DatasetSpec, str, int]) -> int:
 def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = True) -> dict:
     """Write every missing clip of ``spec`` under ``root`` using ``workers`` processes (resumable).
 
-    Returns {"written": clips written now, "skipped": already present, "seconds": wall time,
-    "clips_per_s", "frames_per_s"}.
+    Returns {"written": clips written now, "skipped": already present, "damaged": {index: what was wrong} of the
+    clips found damaged and rendered again, "seconds": wall time, "clips_per_s", "frames_per_s"}.
     """
     import time
 
@@ -240,7 +267,7 @@ def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = Tru
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
     root = Path(root)
-    todo = prepare(root, spec)
+    todo, damaged = prepare(root, spec)
     select_backend()  # probe once here; workers inherit MUJOCO_GL
     t0 = time.perf_counter()
     frames = 0
@@ -256,12 +283,12 @@ def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = Tru
 
         # Not "fork": a parent that has rendered holds a GL context, and forked children of it can hang.
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers) as pool:
+        with ctx.Pool(workers, initializer=_ignore_sigint) as pool:
             for n in pool.imap_unordered(_worker, jobs):
                 frames += n
                 bar.update(1)
     bar.close()
     dt = time.perf_counter() - t0
     written = len(todo)
-    return dict(written=written, skipped=spec.clips - written, seconds=dt,
+    return dict(written=written, skipped=spec.clips - written, damaged=damaged, seconds=dt,
                 clips_per_s=written / dt if dt > 0 else 0.0, frames_per_s=frames / dt if dt > 0 else 0.0)

@@ -212,10 +212,9 @@ def format_table(results: dict[str, Any]) -> str:
 
 
 def write_results(results: dict[str, Any], path: str | Path) -> Path:
-    """Write ``results`` as indented JSON (creating parent folders)."""
+    """Write ``results`` as indented JSON (creating parent folders; the old file stays until the new one is whole)."""
     import json
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    return path
+    from sana_wm_env.outputs import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(results, indent=2) + "\n")

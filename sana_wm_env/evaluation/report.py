@@ -125,11 +125,10 @@ def _json_safe(x: Any) -> Any:
 
 def write_json(results: dict[str, Any], path: str | Path) -> Path:
     """Write the results (without the contact frames) as strict JSON; NaN/inf become null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from sana_wm_env.outputs import write_text_atomic
+
     clean = {k: v for k, v in results.items() if not k.startswith("_")}
-    path.write_text(json.dumps(_json_safe(clean), indent=2, allow_nan=False) + "\n")
-    return path
+    return write_text_atomic(path, json.dumps(_json_safe(clean), indent=2, allow_nan=False) + "\n")
 
 
 def _save(fig, path: str | Path) -> Path:
