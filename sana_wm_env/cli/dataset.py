@@ -6,6 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
+from sana_wm_env.limits import MAX_FRAMES, MAX_MEMORY_BYTES
+
+from . import whole_number
+
 
 def _size(text: str) -> tuple[int, int]:
     try:
@@ -43,8 +47,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "same command resumes an interrupted run.")
     m.add_argument("--scenes", type=_names, default=("rooms", "city", "outdoor"),
                    help="comma-separated scene families (default: rooms,city,outdoor)")
-    m.add_argument("--clips", type=int, required=True, help="number of clips")
-    m.add_argument("--frames", type=int, required=True, help="frames per clip")
+    m.add_argument("--clips", type=whole_number, required=True, help="number of clips")
+    m.add_argument("--frames", type=whole_number, required=True,
+                   help=f"frames per clip (at most {MAX_FRAMES:,}, and {MAX_MEMORY_BYTES // 2**30} GiB of frames)")
     m.add_argument("--size", type=_size, default=(64, 64), help="frame size HxW (default 64x64)")
     m.add_argument("--fps", type=float, default=16.0, help="frames per second (default 16)")
     m.add_argument("--out", type=Path, required=True, help="output directory")
@@ -95,10 +100,10 @@ def run_info(args: argparse.Namespace) -> int:
     meta = Path(args.root) / "dataset.json"
     if not meta.is_file():
         raise FileNotFoundError(f"root: {args.root} is not a twin dataset (no dataset.json)")
-    from sana_wm_env.datasets.writer import DatasetSpec, clip_path, damaged_clips
+    from sana_wm_env.datasets.writer import DatasetSpec, clip_path, damaged_clips, read_dataset_json
 
-    raw = json.loads(meta.read_text())
-    spec = DatasetSpec.from_json(raw)
+    raw = read_dataset_json(args.root)
+    spec = DatasetSpec.from_json(raw, meta)
     damaged = damaged_clips(args.root, spec)
     done = sum(clip_path(args.root, i).exists() for i in range(spec.clips)) - len(damaged)
     print(json.dumps(raw, indent=2))

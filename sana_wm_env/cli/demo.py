@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import set_torch_threads
+from . import bundle_meta, set_torch_threads
 
 # Scripted path, in seconds from the start: (t0, t1, forward speed factor, yaw deg/s, climb m/s factor, roll deg/s)
 SCRIPT: tuple[tuple[float, float, float, float, float, float], ...] = (
@@ -125,6 +125,24 @@ def side_by_side(generated: np.ndarray, truth: np.ndarray, scale: int, left: str
     return out
 
 
+def check_video_size(seconds: float, scale: int | None, image_hw: tuple[int, int], fps: float) -> int:
+    """Refuse a demo whose side-by-side video would be absurd (frames, pixels a side, bytes in memory: it is held
+    whole before writing); returns the upscaling to use."""
+    from sana_wm_env.limits import MAX_VIDEO_SIDE, check_frame_size, check_frames, check_memory
+
+    h, w = image_hw
+    scale = scale or max(1, 256 // h)
+    frames = check_frames(int(round(seconds * fps)) + 1, f"--seconds {seconds:g} at the model's {fps:g} fps",
+                          "use fewer --seconds")
+    out_h, out_w = 18 + h * scale, 2 * w * scale + 4
+    most = max(1, min((MAX_VIDEO_SIDE - 18) // h, (MAX_VIDEO_SIDE - 4) // (2 * w)))
+    check_frame_size(out_h, out_w, f"--scale {scale} on the model's {h}x{w} frames (side by side)",
+                     f"use --scale {most} or less")
+    check_memory(frames * out_h * out_w * 3, f"a {frames}-frame video of {out_h}x{out_w} pixels (--scale {scale}, "
+                 f"--seconds {seconds:g})", "use a smaller --scale or fewer --seconds")
+    return scale
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
@@ -132,18 +150,22 @@ def run(args: argparse.Namespace) -> int:
     from sana_wm_env.cli.eval import load_model_or_explain
     from sana_wm_env.evaluation.candidates import clip_frames
     from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
+    from sana_wm_env.limits import check_positive
     from sana_wm_env.outputs import StagedOutputs, check_output
     from sana_wm_env.scenes import SceneRenderer, make_scene
     from sana_wm_env.video import from_uint8, to_uint8, write_video
     from world_model.camera import fov_to_intrinsics
 
-    if not args.seconds > 0:
-        raise ValueError(f"--seconds must be > 0, got {args.seconds}")
+    check_positive(args.seconds, "--seconds")
     check_output(args.out, "--out", suffixes=(".mp4", ".gif"))
     if args.scale is not None and args.scale < 1:
         raise ValueError(f"--scale must be a positive int, got {args.scale}")
+    meta = bundle_meta(args.model)
+    if meta is not None:  # sizes checked before the model loads
+        check_video_size(args.seconds, args.scale, tuple(meta["image_hw"]), float(meta["fps"]))
     set_torch_threads(args.threads)
     model = load_model_or_explain(args.model, args.device)
+    scale = check_video_size(args.seconds, args.scale, model.image_hw, model.fps)
     gen = model.streaming_generator()
     h, w = model.image_hw
     frames = clip_frames(gen, int(round(args.seconds * model.fps)) + 1)
@@ -169,7 +191,6 @@ def run(args: argparse.Namespace) -> int:
     elapsed = time.perf_counter() - t0
     video = torch.cat(out)[:frames]
     generated = to_uint8(video)
-    scale = args.scale or max(1, 256 // h)
     with StagedOutputs() as outputs:  # a failed write leaves no half video under --out
         write_video(side_by_side(generated, truth, scale, f"generated ({model.name})", "ground truth (twin render)",
                                  model.fps), outputs.stage(args.out), model.fps)

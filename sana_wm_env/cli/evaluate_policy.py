@@ -53,7 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from policies import make_policy  # the CLI is an application: it may use the policies layer
+    from policies import check_policy_spec, make_policy  # the CLI is an application: it may use the policies layer
     from sana_wm_env.cli.generate import parse_hw
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
@@ -64,6 +64,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-steps must be >= 1, got {args.max_steps}")
     if args.json is not None:
         check_output(args.json, "--json")  # before the episodes run: results are not lost to a bad path
+    try:
+        check_policy_spec(args.policy)  # before any world model loads
+    except (ValueError, FileNotFoundError) as err:
+        raise type(err)(f"--policy: {err}") from None
     geometry = {}
     if args.image_size:
         if not args.twin_only or args.model is not None:

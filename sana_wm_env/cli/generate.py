@@ -143,12 +143,15 @@ def build_model(args: argparse.Namespace) -> WorldModel:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sana_wm_env.limits import check_fps
     from sana_wm_env.outputs import StagedOutputs, check_output
 
     if args.chunks < 1:
         raise ValueError(f"--chunks must be >= 1, got {args.chunks}")
     check_output(args.out, "--out", inputs=(("--image", args.image), ("--depth", args.depth)),
                  suffixes=(".mp4", ".gif"))
+    if args.fps is not None:
+        check_fps(args.fps, "--fps")
     wm = build_model(args).to(args.device)
     model, codec = wm.student.eval(), wm.codec
     size = wm.image_hw if args.size is None else parse_hw(args.size, "--size")

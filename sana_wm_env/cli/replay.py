@@ -27,12 +27,13 @@ import numpy as np
 
 from sana_wm_env.outputs import StagedOutputs
 
-from . import set_torch_threads
+from . import bundle_meta, set_torch_threads
 
 CONVENTION_CHOICES = ("opencv", "rep103")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from sana_wm_env.limits import MAX_FRAMES
     from sana_wm_env.replay import MAX_GAP_S
     from sana_wm_env.trajectories import FORMATS
 
@@ -67,6 +68,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--duration", type=float, default=None, help="window length in recorded seconds (default: all)")
     p.add_argument("--max-gap", type=float, default=MAX_GAP_S,
                    help="interpolate stamp gaps up to this many seconds, fail on longer (default: %(default)s)")
+    p.add_argument("--max-frames", type=int, default=MAX_FRAMES,
+                   help="refuse a path of more frames than this, counted before anything loads (default: "
+                        "%(default)s): a slip in --fps or --time-scale fails at once")
     p.add_argument("--twin", default=None, metavar="FAMILY/SEED", help="also render this twin world (e.g. rooms/0)")
     p.add_argument("--refine", nargs="?", const="bundled", default=None, metavar="REFINER",
                    help="refine the stage-1 latents: a refiner folder (default: the model's shipped refiner)")
@@ -142,7 +146,8 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     from sana_wm_env.cli.eval import load_model_or_explain
     from sana_wm_env.cli.generate import load_depth_for, load_image
     from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
-    from sana_wm_env.replay import check_length, place_in_scene, prepare_path, stream_replay
+    from sana_wm_env.limits import check_fps
+    from sana_wm_env.replay import check_length, path_frames, place_in_scene, prepare_path, stream_replay
     from sana_wm_env.trajectories import load, save
     from sana_wm_env.video import VideoWriter, from_uint8, to_uint8
     from world_model.camera import fov_to_intrinsics
@@ -156,9 +161,8 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
         raise ValueError("--twin renders the first frame itself with the model's camera; drop --image/--intrinsics/"
                          "--fov (or drop --twin to start from your image)")
     mount, mount_vals = parse_mount(args.mount)
-    model = load_model_or_explain(args.model, args.device)
-    fps = model.fps if args.fps is None else args.fps
-    h, w = model.image_hw
+    if args.fps is not None:
+        check_fps(args.fps, "--fps")
     traj = load(args.trajectory, format=args.format, topic=args.topic, parent_frame=args.parent_frame,
                 child_frame=args.child_frame)
     if traj.convention == "unknown" and args.convention is not None:
@@ -169,8 +173,14 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     if traj.convention == "unknown":
         raise ValueError(f"{args.trajectory} does not say whether it holds camera or body poses; pass --convention "
                          "opencv (camera: x right, y down, z forward) or rep103 (robot body: x forward, y left, z up)")
-    path = prepare_path(traj, fps=fps, time_scale=args.time_scale, start=args.start, duration=args.duration,
-                        mount=mount, max_gap=args.max_gap)
+    window = dict(time_scale=args.time_scale, start=args.start, duration=args.duration, max_frames=args.max_frames)
+    meta_fps = (bundle_meta(args.model) or {}).get("fps") if args.fps is None else args.fps
+    if meta_fps is not None:  # the frame count, before the model loads
+        path_frames(traj, fps=float(meta_fps), **window)
+    model = load_model_or_explain(args.model, args.device)
+    fps = model.fps if args.fps is None else args.fps
+    h, w = model.image_hw
+    path = prepare_path(traj, fps=fps, mount=mount, max_gap=args.max_gap, **window)
     gen = model.streaming_generator()
     check_length(gen, len(path))
     scene = world = None

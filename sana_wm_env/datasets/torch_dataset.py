@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import zipfile
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sana_wm_env.datasets.writer import DatasetSpec, clip_path
+from sana_wm_env.datasets.writer import DatasetSpec, clip_path, read_dataset_json
 from world_model.camera import relative_to_first
 
 
@@ -30,7 +29,7 @@ class TwinClipDataset(Dataset):
         meta = self.root / "dataset.json"
         if not meta.is_file():
             raise FileNotFoundError(f"root: {self.root} is not a twin dataset (no dataset.json)")
-        self.spec = DatasetSpec.from_json(json.loads(meta.read_text()))
+        self.spec = DatasetSpec.from_json(read_dataset_json(self.root), meta)
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
             raise ValueError(f"stride must be a positive int, got {stride!r}")
         n = self.spec.frames if num_frames is None else num_frames

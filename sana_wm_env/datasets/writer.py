@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sana_wm_env.limits import check_frames, check_memory
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, TRAIN_SEEDS, make_scene
 from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
 
@@ -65,6 +66,11 @@ class DatasetSpec:
                 raise ValueError(f"{name} must be a positive int{' >= 2' if name == 'frames' else ''}, got {v!r}")
         if not np.isfinite(self.fps) or self.fps <= 0:
             raise ValueError(f"fps must be a positive number, got {self.fps!r}")
+        # A clip is rendered whole in memory before it is written: refuse absurd sizes before any work.
+        check_frames(self.frames, "frames per clip (--frames)", "use fewer frames per clip")
+        clip_bytes = self.frames * self.height * self.width * (3 + (2 if self.depth else 0))
+        check_memory(clip_bytes, f"a clip of {self.frames:,} frames of {self.height}x{self.width} (--frames, --size)",
+                     "use fewer or smaller frames per clip")
         if not self.scenes or any(s not in FAMILIES for s in self.scenes):
             raise ValueError(f"scenes must be a non-empty subset of {', '.join(FAMILIES)}; got {list(self.scenes)}")
         if not self.motions or any(m not in MOTIONS for m in self.motions):
@@ -90,12 +96,38 @@ class DatasetSpec:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> DatasetSpec:
+    def from_json(cls, d: dict, source: str | Path = "dataset.json") -> DatasetSpec:
+        """The spec a ``dataset.json`` object holds; anything else raises ValueError naming ``source``."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{source}: holds a JSON {type(d).__name__}, not an object of dataset settings")
         if d.get("format") != FORMAT:
-            raise ValueError(f"dataset.json: format must be {FORMAT!r}, got {d.get('format')!r}")
+            raise ValueError(f"{source}: format must be {FORMAT!r}, got {d.get('format')!r}")
         d = dict(d)
-        d["scenes"], d["motions"], d["fov_deg"] = tuple(d["scenes"]), tuple(d["motions"]), tuple(d["fov_deg"])
-        return cls(**d)
+        try:
+            d["scenes"], d["motions"], d["fov_deg"] = tuple(d["scenes"]), tuple(d["motions"]), tuple(d["fov_deg"])
+            return cls(**d)
+        except (KeyError, TypeError) as err:  # a setting missing, unknown or of the wrong kind
+            raise ValueError(f"{source}: not the settings of a {FORMAT} dataset ({type(err).__name__}: {err}); "
+                             "`sana-wm dataset make` writes it") from None
+
+
+def read_dataset_json(root: str | Path) -> dict:
+    """The ``dataset.json`` object of the dataset folder ``root``: a missing file raises FileNotFoundError, one
+    that is not a JSON object ValueError naming the file (and the line of a JSON syntax error)."""
+    meta = Path(root) / "dataset.json"
+    if not meta.is_file():
+        raise FileNotFoundError(f"root: {root} is not a twin dataset (no dataset.json)")
+    try:
+        d = json.loads(meta.read_text())
+    except UnicodeDecodeError:
+        raise ValueError(f"{meta}: not a text file; a dataset.json is a JSON object of dataset settings") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{meta}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}); a dataset.json is "
+                         "a JSON object of dataset settings (`sana-wm dataset make` writes it)") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{meta}: holds a JSON {type(d).__name__}, not an object; a dataset.json is a JSON object of "
+                         "dataset settings (`sana-wm dataset make` writes it)")
+    return d
 
 
 def clip_path(root: Path, index: int) -> Path:
@@ -182,8 +214,12 @@ def make_clip(spec: DatasetSpec, index: int) -> dict[str, np.ndarray]:
         except RuntimeError:
             seeds = TRAIN_SEEDS if spec.split == "train" else EVAL_SEEDS
             scene = make_scene(plan["family"], int(seeds[(seeds.index(plan["scene_seed"]) + k + 1) % len(seeds)]))
-    if traj is None:
-        raise RuntimeError(f"clip {index}: no valid trajectory found ({plan})")
+    if traj is None:  # the settings ask for more than these scenes hold: bad input, not a crash
+        raise ValueError(
+            f"clip {index}: no {plan['motion']} camera path of {spec.frames} frames "
+            f"({(spec.frames - 1) / spec.fps:.1f} s at {spec.fps:g} fps) fits in the {plan['family']} scenes tried; "
+            "long clips need room: use fewer frames per clip (--frames) or other scenes (--scenes)"
+        )
     k4 = fov_to_intrinsics(plan["fov"], spec.height, spec.width).double().numpy()
     renderer = SceneRenderer(scene, spec.height, spec.width, depth=spec.depth)
     rgb = np.empty((spec.frames, spec.height, spec.width, 3), np.uint8)
@@ -224,7 +260,7 @@ def prepare(root: Path, spec: DatasetSpec) -> tuple[list[int], dict[int, str]]:
     root = Path(root)
     meta = root / "dataset.json"
     if meta.exists():
-        old = DatasetSpec.from_json(json.loads(meta.read_text()))
+        old = DatasetSpec.from_json(read_dataset_json(root), meta)
         if old != spec:
             diff = {k: (v, spec.to_json()[k]) for k, v in old.to_json().items() if spec.to_json()[k] != v}
             raise ValueError(f"out: {root} holds a dataset with other settings (existing, requested): {diff}")
