@@ -283,39 +283,178 @@ def test_refiner_training_on_stage1_pairs_resumes_and_exports(tmp_path, wm):
     assert video.shape == (1, frames, 3, 16, 16) and torch.equal(video[0, 0], torch.zeros(3, 16, 16))
 
 
-def test_eval_cli_scores_the_refined_model_on_the_same_episodes(tmp_path, wm, capsys):
+def _eval_refined(tmp_path, capsys, wm, refiner) -> dict:
+    """``sana-wm eval --refiner`` of bundle ``wm`` refined by ``refiner`` (tiny protocol): its candidates, after
+    checking that the refined model is scored on the same frames as stage 1 and differs from it."""
     import json
 
     from sana_wm_env.cli.main import main
     from world_model.bundles import save_world_model
 
     save_world_model(wm, tmp_path / "bundle")
-    _wm_refiner(window=4)[0].save(tmp_path / "ref")
+    refiner.save(tmp_path / "ref")
     out = tmp_path / "eval.json"
     code = main(["eval", "--model", str(tmp_path / "bundle"), "--refiner", str(tmp_path / "ref"), "--json", str(out),
                  "--episodes-per-family", "1", "--frames", "9", "--revisit-episodes", "0", "--stability-frames",
                  "0", "--no-untrained", "--no-progress", "--action-stride", "4"])
     assert code == 0, capsys.readouterr().err
     res = json.loads(out.read_text())["candidates"]
-    assert set(res) == {"model", "repeat_first_frame", "warp", "model+refiner"}
     refined, model = res["model+refiner"], res["model"]
     assert refined["fidelity"]["psnr"]["1-8"]["frames"] == model["fidelity"]["psnr"]["1-8"]["frames"] > 0
     assert refined["fidelity"]["psnr"]["1-8"]["mean"] != model["fidelity"]["psnr"]["1-8"]["mean"]
+    return res
+
+
+def test_eval_cli_scores_the_refined_model_on_the_same_episodes(tmp_path, wm, capsys):
+    res = _eval_refined(tmp_path, capsys, wm, _wm_refiner(window=4)[0])
+    assert set(res) == {"model", "repeat_first_frame", "warp", "model+refiner"}
+    refined, model = res["model+refiner"], res["model"]
     assert refined["action_following"]["frames"] == model["action_following"]["frames"]
     assert "stability" not in refined
 
 
-def test_the_bundled_refiner_fits_the_bundled_model_and_is_small():
+# ------------------------------------------------------------------------------ geometry-guided stage 1
+K16 = torch.tensor([12.0, 12.0, 7.5, 7.5])
+
+
+def _geo_items(n: int, f: int, *, depth: bool = True) -> list[dict]:
+    """``n`` random 16x16 twin-like clips of ``f`` frames, with depth (metres) unless ``depth=False``."""
+    rng = np.random.default_rng(0)
+    items = [{"rgb": rng.integers(0, 256, (f, 16, 16, 3), dtype=np.uint8), "c2w": _path(f)[0], "intrinsics": K16,
+              "depth": torch.from_numpy(rng.uniform(1.0, 4.0, (f, 16, 16)).astype(np.float32))} for _ in range(n)]
+    if not depth:
+        for it in items:
+            del it["depth"]
+    return items
+
+
+def _image(item: dict) -> torch.Tensor:
+    return torch.from_numpy(item["rgb"][:1]).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def _geo_refiner(geo, window: int = 4):
+    """A random refiner for the tiny-geo model ``geo``: its student's architecture without the geometry input."""
+    from world_model.checkpoints import build_transformer
+    from world_model.refiner import WorldModelRefiner
+    from world_model.training.refine import refiner_model_config
+
+    model = build_transformer(refiner_model_config(geo.student.config), seed=1)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # zero-initialised layers would make the refiner the identity
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.05, generator=g)
+    return WorldModelRefiner(model, LatentLayout.of_codec(geo.codec), window=window, codec=geo.codec.to_config(),
+                             fps=geo.fps, image_hw=geo.image_hw)
+
+
+def test_refiner_of_a_geometry_guided_model_learns_rgbd_latents_resumes_and_exports(tmp_path):
+    from world_model.bundles import untrained_world_model
+    from world_model.checkpoints import save_transformer
+    from world_model.refiner import RefinedGenerator, WorldModelRefiner
+    from world_model.training.refine import (
+        RefinerTrainConfig,
+        RefinerTrainer,
+        Stage1Pairs,
+        collate_pairs,
+        refiner_model_config,
+        write_stage1_pairs,
+    )
+
+    geo = untrained_world_model("tiny-geo", image_hw=(16, 16))
+    gen = geo.streaming_generator()
+    frames = gen.valid_num_frames(2)  # 5: latent frames 0 | 1 | 2 (temporal stride 2)
+    items = _geo_items(4, frames)
+    with pytest.raises(ValueError, match="must carry 'depth'"):
+        write_stage1_pairs(_geo_items(4, frames, depth=False), geo, tmp_path / "nodepth", clips=4, frames=frames)
+    doc = write_stage1_pairs(items, geo, tmp_path / "p", clips=4, frames=frames, batch_size=3)
+    pairs = Stage1Pairs(tmp_path / "p")
+    assert doc["depth"] is True and pairs[0]["stage1"].shape == (geo.codec.latent_channels, 3, 8, 8)
+    # the pairs keep the clip's depth (float16 metres) ...
+    torch.testing.assert_close(pairs[1]["depth"], items[1]["depth"], rtol=1e-3, atol=0)
+    # ... and stage 1 started from the clip's frame-0 depth, not from depth it generated itself
+    stage1 = RefinedGenerator(gen, _geo_refiner(geo), fps=16)
+    assert stage1.takes_depth
+    expect = stage1.stage1_latents(_image(items[2]), K16, _path(frames), seed=2, depth=items[2]["depth"][:1])
+    torch.testing.assert_close(pairs[2]["stage1"][None], expect, rtol=0, atol=1e-6)
+    assert not torch.allclose(pairs[2]["stage1"][None], stage1.stage1_latents(_image(items[2]), K16, _path(frames),
+                                                                               seed=2))
+    # the refiner reads no geometry cache: the student's architecture without it, from the student's weights
+    with pytest.raises(ValueError, match="a refiner reads no geometry cache"):
+        RefinerTrainConfig(model=geo.student.config.to_dict(), codec=geo.codec.to_config())
+    with pytest.raises(ValueError, match="reads no geometry cache"):
+        WorldModelRefiner(geo.student, LatentLayout.of_codec(geo.codec))
+    save_transformer(geo.student, tmp_path / "student")
+    cfg = RefinerTrainConfig(model=refiner_model_config(geo.student.config), codec=geo.codec.to_config(),
+                             init_from=str(tmp_path / "student"), steps=4, batch_size=2, frames_schedule=((0, 3),),
+                             window=2, checkpoint_every=2, log_every=2, strengths=(0.9, 0.5))
+    train, val = Stage1Pairs(tmp_path / "p", range(3)), Stage1Pairs(tmp_path / "p", [3])
+    tr = RefinerTrainer(cfg, train, tmp_path / "run", device="cpu", validation=val, progress=False)
+    student = geo.student.state_dict()
+    assert tr.model.config.geometry_channels == 0 and not hasattr(tr.model, "geometry_embedder")
+    assert all(torch.equal(v, student[k]) for k, v in tr.model.state_dict().items())
+    assert any(k.startswith("geometry_embedder") for k in student)
+    # the target is the RGB-D latents: without depth in the pairs there is no target
+    with pytest.raises(ValueError, match="needs depth"):
+        batch = {k: v for k, v in collate_pairs([train[0]]).items() if k != "depth"}
+        tr.batch_loss(batch, 3, torch.Generator().manual_seed(0))
+    tr.train(until=2)
+    full = RefinerTrainer(cfg, train, tmp_path / "run2", device="cpu", progress=False)
+    full.train()
+    resumed = RefinerTrainer(cfg, train, tmp_path / "run", device="cpu", resume=True, progress=False)
+    resumed.train()
+    losses = [[m["loss"] for m in t.read_metrics() if "loss" in m] for t in (full, resumed)]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
+    assert any("val_psnr_refined@0.5" in m for m in resumed.read_metrics())
+    loaded = load_refiner(resumed.export(tmp_path / "refiner"))
+    assert isinstance(loaded, WorldModelRefiner) and loaded.transformer.config.geometry_channels == 0
+    assert loaded.latent_layout == LatentLayout.of_codec(geo.codec)
+    refined = RefinedGenerator(gen, loaded, fps=16)
+    depth = items[0]["depth"][:1]
+    video = refined.generate(_image(items[0]), K16, _path(frames), seed=0, depth=depth)
+    assert video.shape == (1, frames, 3, 16, 16) and torch.equal(video[0, 0], _image(items[0])[0])
+    assert not torch.allclose(video, refined.generate(_image(items[0]), K16, _path(frames), seed=0))
+
+
+def test_eval_and_replay_refine_a_geometry_guided_model_from_the_twin_depth(tmp_path, capsys, monkeypatch):
+    import json
+
+    from sana_wm_env.cli.main import main
+    from world_model.bundles import untrained_world_model
+    from world_model.generators import StreamingGenerator
+
+    geo = untrained_world_model("tiny-geo", image_hw=(16, 16))
+
+    def no_generated_depth(*args, **kwargs):
+        raise AssertionError("stage 1 generated frame 0's depth although the twin's was given")
+
+    monkeypatch.setattr(StreamingGenerator, "generate_depth", no_generated_depth)
+    assert "model+refiner" in _eval_refined(tmp_path, capsys, geo, _geo_refiner(geo))
+    # replay along a path in a twin (its frame-0 depth goes to stage 1), then refine
+    npy = tmp_path / "path.npy"
+    poses = np.tile(np.eye(4), (9, 1, 1))
+    poses[:, 2, 3] = np.linspace(0, 0.3, 9)
+    np.save(npy, poses)
+    video = tmp_path / "r.mp4"
+    code = main(["replay", str(npy), "--model", str(tmp_path / "bundle"), "--twin", "rooms/0", "--refine",
+                 str(tmp_path / "ref"), "--out", str(video)])
+    assert code == 0, capsys.readouterr().err
+    meta = json.loads(video.with_suffix(".json").read_text())
+    assert video.is_file() and video.with_name("r_stage1.mp4").is_file() and meta["refine"]["frames"] == 9
+
+
+def test_the_bundled_refiner_fits_its_bundled_model_and_is_small():
     from sana_wm_env.cli.refine import bundled_refiner_path
     from world_model.bundles import load_world_model
     from world_model.refiner import WorldModelRefiner
 
-    model = load_world_model("default")
+    model = load_world_model("sana-wm-twin-s")  # the one model a refiner ships for
     folder = bundled_refiner_path({"model": model.name, "model_path": str(model.path)})
     assert folder.name == f"{model.name}-refiner"
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 10_000_000
     ref = load_refiner(folder)
     assert isinstance(ref, WorldModelRefiner) and ref.fps == model.fps and tuple(ref.image_hw) == model.image_hw
     ref.check_compatible(model.codec)
-    with pytest.raises(FileNotFoundError, match="no refiner ships with model 'other'"):
+    with pytest.raises(FileNotFoundError, match="no refiner ships with model 'other'.*refiners ship with "
+                       r"sana-wm-twin-s\)"):
         bundled_refiner_path({"model": "other", "model_path": None})

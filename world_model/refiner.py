@@ -351,6 +351,9 @@ class WorldModelRefiner(Refiner):
                              f"temporal stride {cfg.temporal_stride})")
         if cfg.has_text:
             raise ValueError("a WorldModelRefiner transformer must be text-free (caption_channels=0)")
+        if cfg.geometry_channels:
+            raise ValueError("a WorldModelRefiner transformer reads no geometry cache (geometry_channels=0): it "
+                             "refines finished latents jointly")
         s = tuple(float(v) for v in sigmas)
         if len(s) < 2 or s[-1] != 0.0 or not 0 < s[0] <= 1 or any(a <= b for a, b in zip(s, s[1:])):
             raise ValueError(f"sigmas must start in (0, 1], decrease strictly and end at 0.0, got {s}")
@@ -473,7 +476,8 @@ class WorldModelRefiner(Refiner):
 class RefinedGenerator:
     """Stage 1 then stage 2 behind the generator interface's ``generate`` (offline: the whole clip is rolled out by
     the causal ``stage1`` generator, then its latents are refined and decoded). For evaluation protocols that call
-    ``generate``; there is no streaming ``start``/``step`` (refinement needs the finished clip)."""
+    ``generate``; there is no streaming ``start``/``step`` (refinement needs the finished clip). Frame 0's depth
+    (``depth=``) goes to a stage-1 generator that takes it (:attr:`takes_depth`)."""
 
     streaming = False
 
@@ -484,14 +488,22 @@ class RefinedGenerator:
         self.stage1, self.refiner, self.fps = stage1, refiner, float(fps)
         self.codec = stage1.codec
 
+    @property
+    def takes_depth(self) -> bool:
+        """Whether the stage-1 generator uses frame 0's depth (geometry-guided models)."""
+        return bool(getattr(self.stage1, "takes_depth", False))
+
     def valid_num_frames(self, num_chunks: int) -> int:
         return self.stage1.valid_num_frames(num_chunks)
 
     @torch.no_grad()
-    def stage1_latents(self, image: torch.Tensor, intrinsics, c2w, *, seed=0) -> torch.Tensor:
-        """The stage-1 latents ``(B, C, T, h, w)`` of a clip (latent frame 0 = the encoded image)."""
+    def stage1_latents(self, image: torch.Tensor, intrinsics, c2w, *, seed=0,
+                       depth: torch.Tensor | None = None) -> torch.Tensor:
+        """The stage-1 latents ``(B, C, T, h, w)`` of a clip (latent frame 0 = the encoded image); ``depth``:
+        frame 0's ``(B, H, W)`` metres for a stage-1 generator that takes it."""
         poses = self.stage1._check_clip_poses(c2w)
-        state = self.stage1.start(image, intrinsics, c2w=poses[:, 0], seed=seed)
+        extra = {} if depth is None else {"depth": depth}
+        state = self.stage1.start(image, intrinsics, c2w=poses[:, 0], seed=seed, **extra)
         chunks, done = [], 1
         while done < poses.shape[1]:
             n = self.stage1.frames_per_step(state)
@@ -502,11 +514,12 @@ class RefinedGenerator:
 
     @torch.no_grad()
     def generate(self, image: torch.Tensor, intrinsics, c2w, *, seed: int = 0, progress=None,
-                 **start_kwargs) -> torch.Tensor:
-        """Refined clip ``(B, F, 3, H, W)`` in [-1, 1] for poses ``c2w (B, F, 4, 4)``; frame 0 is ``image``."""
+                 depth: torch.Tensor | None = None, **start_kwargs) -> torch.Tensor:
+        """Refined clip ``(B, F, 3, H, W)`` in [-1, 1] for poses ``c2w (B, F, 4, 4)``; frame 0 is ``image``
+        (``depth``: its depth, for a stage-1 generator that takes it)."""
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an int (one refinement seed for the batch), got {seed!r}")
-        z1 = self.stage1_latents(image, intrinsics, c2w, seed=seed)
+        z1 = self.stage1_latents(image, intrinsics, c2w, seed=seed, depth=depth)
         k = torch.as_tensor(intrinsics, dtype=torch.float32)
         z = self.refiner.refine(z1, fps=self.fps, seed=seed, c2w=torch.as_tensor(c2w, dtype=torch.float32),
                                 intrinsics=k)

@@ -4,12 +4,14 @@ Two stages, both resumable:
   1. stage-1 pairs (--pairs, default OUT/pairs): the model's streaming generator rolls out the first --clips
      clips of --data (the first --frames frames of each, from its first frame along its own poses); the
      latents are stored next to the ground-truth frames (format sana-wm-refiner-pairs/1). Clips already
-     written are skipped.
+     written are skipped. Geometry-guided models (RGB-D latents) start from each clip's frame-0 depth and
+     the pairs keep the clips' depth (--data must hold depth): the refiner then refines depth too.
   2. training (a `sana-wm train` run folder in OUT): a SANA-WM transformer (default: initialised from the
-     model's own student) learns, in bidirectional mode with camera conditioning and the first frame as clean
-     sink, to flow from the stage-1 latents re-noised to a strength s (--strengths) to the ground-truth
-     latents. The last --val-clips pairs are held out; their PSNR (stage 1 vs refined at each strength) is
-     logged at every sample point (metrics.jsonl). At the end the refiner folder is written (--export,
+     model's own student, without its geometry input: a refiner reads no geometry cache) learns, in
+     bidirectional mode with camera conditioning and the first frame as clean sink, to flow from the
+     stage-1 latents re-noised to a strength s (--strengths) to the ground-truth latents. The last
+     --val-clips pairs are held out; their PSNR (stage 1 vs refined at each strength) is logged at every
+     sample point (metrics.jsonl). At the end the refiner folder is written (--export,
      default OUT/refiner; float16 weights) with --strength as its default.
 
 Example:
@@ -66,13 +68,20 @@ def run(args: argparse.Namespace) -> int:
 
     from sana_wm_env.cli.eval import load_model_or_explain
     from sana_wm_env.datasets import TwinClipDataset
-    from world_model.training.refine import RefinerTrainConfig, RefinerTrainer, Stage1Pairs, write_stage1_pairs
+    from world_model.training.refine import (
+        RefinerTrainConfig,
+        RefinerTrainer,
+        Stage1Pairs,
+        refiner_model_config,
+        write_stage1_pairs,
+    )
 
     set_torch_threads(args.threads)
     pairs_dir = args.pairs or args.out / "pairs"
     model = load_model_or_explain(args.model, "cpu" if args.device is None else args.device)
     if not (args.resume and (pairs_dir / "pairs.json").is_file()):
-        data = TwinClipDataset(args.data, num_frames=args.clip_frames, random_crop=False, relative=True)
+        data = TwinClipDataset(args.data, num_frames=args.clip_frames, random_crop=False, relative=True,
+                               load_depth=bool(model.codec.depth_channels))
         with tqdm(total=args.clips, unit="clip", desc="stage-1 pairs", disable=args.no_progress) as bar:
             write_stage1_pairs(data, model, pairs_dir, clips=args.clips, frames=args.clip_frames,
                                batch_size=args.gen_batch, source={"data": str(args.data)},
@@ -87,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         if init is None and model.path is not None:
             init = str(model.path / "student")
         overrides["init_from"] = None if init == "none" else init
-        overrides["model"] = parse_model(args.preset) if args.preset else model.student.config.to_dict()
+        overrides["model"] = parse_model(args.preset) if args.preset else refiner_model_config(model.student.config)
         overrides["codec"] = model.codec.to_config()
         overrides.setdefault("validation_clips", 16)
         overrides.setdefault("frames_schedule", ((0, int(pairs.meta["latent_frames"])),))

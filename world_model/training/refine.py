@@ -9,11 +9,18 @@ Data (:func:`write_stage1_pairs`, format ``sana-wm-refiner-pairs/1``, a folder):
                                c2w float32 (F, 4, 4)         OpenCV camera-to-world, relative to frame 0
                                intrinsics float32 (F, 4)     [fx, fy, cx, cy] pixels
                                seed int64 ()                 the stage-1 generation seed
+                               depth float16 (F, H, W)       ground-truth depth in metres, 0 = sky (RGB-D
+                                                             models only: "depth": true in pairs.json)
 
 Each clip of a source dataset (any dataset of the :mod:`.data` item format) is rolled out by the streaming
 generator from its first frame along its own poses (seed = the clip's position), so a pair is the same camera
-path twice: what stage 1 made of it and what the twin world renders. Files are written atomically and skipped
-when present, so an interrupted run resumes.
+path twice: what stage 1 made of it and what the twin world renders. Geometry-guided models (``takes_depth``)
+also get the clip's frame-0 depth, as the envs give it; RGB-D models' pairs keep the clip's depth: the training
+target is then the RGB-D latents, so the refiner refines colour and depth jointly. Files are written atomically and
+skipped when present, so an interrupted run resumes.
+
+The refiner's transformer reads no geometry cache (:func:`refiner_model_config`): it refines finished latents
+jointly, where the cache has done its work already.
 
 Objective (:class:`RefinerTrainer`, a :class:`~.trainer.Trainer` in bidirectional mode): per clip a strength
 ``s`` is drawn from ``config.strengths`` and a level ``sigma`` among the refiner's Euler points
@@ -39,6 +46,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..camera import camera_inputs_from_world
+from ..config import ModelConfig
 from ..refiner import DISTILLED_SIGMAS, LatentLayout, WorldModelRefiner, schedule_from
 from .data import collate_clips, item_to_tensors
 from .flow_matching import flow_matching_loss, noise_latents
@@ -51,15 +59,22 @@ def pair_path(folder: str | Path, index: int) -> Path:
     return Path(folder) / "pairs" / f"{index:06d}.npz"
 
 
+def refiner_model_config(student: ModelConfig) -> dict[str, Any]:
+    """The refiner's architecture for a stage-1 ``student``: the same, without the geometry input (a refiner
+    refines finished latents jointly; ``init_from`` the student then carries over everything else)."""
+    return student.replace(geometry_channels=0).to_dict()
+
+
 @torch.no_grad()
 def stage1_rollout(gen, image: torch.Tensor, intrinsics: torch.Tensor, c2w: torch.Tensor,
-                   seeds: Sequence[int]) -> torch.Tensor:
+                   seeds: Sequence[int], depth: torch.Tensor | None = None) -> torch.Tensor:
     """Stage-1 latents ``(B, C, T, h, w)`` of a causal generator along ``c2w (B, F, 4, 4)`` from ``image (B, 3, H, W)``.
 
     ``F`` must be a valid clip length of the generator (``gen.valid_num_frames(k)``); latent frame 0 is the
-    encoded image."""
+    encoded image. ``depth``: frame 0's depth ``(B, H, W)`` metres for generators that take it (``takes_depth``)."""
     b, f = c2w.shape[:2]
-    state = gen.start(image, intrinsics, c2w=c2w[:, 0], seed=list(seeds))
+    extra = {} if depth is None else {"depth": depth}
+    state = gen.start(image, intrinsics, c2w=c2w[:, 0], seed=list(seeds), **extra)
     chunks, done = [], 1
     while done < f:
         n = gen.frames_per_step(state)
@@ -76,9 +91,14 @@ def write_stage1_pairs(dataset: Dataset, model, folder: str | Path, *, clips: in
                        seed: int = 0, source: dict[str, Any] | None = None,
                        progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Roll out the first ``clips`` items of ``dataset`` (first ``frames`` frames each) with ``model``'s streaming
-    generator and write the pairs folder (see the module docstring). Returns the ``pairs.json`` document."""
+    generator and write the pairs folder (see the module docstring). Returns the ``pairs.json`` document.
+
+    For generators that take frame 0's depth or RGB-D codecs the items must carry ``depth`` (a twin dataset
+    loaded with depth); the pairs then keep it."""
     folder = Path(folder)
     gen = model.streaming_generator()
+    takes_depth = bool(getattr(gen, "takes_depth", False))
+    with_depth = takes_depth or bool(model.codec.depth_channels)
     valid = [gen.valid_num_frames(k) for k in range(1, 64)]
     if frames not in valid:
         raise ValueError(f"frames must be a clip length of the generator ({valid[:6]}...), got {frames}")
@@ -88,6 +108,8 @@ def write_stage1_pairs(dataset: Dataset, model, folder: str | Path, *, clips: in
            "codec": model.codec.to_config(), "frames": frames,
            "latent_frames": model.codec.num_latent_frames(frames), "fps": model.fps, "seed": seed,
            "source": source or {}, "clips": clips}
+    if with_depth:
+        doc["depth"] = True
     meta_path = folder / "pairs.json"
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
@@ -103,18 +125,24 @@ def write_stage1_pairs(dataset: Dataset, model, folder: str | Path, *, clips: in
         items = [item_to_tensors(dataset[i], f"dataset[{i}]") for i in idx]
         if any(it["frames"].shape[0] < frames for it in items):
             raise ValueError(f"dataset items have fewer than frames={frames} frames")
+        if with_depth and any("depth" not in it for it in items):
+            raise ValueError(f"model {model.name!r} has RGB-D latents (its refiner learns depth too): the dataset's "
+                             "items must carry 'depth' (a twin dataset made with depth, loaded with it)")
         video = torch.stack([it["frames"][:frames] for it in items])
         c2w = torch.stack([it["c2w"][:frames] for it in items]).float()
         k = torch.stack([it["intrinsics"][0] for it in items]).float()
         image_hw = tuple(video.shape[-2:])
-        z1 = stage1_rollout(gen, video[:, 0].to(gen.device), k, c2w, [seed + i for i in idx])
+        depth = torch.stack([it["depth"][:frames] for it in items]) if with_depth else None
+        z1 = stage1_rollout(gen, video[:, 0].to(gen.device), k, c2w, [seed + i for i in idx],
+                            depth[:, 0].to(gen.device) if takes_depth else None)
         for j, i in enumerate(idx):
             rel = torch.linalg.inv(c2w[j, :1].double()) @ c2w[j].double()
             rgb = ((video[j].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
             path = pair_path(folder, i)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            extra = {} if depth is None else {"depth": depth[j].to(torch.float16).numpy()}
             np.savez(tmp, stage1=z1[j].numpy(), rgb=rgb, c2w=rel.float().numpy(),
-                     intrinsics=items[j]["intrinsics"][:frames].numpy(), seed=np.int64(seed + i))
+                     intrinsics=items[j]["intrinsics"][:frames].numpy(), seed=np.int64(seed + i), **extra)
             os.replace(tmp, path)
         done += len(idx)
         if progress is not None:
@@ -129,7 +157,8 @@ def write_stage1_pairs(dataset: Dataset, model, folder: str | Path, *, clips: in
 
 class Stage1Pairs(Dataset):
     """The pairs of a ``sana-wm-refiner-pairs/1`` folder; items: ``rgb``, ``c2w``, ``intrinsics`` (the :mod:`.data`
-    item format, ground truth) plus ``stage1`` float32 ``(C, T, h, w)``. ``indices`` selects pairs (default all)."""
+    item format, ground truth; ``depth`` float32 metres where the pair holds it) plus ``stage1`` float32
+    ``(C, T, h, w)``. ``indices`` selects pairs (default all)."""
 
     def __init__(self, folder: str | Path, indices: Sequence[int] | None = None) -> None:
         self.folder = Path(folder)
@@ -151,9 +180,12 @@ class Stage1Pairs(Dataset):
 
     def __getitem__(self, item: int) -> dict:
         with np.load(pair_path(self.folder, self.indices[item]), allow_pickle=False) as z:
-            return {"rgb": torch.from_numpy(z["rgb"]), "c2w": torch.from_numpy(z["c2w"]),
-                    "intrinsics": torch.from_numpy(z["intrinsics"]), "stage1": torch.from_numpy(z["stage1"]),
-                    "seed": int(z["seed"])}
+            out = {"rgb": torch.from_numpy(z["rgb"]), "c2w": torch.from_numpy(z["c2w"]),
+                   "intrinsics": torch.from_numpy(z["intrinsics"]), "stage1": torch.from_numpy(z["stage1"]),
+                   "seed": int(z["seed"])}
+            if "depth" in z.files:
+                out["depth"] = torch.from_numpy(z["depth"].astype(np.float32))
+            return out
 
 
 def collate_pairs(items: Sequence[dict]) -> dict[str, torch.Tensor]:
@@ -198,6 +230,9 @@ class RefinerTrainConfig(TrainConfig):
         if isinstance(self.validation_clips, bool) or not isinstance(self.validation_clips, int) or \
                 self.validation_clips < 0:
             errors.append(f"validation_clips must be an int >= 0, got {self.validation_clips!r}")
+        if self.model_config.geometry_channels:
+            errors.append("model: a refiner reads no geometry cache; use geometry_channels=0 "
+                          "(refiner_model_config of the student's config)")
         if errors:
             raise ValueError("invalid RefinerTrainConfig: " + "; ".join(errors))
 
@@ -235,8 +270,14 @@ class RefinerTrainer(Trainer):
             raise ValueError(f"frames_schedule asks for {latent_frames} latent frames; the pairs hold {t}")
         n = self.codec.num_pixel_frames(t)
         video = batch["frames"][:, :n].permute(0, 2, 1, 3, 4).to(self.device, torch.float32).clamp(-1, 1)
+        depth = None
+        if self.codec.depth_channels:
+            if "depth" not in batch:
+                raise ValueError("this RGB-D codec needs depth: the refiner pairs hold none (write them with a model "
+                                 "that takes depth, from a twin dataset with depth)")
+            depth = batch["depth"][:, :n].to(self.device, torch.float32)
         with torch.no_grad():
-            g = self.codec.encode(video).float()
+            g = self.codec.encode(video, depth).float()
         h, w = batch["frames"].shape[-2:]
         camera = camera_inputs_from_world(batch["c2w"][:, :n].double(), batch["intrinsics"][:, :n].double(), (h, w),
                                           g.shape[-2:], self.codec.temporal_stride).to(self.device, torch.float32)
@@ -360,4 +401,4 @@ def refiner_card(trainer: RefinerTrainer, name: str) -> str:
 
 
 __all__ = ["DISTILLED_SIGMAS", "PAIRS_FORMAT", "RefinerTrainConfig", "RefinerTrainer", "Stage1Pairs",
-           "collate_pairs", "pair_path", "refiner_card", "stage1_rollout", "write_stage1_pairs"]
+           "collate_pairs", "pair_path", "refiner_card", "refiner_model_config", "stage1_rollout", "write_stage1_pairs"]
