@@ -16,6 +16,7 @@ from policies.relative_pose import (
     relative_goal_matrix,
     save_relative_pose_net,
 )
+from world_model.bundles import DEFAULT_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def test_replay_passes_through_the_twins_poses_and_reports_by_step(bench, net_pa
 
     frames = iio.imread(video)  # one frame per observation: generated beside rendered, 2x, under a label bar
     assert frames.shape == (sum(e["steps"] + 1 for e in res["episodes"]), 18 + 128, 2 * 128 + 4, 3)
-    assert res["model"] == "sana-wm-twin-s" and len(res["episodes"]) == 2
+    assert res["model"] == DEFAULT_NAME and len(res["episodes"]) == 2
     rows = res["rows"]
     assert len(rows) == sum(e["steps"] + 1 for e in res["episodes"])  # every observation, the first one included
     first = [r for r in rows if r["step"] == 0]

@@ -66,7 +66,10 @@ def test_default_bundled_model_runs_and_missing_models_raise_clearly(tmp_path):
     obs, _ = env.reset(seed=0)
     obs2, reward, terminated, truncated, info = env.step(FWD)
     assert obs["image"].shape == obs2["image"].shape == (64, 64, 3) and np.isfinite(reward)
-    assert len(info["frames_c2w"]) == 6  # one chunk = 3 latent frames x temporal stride 2
+    model = env.unwrapped.sim.model  # one step = one chunk of latent frames x the codec's temporal stride
+    assert len(info["frames_c2w"]) == model.student.config.chunk_size * model.codec.temporal_stride
+    if model.student.config.geometry_channels:  # the default model reads a geometry cache, started from the twin
+        assert 0.0 <= info["cache_coverage"] <= 1.0
     env.close()
     with pytest.raises(CheckpointNotFoundError, match="no world-model bundle"):
         gym.make("SanaWM-Nav-v0", model=tmp_path / "missing")

@@ -13,6 +13,7 @@ import torch
 from sana_wm_env.cli.main import main
 from sana_wm_env.replay import place_in_scene, prepare_path, stream_replay
 from sana_wm_env.trajectories import Trajectory, camera_mount, load
+from world_model.bundles import DEFAULT_NAME
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,7 +36,7 @@ def test_euroc_drone_flight_writes_video_tum_and_sidecar(trajectory_data, tmp_pa
     assert code == 0, err
     video, tum, meta = _outputs(out)
     assert video.shape == (25, 64, 64, 3) and meta["frames"] == 25 and len(tum) == 25
-    assert meta["model"] == "sana-wm-twin-s" and meta["fps"] == 16.0 and meta["mount_xyz_rpy_deg"][4] == 10
+    assert meta["model"] == DEFAULT_NAME and meta["fps"] == 16.0 and meta["mount_xyz_rpy_deg"][4] == 10
     assert meta["trajectory"]["window_s"] == [10.0, 11.5] and meta["seconds"] > 0
     # The TUM file holds the camera poses actually rendered: relative to the first, stamped in the recording clock.
     traj = load(trajectory_data / "V102_groundtruth.csv")
@@ -100,7 +101,7 @@ def test_bad_inputs_fail_before_generation(trajectory_data, tmp_path, capsys):
         (["--image", str(junk)], "not a readable image"),
         (["--image", str(EXAMPLE), "--intrinsics", "500,500,320,240"], "do not fit a 128x128"),
         (["--image", str(EXAMPLE), "--intrinsics", "500,500"], "fx,fy,cx,cy"),
-        (["--image", str(EXAMPLE), "--duration", "0.2"], "shorter than one chunk"),
+        (["--image", str(EXAMPLE), "--duration", "0.05"], "shorter than one chunk"),
         (["--image", str(EXAMPLE), "--mount", "1,2,3"], "--mount must be 6 numbers"),
         ([], "--image FIRST.png is required"),
         (["--image", str(EXAMPLE), "--twin", "rooms/0"], "drop --image"),

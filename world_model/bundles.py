@@ -32,7 +32,7 @@ from .transformer import SanaWMTransformer
 
 FORMAT = "sana-wm-env/world-model"
 BUNDLED_DIR = Path(__file__).parent / "bundled"
-DEFAULT_NAME = "sana-wm-twin-s"
+DEFAULT_NAME = "sana-wm-twin-g"
 
 
 @dataclass
