@@ -30,7 +30,8 @@ Choices, top to bottom:
 * **PPO settings**: SB3 defaults except shorter rollouts (``n_steps`` per sub-env, so updates come often at
   a few dozen steps/s), a smaller minibatch and fewer epochs (cheap updates on CPU), and ``gamma = 0.98``
   (episodes are at most 100 steps; a goal is reached in 10-30).
-* **Episodes**: ``--max-steps`` caps episode length (the task default is 100 steps = 37.5 s with the bundled model).
+* **Episodes**: ``--max-steps`` caps episode length (the task default is 100 steps = 12.5 s with the bundled
+  ``sana-wm-twin-g``, 37.5 s with ``sana-wm-twin-s``).
 * **Evaluation**: ``sana_wm_env.evaluation.policy.evaluate_policy`` (what ``sana-wm evaluate-policy`` runs) on
   held-out scenes (the ``eval`` split; training uses the ``train`` split), episode seeds from ``--eval-seed``,
   deterministic actions.
