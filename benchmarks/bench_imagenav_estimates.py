@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from policies.relative_pose import VisualServoPolicy
-    from sana_wm_env.cli.demo import side_by_side
+    from sana_wm_cli.demo import side_by_side
     from sana_wm_env.evaluation.policy import make_eval_envs
     from sana_wm_env.video import VideoWriter
 

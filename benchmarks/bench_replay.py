@@ -25,7 +25,7 @@ RECORDINGS = (
 
 
 def main() -> None:
-    from sana_wm_env.cli.main import main as cli
+    from sana_wm_cli.main import main as cli
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--testdata", type=Path,

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import sana_wm_env.cli.eval as eval_cli
-from sana_wm_env.cli.main import main
+import sana_wm_cli.eval as eval_cli
+from sana_wm_cli.main import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 
@@ -132,7 +132,7 @@ def test_servo_policy_with_a_garbage_file_names_it_and_loads_nothing(tmp_path, c
 
 
 def test_generate_fps_is_checked_before_the_model(tmp_path, capsys, monkeypatch):
-    import sana_wm_env.cli.generate as generate_cli
+    import sana_wm_cli.generate as generate_cli
 
     def refuse(args):
         raise AssertionError("the model was built before --fps was checked")
@@ -149,7 +149,7 @@ def test_generate_fps_is_checked_before_the_model(tmp_path, capsys, monkeypatch)
 def test_threads_are_capped_at_the_cores(capsys):
     import torch
 
-    from sana_wm_env.cli import set_torch_threads
+    from sana_wm_cli import set_torch_threads
     from sana_wm_env.limits import cpu_cores
 
     set_torch_threads(100000)

@@ -10,7 +10,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import pytest
 
-from sana_wm_env.cli.main import main
+from sana_wm_cli.main import main
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 
@@ -51,7 +51,7 @@ def test_generate_errors_say_what_to_do(tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "sana_wm_env.cli.main", "info", "--model", "tiny-text"],
+    result = subprocess.run([sys.executable, "-m", "sana_wm_cli.main", "info", "--model", "tiny-text"],
                             capture_output=True, text=True, check=True)
     assert '"depth": 4' in result.stdout
 
@@ -79,8 +79,8 @@ def test_generate_with_a_depth_map_and_without(tmp_path, capsys):
 
 
 def test_output_paths_are_checked_before_any_model_or_episode(tmp_path, capsys, monkeypatch):
-    import sana_wm_env.cli.eval as eval_cli
-    import sana_wm_env.cli.generate as generate_cli
+    import sana_wm_cli.eval as eval_cli
+    import sana_wm_cli.generate as generate_cli
     import sana_wm_env.envs.world_model_env as envs
     import sana_wm_env.evaluation.policy as policy
 
@@ -119,7 +119,7 @@ def test_output_paths_are_checked_before_any_model_or_episode(tmp_path, capsys, 
 
 
 def test_ctrl_c_anywhere_is_one_line_and_exit_code_130(capsys, monkeypatch):
-    import sana_wm_env.cli.info as info_cli
+    import sana_wm_cli.info as info_cli
 
     def interrupted(args):
         raise KeyboardInterrupt

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sana_wm_env.cli.main import main
+from sana_wm_cli.main import main
 from sana_wm_env.datasets import DatasetSpec, TwinClipDataset, clip_plan, make_dataset
 from sana_wm_env.scenes import EVAL_SEEDS, TRAIN_SEEDS
 
@@ -141,7 +141,7 @@ def test_ctrl_c_ends_dataset_make_with_one_line_and_leaves_only_whole_clips(tmp_
     import time
 
     root = tmp_path / "twin"
-    cmd = [sys.executable, "-m", "sana_wm_env.cli.main", "dataset", "make", "--scenes", "rooms", "--clips", "400",
+    cmd = [sys.executable, "-m", "sana_wm_cli.main", "dataset", "make", "--scenes", "rooms", "--clips", "400",
            "--frames", "8", "--size", "16x16", "--workers", "2", "--no-progress", "--out", str(root)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,

@@ -486,7 +486,7 @@ def test_play_loop_with_injected_keys(wm, tmp_path):
     import imageio.v3 as iio
     import pygame
 
-    from sana_wm_env.cli.play import keys_to_action, run_play
+    from sana_wm_cli.play import keys_to_action, run_play
 
     assert keys_to_action({"w", "left"}).tolist() == [1, 0, 0, 0, 0, 1]
     assert keys_to_action({"w", "s", "up"}).tolist() == [0, 0, 0, 0, -1, 0]
@@ -519,7 +519,7 @@ def test_play_loop_with_injected_keys(wm, tmp_path):
 def test_play_cli_headless_twin(tmp_path):
     import argparse
 
-    from sana_wm_env.cli import play
+    from sana_wm_cli import play
 
     parser = argparse.ArgumentParser()
     play.register(parser.add_subparsers())
@@ -533,7 +533,7 @@ HEADLESS_HUMAN = """
 import json, os, sys, warnings
 import gymnasium as gym, numpy as np
 import sana_wm_env
-from sana_wm_env.cli.main import main
+from sana_wm_cli.main import main
 
 out = {}
 with warnings.catch_warnings(record=True) as caught:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from sana_wm_env.cli.main import main
+from sana_wm_cli.main import main
 from sana_wm_env.evaluation import (
     EvalConfig,
     evaluate,
@@ -311,7 +311,7 @@ def test_eval_cli_without_a_model_says_what_to_do(tmp_path, capsys):
 
 
 def test_demo_path_is_6dof_and_inside_every_family():
-    from sana_wm_env.cli.demo import PATH_CLEARANCE, scripted_path
+    from sana_wm_cli.demo import PATH_CLEARANCE, scripted_path
 
     for family in ("rooms", "city", "outdoor"):
         scene = make_scene(family, 0)

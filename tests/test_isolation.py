@@ -33,7 +33,7 @@ def process_state() -> dict[str, object]:
 
 
 def test_code_under_test_changes_process_global_state():
-    from sana_wm_env.cli import set_torch_threads
+    from sana_wm_cli import set_torch_threads
 
     SEEN.update(process_state())
     set_torch_threads(2 if torch.get_num_threads() == 1 else 1)  # a subcommand's --threads

@@ -14,7 +14,7 @@ import sana_wm_env  # noqa: F401
 from policies import make_policy
 from policies.sb3 import GoalFrameExtractor, SB3Policy, goal_in_body_frame
 from policies.scripted import PoseController, PrivilegedPoseController, RandomPolicy
-from sana_wm_env.cli.main import main as cli_main
+from sana_wm_cli.main import main as cli_main
 from sana_wm_env.envs.actions import ActionLimits
 from sana_wm_env.evaluation.policy import (
     EpisodeResult,

@@ -156,7 +156,7 @@ def test_loads_from_a_local_folder_or_says_what_to_download(tmp_path):
 def test_replay_refuses_a_refiner_of_another_codec_before_generating(tmp_path, capsys):
     from pathlib import Path
 
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
 
     pipe = tiny_pipeline()
     folder = tmp_path / "refiner_diffusers"
@@ -288,7 +288,7 @@ def _eval_refined(tmp_path, capsys, wm, refiner) -> dict:
     checking that the refined model is scored on the same frames as stage 1 and differs from it."""
     import json
 
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
     from world_model.bundles import save_world_model
 
     save_world_model(wm, tmp_path / "bundle")
@@ -419,7 +419,7 @@ def test_refiner_of_a_geometry_guided_model_learns_rgbd_latents_resumes_and_expo
 def test_eval_and_replay_refine_a_geometry_guided_model_from_the_twin_depth(tmp_path, capsys, monkeypatch):
     import json
 
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
     from world_model.bundles import untrained_world_model
     from world_model.generators import StreamingGenerator
 
@@ -444,7 +444,7 @@ def test_eval_and_replay_refine_a_geometry_guided_model_from_the_twin_depth(tmp_
 
 
 def test_the_bundled_refiner_fits_its_bundled_model_and_is_small():
-    from sana_wm_env.cli.refine import bundled_refiner_path
+    from sana_wm_cli.refine import bundled_refiner_path
     from world_model.bundles import load_world_model
     from world_model.refiner import WorldModelRefiner
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sana_wm_env.cli.main import main
+from sana_wm_cli.main import main
 from sana_wm_env.replay import place_in_scene, prepare_path, stream_replay
 from sana_wm_env.trajectories import Trajectory, camera_mount, load
 from world_model.bundles import DEFAULT_NAME
@@ -216,7 +216,7 @@ def test_no_output_replaces_the_input_trajectory(trajectory_data, tmp_path, caps
 
 
 def test_output_paths_are_checked_before_the_model_loads(trajectory_data, tmp_path, capsys, monkeypatch):
-    import sana_wm_env.cli.eval as eval_cli
+    import sana_wm_cli.eval as eval_cli
 
     def no_model(*a, **k):
         raise AssertionError("the model loaded before the output paths were checked")

@@ -125,7 +125,7 @@ def test_bad_input_and_damaged_folders_fail_with_the_reason(tmp_path):
 
 
 def test_refine_cli_end_to_end_and_deterministic(tmp_path, wm, capsys):
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
 
     record_generation(tmp_path / "in", wm)
     ref = tiny_refiner(sigmas=schedule_from(0.725), window=3)
@@ -158,7 +158,7 @@ def test_refine_cli_end_to_end_and_deterministic(tmp_path, wm, capsys):
 
 
 def test_layout_mismatch_fails_before_any_work(tmp_path, wm, capsys):
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
 
     record_generation(tmp_path / "in", wm)
     other = PatchCodec(patch_size=4, temporal_stride=1, latent_channels=12)  # tiny-notext's channels, another stride
@@ -205,7 +205,7 @@ def test_wrapper_records_and_refines_each_episode(tmp_path, wm):
 def test_replay_saves_a_rollout_that_refine_reads(tmp_path, wm):
     from pathlib import Path
 
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
     from world_model.bundles import save_world_model
 
     save_world_model(wm, tmp_path / "bundle")
@@ -260,7 +260,7 @@ def test_a_failed_recording_raises_its_own_error_and_is_marked_partial(tmp_path)
 
 
 def test_refining_into_nan_surfaces_the_error_and_leaves_a_partial_folder(tmp_path, wm, monkeypatch, capsys):
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
 
     record_generation(tmp_path / "in", wm)
     ref = tiny_refiner()

@@ -354,7 +354,7 @@ def twin_data(tmp_path_factory):
 
 
 def test_cli_train_resume_distill_export(twin_data, tmp_path, capsys):
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
 
     run = tmp_path / "run"
     common = ["--data", str(twin_data), "--batch", "2", "--frames", "4", "--no-progress", "--device", "cpu"]
@@ -391,7 +391,7 @@ def test_cli_train_resume_distill_export(twin_data, tmp_path, capsys):
 
 
 def test_cli_help_lists_train_and_distill(capsys):
-    from sana_wm_env.cli.main import main
+    from sana_wm_cli.main import main
 
     for cmd in ("train", "distill"):
         with pytest.raises(SystemExit) as info:

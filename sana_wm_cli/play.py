@@ -105,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from sana_wm_env.cli.generate import parse_hw
+    from sana_wm_cli.generate import parse_hw
     from sana_wm_env.envs.world_model_env import TwinEnv, WorldModelEnv
     from sana_wm_env.outputs import check_output
 

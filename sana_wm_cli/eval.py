@@ -85,7 +85,7 @@ def load_model_or_explain(name: str, device: str):
 
 
 def build_config(args: argparse.Namespace, model):
-    from sana_wm_env.cli.generate import parse_hw
+    from sana_wm_cli.generate import parse_hw
     from sana_wm_env.evaluation import EvalConfig
 
     base = QUICK if args.quick else DEFAULTS

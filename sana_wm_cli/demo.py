@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from sana_wm_env.cli.eval import load_model_or_explain
+    from sana_wm_cli.eval import load_model_or_explain
     from sana_wm_env.evaluation.candidates import clip_frames
     from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
     from sana_wm_env.limits import check_positive

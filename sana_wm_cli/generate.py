@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from sana_wm_env.video import from_uint8, to_uint8, write_video
 from world_model.bundles import WorldModel, load_world_model, untrained_world_model
 from world_model.camera import (
     fov_to_intrinsics,
@@ -26,8 +27,6 @@ from world_model.camera import (
 )
 from world_model.config import PRESETS
 from world_model.generators import BidirectionalGenerator, ChunkCausalGenerator
-
-from ..video import from_uint8, to_uint8, write_video
 
 GENERATORS = ("streaming", "chunk_causal", "bidirectional")
 

@@ -142,9 +142,9 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     import torch
     from tqdm import tqdm
 
-    from sana_wm_env.cli.demo import side_by_side
-    from sana_wm_env.cli.eval import load_model_or_explain
-    from sana_wm_env.cli.generate import load_depth_for, load_image
+    from sana_wm_cli.demo import side_by_side
+    from sana_wm_cli.eval import load_model_or_explain
+    from sana_wm_cli.generate import load_depth_for, load_image
     from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr
     from sana_wm_env.limits import check_fps
     from sana_wm_env.replay import check_length, path_frames, place_in_scene, prepare_path, stream_replay
@@ -200,7 +200,7 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
         depth = load_depth_for(args.image, args.depth, (h, w), args.depth_scale)
     refiner = None
     if args.refine is not None:
-        from sana_wm_env.cli.refine import bundled_refiner_path
+        from sana_wm_cli.refine import bundled_refiner_path
         from world_model.refiner import load_refiner
 
         where = bundled_refiner_path({"model": model.name, "model_path": str(model.path) if model.path else None}) \

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
-        importlib.import_module(f"sana_wm_env.cli.{name}").register(sub)
+        importlib.import_module(f"sana_wm_cli.{name}").register(sub)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The ``sana-wm`` command (see :mod:`sana_wm_env.cli.main`) and helpers its subcommands share."""
+"""The ``sana-wm`` command (see :mod:`sana_wm_cli.main`) and helpers its subcommands share."""
 
 from __future__ import annotations
 

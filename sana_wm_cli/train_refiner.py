@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from sana_wm_env.cli.eval import load_model_or_explain
+    from sana_wm_cli.eval import load_model_or_explain
     from sana_wm_env.datasets import TwinClipDataset
     from world_model.training.refine import (
         RefinerTrainConfig,

@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from policies import check_policy_spec, make_policy  # the CLI is an application: it may use the policies layer
-    from sana_wm_env.cli.generate import parse_hw
+    from sana_wm_cli.generate import parse_hw
     from sana_wm_env.evaluation.policy import evaluate_policy, format_table, make_eval_envs, write_results
 
     set_torch_threads(args.threads)
