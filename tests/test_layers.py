@@ -1,0 +1,65 @@
+"""The packages form layers: a lower layer never imports a higher one.
+
+``world_model`` (the model) < ``sana_wm_env`` (environments) < ``policies`` < the applications (``sana_wm_cli``,
+the ``sana-wm`` command, and ``sana_wm_ros``, the ROS 2 node). Read statically from the source (every ``import``,
+also those inside functions, and ``importlib.import_module`` of a literal name), so an import that only runs on
+some code path is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {
+    "world_model": ROOT / "world_model",
+    "sana_wm_env": ROOT / "sana_wm_env",
+    "policies": ROOT / "policies",
+    "sana_wm_cli": ROOT / "sana_wm_cli",
+    "sana_wm_ros": ROOT / "ros" / "sana_wm_ros",
+}
+# package -> the first-party packages it must not import
+FORBIDDEN = {
+    "world_model": {"sana_wm_env", "policies", "sana_wm_cli", "sana_wm_ros"},
+    "sana_wm_env": {"policies", "sana_wm_cli", "sana_wm_ros"},
+    "policies": {"sana_wm_cli", "sana_wm_ros"},
+    "sana_wm_ros": {"sana_wm_cli"},
+}
+
+
+def imported_packages(source: str) -> list[tuple[int, str]]:
+    """``(line, top-level package)`` of every absolute import in ``source`` (relative imports stay in a package)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and not node.args[0].value.startswith(".")):
+            found.append((node.lineno, node.args[0].value.split(".")[0]))
+    return found
+
+
+def test_imported_packages_reads_every_kind_of_import():
+    source = ("import a.b\nfrom c.d import e\nfrom . import f\ndef g():\n    import h\n"
+              "importlib.import_module('i.j')\nimport_module('.k', __package__)\n")
+    assert sorted(imported_packages(source)) == [(1, "a"), (2, "c"), (5, "h"), (6, "i")]
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_lower_layers_do_not_import_higher_ones(package):
+    files = sorted(PACKAGES[package].rglob("*.py"))
+    assert files, f"no sources found for {package} under {PACKAGES[package]}"
+    violations = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in files
+        for line, name in imported_packages(path.read_text(encoding="utf-8"))
+        if name in FORBIDDEN[package]
+    ]
+    assert not violations, f"{package} imports a higher layer:\n" + "\n".join(violations)
