@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sana_wm_env.trajectories.io import _check_convention, _quat_poses, _reason
+from sana_wm_env.trajectories.readers import check_convention, error_reason, quat_poses
 from sana_wm_env.trajectories.tf import find_chain, interpolate_edge
 from sana_wm_env.trajectories.trajectory import Trajectory, clean_rows
 
@@ -58,8 +58,9 @@ def _topics_str(connections) -> str:
 
 def _unreadable(path: Path, err: BaseException) -> ValueError:
     """The error for a bag the storage library cannot read (its exceptions vary with the damage)."""
-    return ValueError(f"path: {path} is not a readable ROS 2 bag ({_reason(err)}); it may be truncated or damaged: "
-                      "copy it again, or repair it (`ros2 bag reindex` for a folder, `mcap recover` for an .mcap)")
+    return ValueError(f"path: {path} is not a readable ROS 2 bag ({error_reason(err)}); it may be truncated or "
+                      "damaged: copy it again, or repair it (`ros2 bag reindex` for a folder, `mcap recover` for an "
+                      ".mcap)")
 
 
 @contextmanager
@@ -104,7 +105,7 @@ def read_bag(path, topic: str | None = None, parent_frame: str | None = None, ch
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"path: no such bag: {p}")
-    conv = _check_convention(convention, "rep103")
+    conv = check_convention(convention, "rep103")
     with _open(p) as reader:
         conns = list(reader.connections)
         use_tf = topic is None and (parent_frame is not None or child_frame is not None)
@@ -157,7 +158,7 @@ def _read_pose_topic(reader, sel, p: Path, parent_frame, child_frame, conv: str,
     pos_a, quat_a = np.asarray(pos), np.asarray(quat)
     where = [f"{p}:{topic}#{i}" for i in range(len(t))]
     keep = clean_rows(t, np.isfinite(pos_a).all(1) & np.isfinite(quat_a).all(1), where, on_invalid, f"{p}:{topic}")
-    poses = _quat_poses(pos_a[keep], quat_a[keep], [where[i] for i in keep])
+    poses = quat_poses(pos_a[keep], quat_a[keep], [where[i] for i in keep])
     child = next(iter(children)) if len(children) == 1 and "" not in children else "body"
     traj = Trajectory(timestamps=t[keep], poses=poses, convention=conv,
                       frame_id=next(iter(frames)) if len(frames) == 1 else "world", child_frame_id=child)
@@ -196,7 +197,7 @@ def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_i
         keep = clean_rows(t, np.isfinite(pos).all(1) & np.isfinite(quat).all(1), where, on_invalid,
                           f"{p}:tf {key[0]}->{key[1]}")
         dropped += len(t) - len(keep)
-        series[key] = (t[keep], _quat_poses(pos[keep], quat[keep], [where[i] for i in keep]))
+        series[key] = (t[keep], quat_poses(pos[keep], quat[keep], [where[i] for i in keep]))
     if not series:
         raise ValueError(f"the TF chain {parent!r} -> {child!r} in {p} is static (no timestamps to read)")
     lo = max(s[0][0] for s in series.values())
@@ -210,7 +211,7 @@ def _read_tf(reader, tf_conns, p: Path, parent: str, child: str, conv: str, on_i
     def edge_at(key: tuple[str, str]) -> np.ndarray:
         if key in static:
             x, q = static[key]
-            return np.repeat(_quat_poses(x[None], q[None], [f"{p}:tf_static {key[0]}->{key[1]}"]), len(times), 0)
+            return np.repeat(quat_poses(x[None], q[None], [f"{p}:tf_static {key[0]}->{key[1]}"]), len(times), 0)
         t, m = series[key]
         return interpolate_edge(t, m, times)
 

@@ -22,20 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sana_wm_env.trajectories.trajectory import CONVENTIONS, Trajectory, clean_rows
+from sana_wm_env.trajectories.readers import check_convention, error_reason, quat_poses
+from sana_wm_env.trajectories.trajectory import Trajectory, clean_rows
 from world_model import camera as cam
 
 FORMATS: tuple[str, ...] = ("tum", "euroc", "kitti", "bag", "npz", "npy")
-QUAT_NORM_TOL = 1e-2
 ORTHO_TOL = 1e-2
 _HEADER = re.compile(r"#\s*sana-wm trajectory\s+(.*)")
-
-
-def _check_convention(convention: str | None, default: str) -> str:
-    c = default if convention is None else convention
-    if c not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {', '.join(CONVENTIONS)}; got {c!r}")
-    return c
 
 
 def detect_format(path: str | Path) -> str:
@@ -130,23 +123,6 @@ def _is_float(x: str) -> bool:
     return True
 
 
-def _quat_poses(pos: np.ndarray, q_xyzw: np.ndarray, where: list[str]) -> np.ndarray:
-    """(N,4,4) from positions and xyzw quaternions; far-from-unit quaternions fail with their location."""
-    norms = np.linalg.norm(q_xyzw, axis=1)
-    bad = np.nonzero(np.abs(norms - 1.0) > QUAT_NORM_TOL)[0]
-    if len(bad):
-        i = int(bad[0])
-        raise ValueError(
-            f"{where[i]}: quaternion norm {norms[i]:.6g} is not close to 1 (|norm - 1| > {QUAT_NORM_TOL}); "
-            f"{len(bad)} such row(s)"
-        )
-    poses = np.tile(np.eye(4), (len(pos), 1, 1))
-    if len(pos):
-        poses[:, :3, :3] = cam.quat_to_rotmat(q_xyzw).numpy()
-        poses[:, :3, 3] = pos
-    return poses
-
-
 def _finish(times, poses_fn, where, on_invalid, source, raw_finite, **kw) -> Trajectory:
     keep = clean_rows(times, raw_finite, where, on_invalid, source)
     dropped = len(times) - len(keep)
@@ -160,9 +136,9 @@ def read_tum(path, convention: str | None = None, on_invalid: str = "raise") -> 
     p = Path(path)
     rows, lines, header, _ = _parse_rows(p, 8, None, "timestamp tx ty tz qx qy qz qw")
     where = [f"{p}:{n}" for n in lines]
-    conv = _check_convention(convention, header.get("convention", "unknown"))
+    conv = check_convention(convention, header.get("convention", "unknown"))
     return _finish(
-        rows[:, 0], lambda k: _quat_poses(rows[k, 1:4], rows[k, 4:8], [where[i] for i in k]), where, on_invalid, p,
+        rows[:, 0], lambda k: quat_poses(rows[k, 1:4], rows[k, 4:8], [where[i] for i in k]), where, on_invalid, p,
         np.isfinite(rows).all(axis=1), convention=conv, frame_id=header.get("frame_id", "world"),
         child_frame_id=header.get("child_frame_id", "body"),
     )
@@ -177,8 +153,8 @@ def read_euroc(path, convention: str | None = None, on_invalid: str = "raise") -
     times = np.array([_euroc_ns(text, w) for text, w in zip(stamps, where)], dtype=np.float64) * 1e-9
     q_xyzw = rows[:, [5, 6, 7, 4]]
     return _finish(
-        times, lambda k: _quat_poses(rows[k, 1:4], q_xyzw[k], [where[i] for i in k]), where, on_invalid, p,
-        np.isfinite(rows).all(axis=1) & np.isfinite(times), convention=_check_convention(convention, "rep103"),
+        times, lambda k: quat_poses(rows[k, 1:4], q_xyzw[k], [where[i] for i in k]), where, on_invalid, p,
+        np.isfinite(rows).all(axis=1) & np.isfinite(times), convention=check_convention(convention, "rep103"),
         frame_id="world", child_frame_id="body",
     )
 
@@ -248,7 +224,7 @@ def read_kitti(path, times=None, fps: float = 10.0, convention: str | None = Non
         return out
 
     traj = _finish(stamps, poses, where, on_invalid, p, finite,
-                   convention=_check_convention(convention, "opencv"), frame_id="camera0", child_frame_id="camera")
+                   convention=check_convention(convention, "opencv"), frame_id="camera0", child_frame_id="camera")
     traj.metadata["timestamps_from"] = source_t
     return traj
 
@@ -282,7 +258,7 @@ def read_npz(path, fps: float = 16.0, convention: str | None = None) -> Trajecto
         stamps = np.arange(len(c2w)) / _check_fps(fps)
     traj = Trajectory(
         timestamps=stamps, poses=c2w, intrinsics=k,
-        convention=_check_convention(convention, meta.get("convention", "opencv")),
+        convention=check_convention(convention, meta.get("convention", "opencv")),
         frame_id=meta.get("frame_id", "world"), child_frame_id=meta.get("child_frame_id", "camera"),
     )
     traj.metadata.update(source=str(p), dropped_rows=0)
@@ -303,19 +279,13 @@ def read_npy(path, fps: float = 16.0, convention: str | None = None) -> Trajecto
     if c2w.ndim != 3 or c2w.shape[1:] != (4, 4):
         raise ValueError(f"path: {p} must hold an (F, 4, 4) array of camera-to-world poses, got {c2w.shape}")
     traj = Trajectory(timestamps=np.arange(len(c2w)) / _check_fps(fps), poses=c2w.astype(np.float64),
-                      convention=_check_convention(convention, "opencv"), child_frame_id="camera")
+                      convention=check_convention(convention, "opencv"), child_frame_id="camera")
     traj.metadata.update(source=str(p), dropped_rows=0)
     return traj
 
 
 # What reading a damaged or foreign NumPy file raises (np.load, zip members, the .npy header parser).
 _ARRAY_FILE_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, SyntaxError)
-
-
-def _reason(err: BaseException) -> str:
-    """First line of an exception as ``Type: message``, for wrapping a low-level error in a one-line message."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
 
 
 def _array_reason(err: BaseException) -> str:
@@ -325,7 +295,7 @@ def _array_reason(err: BaseException) -> str:
         return "it holds Python objects, not arrays of numbers"
     if "pickle" in text:  # numpy reads a file without an .npy header as a pickle
         return "not a readable NumPy array file"
-    return f"truncated or damaged? {_reason(err)}"
+    return f"truncated or damaged? {error_reason(err)}"
 
 
 def _check_fps(fps: float) -> float:
