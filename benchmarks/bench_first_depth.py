@@ -38,7 +38,7 @@ def depth_errors(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 def views(count: int, image_hw: tuple[int, int], fov_deg: float, seed: int = 0):
     """``count`` held-out views: (rgb uint8 (H, W, 3), depth (H, W) metres, intrinsics (4,)), over the families."""
     from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, SceneRenderer, make_scene
-    from sana_wm_env.trajectories.generators import MOTIONS, generate
+    from sana_wm_env.trajectories.camera_paths import MOTIONS, generate
     from world_model.camera import fov_to_intrinsics
 
     k4 = fov_to_intrinsics(fov_deg, *image_hw).double().numpy()

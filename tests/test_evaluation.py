@@ -29,7 +29,7 @@ from sana_wm_env.evaluation.fidelity import (
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
 from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, write_json
 from sana_wm_env.scenes import EVAL_SEEDS, make_scene
-from sana_wm_env.trajectories.generators import generate
+from sana_wm_env.trajectories.camera_paths import generate
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ import numpy as np
 
 from sana_wm_env.limits import check_frames, check_memory
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, TRAIN_SEEDS, make_scene
-from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
+from sana_wm_env.trajectories.camera_paths import MOTIONS, generate, min_revisit_seconds
 
 FORMAT = "sana-wm-twin/1"
 

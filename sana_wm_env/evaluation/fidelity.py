@@ -60,7 +60,7 @@ from sana_wm_env.evaluation.candidates import Candidate, clip_frames, pad_poses
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, make_scene
 from sana_wm_env.scenes.scene import Scene
-from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds
+from sana_wm_env.trajectories.camera_paths import MOTIONS, generate, min_revisit_seconds
 
 EVAL_TRAJ_STREAM = 0xE7A15EED  # first seed word of every evaluation path; training paths use words < 2**31
 KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB, KIND_RANDOM = 0, 1, 2, 3, 4

@@ -1,4 +1,5 @@
-"""Trajectory generators: bounded motion, clearance checked with MuJoCo ray casts, motion styles, revisits."""
+"""Random camera paths (trajectories.camera_paths): bounded motion, clearance checked with MuJoCo ray casts,
+motion styles, revisits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from scipy.spatial.transform import Rotation
 
 from sana_wm_env.scenes import FAMILIES, make_scene
 from sana_wm_env.scenes.gl import import_mujoco
-from sana_wm_env.trajectories.generators import MOTIONS, generate, min_revisit_seconds, motion_limits
+from sana_wm_env.trajectories.camera_paths import MOTIONS, generate, min_revisit_seconds, motion_limits
 
 FPS = 16.0
 
