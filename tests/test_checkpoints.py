@@ -29,7 +29,7 @@ TINY_NOTEXT = PRESETS["tiny-notext"]
 
 
 # --------------------------------------------------------------------------------------------------
-# Official layout of the released 1.6B model, written independently from reference §2/§8.
+# Official layout of the released 1.6B model (docs/architecture.md#backbone, #official-checkpoints).
 # --------------------------------------------------------------------------------------------------
 C, HEADS, LAT, PL, CAP, TXT = 2240, 20, 128, 48, 2304, 300
 FFN = 3 * C  # 6720, the inverted conv outputs 2 * FFN
@@ -132,7 +132,7 @@ def test_1p6b_matches_official_layout(meta_1p6b):
     found_softmax = {i for i in range(20) if f"blocks.{i}.attn.conv_k.weight" not in got}
     assert found_softmax == softmax_blocks
     per_block = sum(torch.Size(s).numel() for s in official_block(False).values())
-    assert abs(per_block - 130.8e6) < 0.1e6  # reference §2 table
+    assert abs(per_block - 130.8e6) < 0.1e6  # docs/architecture.md#backbone (size)
 
 
 # --------------------------------------------------------------------------------------------------

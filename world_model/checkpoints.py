@@ -65,7 +65,7 @@ DIFFUSERS_WEIGHTS = "diffusion_pytorch_model.safetensors"
 DIFFUSERS_WEIGHTS_BIN = "diffusion_pytorch_model.bin"
 DEFAULT_PRESET = "sana-wm-1.6b"
 
-# Stage-1 DiT file of each official Hugging Face repo (reference §8).
+# Stage-1 DiT file of each official Hugging Face repo (docs/architecture.md#official-checkpoints).
 KNOWN_REPO_FILES: dict[str, str] = {
     "Efficient-Large-Model/SANA-WM_bidirectional": "dit/sana_wm_1600m_720p.safetensors",
     "Efficient-Large-Model/SANA-WM_chunk_causal": "dit/sana_wm_chunk_causal_1600m_720p.safetensors",

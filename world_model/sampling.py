@@ -1,7 +1,8 @@
 """Flow-matching sampling: sigma schedules, the Euler update and classifier-free guidance.
 
-Convention (reference §6): ``x_sigma = (1 - sigma) * x0 + sigma * noise``; the model predicts the
-velocity ``v = noise - x0`` at timestep ``t = 1000 * sigma``; Euler: ``x <- x + (sigma_next - sigma) * v``.
+Convention (docs/architecture.md#generation-modes-and-training):
+``x_sigma = (1 - sigma) * x0 + sigma * noise``; the model predicts the velocity ``v = noise - x0`` at timestep
+``t = 1000 * sigma``; Euler: ``x <- x + (sigma_next - sigma) * v``.
 Timesteps are per latent frame, so a clean conditioning frame simply keeps ``t = 0``.
 """
 

@@ -1,7 +1,7 @@
 """Self-attention of a SANA-WM block: frame-wise GDN or softmax, each with its UCPE camera branch.
 
 Both variants share one parameter layout (so one checkpoint format covers them); softmax blocks have
-no short convolutions and keep the unused GDN gate parameters (reference §2). The block output is
+no short convolutions and keep the unused GDN gate parameters (docs/architecture.md#backbone). The block output is
 ``proj(silu(output_gate(x)) * (main + out_proj_cam(camera)))``.
 
 Structure of a call (:class:`AttentionContext`): ``bounds`` are the chunks of the frames in this call

@@ -1,6 +1,6 @@
 """Small building blocks shared by the transformer: norms, embeddings, the final layer.
 
-Module and parameter names follow the official checkpoint layout (reference §8).
+Module and parameter names follow the official checkpoint layout (docs/architecture.md#official-checkpoints).
 """
 
 from __future__ import annotations

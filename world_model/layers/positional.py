@@ -5,7 +5,8 @@ RoPE ("wan_rope"): head dim D is split into [t | h | w] complex-pair bands of ``
 are integer latent (frame, row, column) indices; streaming passes absolute frame offsets, and the
 table is computed on the fly (no maximum length).
 
-UCPE (reference §5): every token gets a world->ray-local SE(3) matrix P built from its pixel ray.
+UCPE (docs/architecture.md#camera-conditioning): every token gets a world->ray-local SE(3) matrix P built
+from its pixel ray.
 The first half of each head is transformed as 4-vectors (q by P^T, k and v by P^-1, the output by P),
 the second half gets RoPE with a re-sliced table; attention scores then depend on P_i P_j^-1.
 """

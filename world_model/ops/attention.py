@@ -10,7 +10,7 @@ Flash attention kernels are built for a few head dims; SANA-WM's is 112. The CUD
 :data:`FLASH_HEAD_DIMS`) and calls SDPA with the caller's explicit scale, so the result is the unpadded
 attention exactly: the zero channels add nothing to ``q k^T`` and produce zero output channels, which are
 sliced off. The scale must be the *unpadded* ``head_dim**-0.5`` (SDPA's default would use the padded dim;
-reference §4 / §11.9), so the fast path always passes one. The padding itself is plain PyTorch
+docs/architecture.md#softmax-attention), so the fast path always passes one. The padding itself is plain PyTorch
 (:func:`sdpa_padded_head_dim`) and is tested on CPU; only the dispatch to it is CUDA-only.
 """
 

@@ -1,7 +1,7 @@
 """Frame-wise Gated DeltaNet scans (plain-PyTorch reference).
 
 SANA-WM's GDN treats one latent frame as one recurrence step: the S tokens of frame t enter together
-as a rank-S "block delta" update of a D x D state. Per head (reference §3)::
+as a rank-S "block delta" update of a D x D state. Per head (docs/architecture.md#frame-wise-gated-deltanet)::
 
     W_t = g_t (I - K_t^T diag(b_t) K_t)        # (D x D), symmetric; K_t is (S x D)
     U_t = V_t^T diag(b_t) K_t                  # (D x D)

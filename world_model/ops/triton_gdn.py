@@ -5,7 +5,8 @@ machines without triton never load it. The kernels mirror the plain-PyTorch refe
 :mod:`world_model.ops.gdn` and :mod:`world_model.ops.features`; on CPU they run only under the Triton
 interpreter (``TRITON_INTERPRET=1`` set before this module is imported), which the tests use.
 
-Scan design (reference §3). The state is ``S (Dv x Dk)``, ``S_t = g_t S_{t-1} + (V_t - g_t S_{t-1} K_t^T)
+Scan design (docs/architecture.md#frame-wise-gated-deltanet). The state is ``S (Dv x Dk)``,
+``S_t = g_t S_{t-1} + (V_t - g_t S_{t-1} K_t^T)
 diag(b_t) K_t``. Every value row of ``S`` evolves independently, so one program owns a ``(BV x Dk)`` tile of
 rows of one (batch, head), keeps it in registers in fp32 and walks the frames. Per frame it decays the
 tile, accumulates the rank-S update from the pre-update state over the frame's tokens in tiles of ``BS``

@@ -1,6 +1,7 @@
 """ODE-regression distillation of the chunk-causal teacher into the few-step streaming student.
 
-Upstream first distilled SANA-WM by ODE regression (reference §6: student initialised from the chunk-causal
+Upstream first distilled SANA-WM by ODE regression (docs/architecture.md#generation-modes-and-training:
+student initialised from the chunk-causal
 checkpoint, schedule of 4 timesteps, lr 2e-5, wd 0.01, clip 1.0), then by self-forcing DMD. This module does
 the ODE-regression stage:
 

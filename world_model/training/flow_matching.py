@@ -1,7 +1,8 @@
 """Flow-matching training targets: per-frame timesteps, the clean first-frame condition, the chunk-causal
 diffusion-forcing mixture and the loss.
 
-Conventions (reference §6, same as :mod:`world_model.sampling`): ``x_sigma = (1 - sigma) * x0 + sigma * noise``;
+Conventions (docs/architecture.md#generation-modes-and-training, as in :mod:`world_model.sampling`):
+``x_sigma = (1 - sigma) * x0 + sigma * noise``;
 the model predicts ``v = noise - x0`` at timestep ``1000 * sigma``. Everything here works on *sigmas* in
 [0, 1] of shape ``(B, T)`` (one per latent frame); multiply by 1000 for the model's timestep.
 
@@ -18,7 +19,7 @@ import torch
 
 from ..sampling import shift_sigmas
 
-# Upstream chunk-causal "df" task mixture (reference §6).
+# Upstream chunk-causal "df" task mixture (docs/architecture.md#generation-modes-and-training).
 DEFAULT_CHUNK_MIXTURE: dict[str, float] = {
     "same_t": 0.1,
     "incremental": 0.4,

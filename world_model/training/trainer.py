@@ -16,7 +16,8 @@ a half checkpoint as ``latest``. ``Trainer(..., resume=True)`` restores model, E
 states and drops metric lines past the checkpoint; since every batch, noise and timestep draw is seeded by
 ``(seed, step)`` (see :mod:`.data`), a resumed run reproduces the uninterrupted loss curve exactly on CPU.
 
-Recipe (reference §6): AdamW, constant LR after an optional linear warm-up, gradient clipping, EMA,
+Recipe (docs/architecture.md#generation-modes-and-training): AdamW, constant LR after an optional linear
+warm-up, gradient clipping, EMA,
 bf16 autocast on CUDA (fp32 master weights), fp32 on CPU; per-frame logit-normal timesteps with shift and
 the clean first-frame condition (bidirectional), or the chunk-causal diffusion-forcing mixture.
 """
