@@ -1,4 +1,4 @@
-"""Which small codec gives the better frames for the cost: fixed patch codecs vs a tiny learned LTX-2 VAE (issue 4).
+"""Which small codec gives the better frames for the cost: fixed patch codecs vs a tiny learned LTX-2 VAE.
 
     python benchmarks/bench_codecs.py --data data/twin64 --out outputs/bench_codecs            # full measurement
     python benchmarks/bench_codecs.py --data data/twin64 --vae-steps 20 --val-clips 4          # smoke run

@@ -15,9 +15,9 @@ Two stages, both resumable:
      default OUT/refiner; float16 weights) with --strength as its default.
 
 Example:
-  sana-wm train-refiner --data /work/data/twin64 --model default --clips 200 --frames 31 \\
+  sana-wm train-refiner --data data/twin64 --model default --clips 200 --frames 31 \\
       --out runs/refiner --steps 600 --batch 4 --sample-every 200
-  sana-wm train-refiner --data /work/data/twin64 --out runs/refiner --resume --steps 1200   # continue
+  sana-wm train-refiner --data data/twin64 --out runs/refiner --resume --steps 1200   # continue
 """
 
 from __future__ import annotations
