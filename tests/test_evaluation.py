@@ -20,13 +20,9 @@ from sana_wm_env.evaluation import (
     world_model_candidates,
 )
 from sana_wm_env.evaluation.candidates import RepeatFirstFrame, WarpFirstFrame, clip_frames, pad_poses, warp_candidate
-from sana_wm_env.evaluation.fidelity import (
-    EVAL_TRAJ_STREAM,
-    perturbed_poses,
-    pose_distance,
-    run_stability,
-)
+from sana_wm_env.evaluation.fidelity import EVAL_TRAJ_STREAM, run_stability
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
+from sana_wm_env.evaluation.perturbations import perturbed_poses, pose_distance
 from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, write_json
 from sana_wm_env.scenes import EVAL_SEEDS, make_scene
 from sana_wm_env.trajectories.camera_paths import generate

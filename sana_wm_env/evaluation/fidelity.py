@@ -50,7 +50,7 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,15 +58,14 @@ import torch
 
 from sana_wm_env.evaluation.candidates import Candidate, clip_frames, pad_poses
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
+from sana_wm_env.evaluation.perturbations import distractor_renders, same_pose
+from sana_wm_env.evaluation.scores import STABILITY_WINDOW, Records, horizon_table, stability_stats, summarise
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, make_scene
-from sana_wm_env.scenes.scene import Scene
 from sana_wm_env.trajectories.camera_paths import MOTIONS, generate, min_revisit_seconds
 
 EVAL_TRAJ_STREAM = 0xE7A15EED  # first seed word of every evaluation path; training paths use words < 2**31
 KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB, KIND_RANDOM = 0, 1, 2, 3, 4
-STABILITY_WINDOW = 100
 REVISIT_SEED_OFFSET = 50
-DISTRACTOR_REDRAWS = 10
 
 
 @dataclass(frozen=True)
@@ -127,10 +126,6 @@ class EvalConfig:
         d["horizons"] = [list(h) for h in self.horizons]
         d["image_hw"] = list(self.image_hw)
         return d
-
-
-def horizon_label(h: tuple[int, int]) -> str:
-    return f"{h[0]}-{h[1]}"
 
 
 @dataclass
@@ -195,63 +190,6 @@ def plan_episodes(cfg: EvalConfig) -> dict[str, list[Episode]]:
     return {"main": main, "revisit": revisit, "stability": stability}
 
 
-# ------------------------------------------------------------------------------------------ perturbations
-def _unit(rng: np.random.Generator) -> np.ndarray:
-    v = rng.standard_normal(3)
-    return v / np.linalg.norm(v)
-
-
-def _rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_rotvec(rotvec).as_matrix()
-
-
-def perturbed_poses(scene: Scene, pose: np.ndarray, rng: np.random.Generator, cfg: EvalConfig,
-                    count: int | None = None) -> np.ndarray:
-    """``count`` (default ``cfg.action_distractors``) poses (n, 4, 4), each at least ``min_shift_m`` or
-    ``min_rot_deg`` from ``pose``.
-
-    Translations keep the camera inside the scene and ``perturb_clearance`` from every surface; rotations are
-    about the camera centre (which the path already keeps clear).
-    """
-    n = cfg.action_distractors if count is None else count
-    out = np.repeat(pose[None].astype(np.float64), n, axis=0)
-    for j in range(n):
-        factor = rng.uniform(1.0, cfg.perturb_max_factor)
-        if rng.random() < 0.5:
-            for _ in range(20):
-                centre = pose[:3, 3] + _unit(rng) * cfg.min_shift_m * factor
-                if scene.free(centre[None], cfg.perturb_clearance)[0]:
-                    out[j, :3, 3] = centre
-                    break
-            else:
-                out[j, :3, :3] = pose[:3, :3] @ _rotvec_matrix(_unit(rng) * math.radians(cfg.min_rot_deg * factor))
-        else:
-            out[j, :3, :3] = pose[:3, :3] @ _rotvec_matrix(_unit(rng) * math.radians(cfg.min_rot_deg * factor))
-    return out
-
-
-def distractor_renders(renderer, scene: Scene, pose: np.ndarray, commanded_rgb: np.ndarray,
-                       rng: np.random.Generator, cfg: EvalConfig, k4: np.ndarray,
-                       redraws: int = DISTRACTOR_REDRAWS) -> np.ndarray | None:
-    """Renders (n, H, W, 3) at :func:`perturbed_poses` of ``pose``, none pixel-identical to ``commanded_rgb``.
-
-    A distractor that renders exactly like the commanded pose (e.g. a small shift seeing only sky) cannot be
-    told apart by any model; it is redrawn up to ``redraws`` times, after which the frame is not scored (None).
-    """
-    out = []
-    for _ in range(cfg.action_distractors):
-        for _ in range(redraws + 1):
-            rgb = renderer.render(perturbed_poses(scene, pose, rng, cfg, count=1)[0], k4)[0]
-            if not np.array_equal(rgb, commanded_rgb):
-                out.append(rgb)
-                break
-        else:
-            return None
-    return np.stack(out)
-
-
 def random_action_poses(ep: Episode, cfg: EvalConfig) -> np.ndarray | None:
     """The poses of ``ep``'s random-action rollout: the relative motion of another path of the same motion kind
     (in the same scene, seeded with ``KIND_RANDOM``) started at ``ep``'s first pose; None if no such path.
@@ -268,13 +206,6 @@ def random_action_poses(ep: Episode, cfg: EvalConfig) -> np.ndarray | None:
         relative = np.linalg.inv(traj.poses[0]) @ traj.poses
         return ep.poses[0] @ relative
     return None
-
-
-def pose_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """(metres between the camera centres, degrees between the orientations) of two c2w poses."""
-    dt = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
-    cos = (np.trace(a[:3, :3].T @ b[:3, :3]) - 1.0) / 2.0
-    return dt, math.degrees(math.acos(float(np.clip(cos, -1.0, 1.0))))
 
 
 # ------------------------------------------------------------------------------------------ rendering helpers
@@ -328,125 +259,7 @@ def _coverage(first_rgb: np.ndarray, first_depth: np.ndarray, k4: np.ndarray, po
     return cache.render(c2w[None, 1:], k, first_rgb.shape[:2]).mask[0]
 
 
-# ------------------------------------------------------------------------------------------ results
-@dataclass
-class _Acc:
-    """Raw per-frame records of one candidate (pooled at the end)."""
-
-    psnr: dict[str, list[np.ndarray]] = field(default_factory=dict)  # episode key -> per-frame (F-1,)
-    ssim: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    psnr_covered: dict[str, list[np.ndarray]] = field(default_factory=dict)  # NaN where a frame has no such pixel
-    psnr_holes: dict[str, list[np.ndarray]] = field(default_factory=dict)
-    delta_psnr: dict[str, list[np.ndarray]] = field(default_factory=dict)  # commanded minus random path
-    action: list[tuple[str, str, int, bool]] = field(default_factory=list)  # (family, motion, frame, correct)
-    revisit: list[dict[str, float]] = field(default_factory=list)
-    contact: dict[str, np.ndarray] = field(default_factory=dict)  # family -> uint8 (n, H, W, 3)
-    seconds: float = 0.0
-    frames: int = 0
-
-
-def _pool(values: list[np.ndarray], lo: int, hi: int) -> tuple[float | None, int]:
-    """Mean over frames lo..hi (1-based frame index; arrays hold frames 1..F-1) of all episodes."""
-    chunks = [v[lo - 1 : hi] for v in values if len(v) >= lo]
-    cat = np.concatenate(chunks) if chunks else np.zeros(0)
-    cat = cat[np.isfinite(cat)]  # masked PSNRs are NaN on frames without such pixels
-    if cat.size == 0:
-        return None, 0
-    return float(cat.mean()), int(cat.size)
-
-
-def _horizon_table(per_episode: dict[str, list[np.ndarray]], keys: Callable[[str], bool],
-                   cfg: EvalConfig) -> dict[str, Any]:
-    vals = [v for k, vs in per_episode.items() if keys(k) for v in vs]
-    out: dict[str, Any] = {}
-    for h in cfg.horizons:
-        mean, n = _pool(vals, *h)
-        out[horizon_label(h)] = {"mean": mean, "frames": n}
-    return out
-
-
-def _summarise(acc: _Acc, cfg: EvalConfig) -> dict[str, Any]:
-    def fam_is(f):
-        return lambda k: k.split("/")[0] == f
-
-    def mot_is(m):
-        return lambda k: k.split("/")[1] == m
-
-    def every(k):
-        return True
-
-    fid: dict[str, Any] = {
-        "psnr": _horizon_table(acc.psnr, every, cfg), "ssim": _horizon_table(acc.ssim, every, cfg),
-        "psnr_covered": _horizon_table(acc.psnr_covered, every, cfg),
-        "psnr_holes": _horizon_table(acc.psnr_holes, every, cfg),
-        "delta_psnr": _horizon_table(acc.delta_psnr, every, cfg) if acc.delta_psnr else None,
-        "per_family": {f: {"psnr": _horizon_table(acc.psnr, fam_is(f), cfg),
-                           "ssim": _horizon_table(acc.ssim, fam_is(f), cfg)} for f in cfg.families},
-        "per_motion": {m: {"psnr": _horizon_table(acc.psnr, mot_is(m), cfg),
-                           "ssim": _horizon_table(acc.ssim, mot_is(m), cfg)}
-                       for m in cfg.motions if any(k.split("/")[1] == m for k in acc.psnr)},
-    }
-    all_psnr = [v for vs in acc.psnr.values() for v in vs]
-    all_ssim = [v for vs in acc.ssim.values() for v in vs]
-    if all_psnr:
-        fid["psnr_per_frame"] = [float(x) for x in np.mean(np.stack(all_psnr), axis=0)]
-        fid["ssim_per_frame"] = [float(x) for x in np.mean(np.stack(all_ssim), axis=0)]
-    chance = 1.0 / (cfg.action_distractors + 1)
-    rows = acc.action
-
-    def acc_of(sel) -> dict[str, Any]:
-        hits = [c for r in rows if sel(r) for c in [r[3]]]
-        return {"accuracy": float(np.mean(hits)) if hits else None, "frames": len(hits)}
-
-    action = {
-        **acc_of(lambda r: True), "chance": chance, "frame_stride": cfg.action_stride,
-        "evaluated_frames": f"frames 1, 1+{cfg.action_stride}, 1+2*{cfg.action_stride}, ... of every main episode",
-        "distractors": cfg.action_distractors,
-        "per_horizon": {horizon_label(h): acc_of(lambda r, h=h: h[0] <= r[2] <= h[1]) for h in cfg.horizons},
-        "per_family": {f: acc_of(lambda r, f=f: r[0] == f) for f in cfg.families},
-    }
-    rv = acc.revisit
-    revisit: dict[str, Any] = {"episodes": len(rv), "frames": int(sum(r["frames"] for r in rv))}
-    for key in ("psnr_vs_render", "psnr_vs_earlier_generated", "psnr_first_visit_vs_render"):
-        tot = sum(r["frames"] for r in rv)
-        revisit[key] = float(sum(r[key] * r["frames"] for r in rv) / tot) if tot else None
-    revisit["per_episode"] = rv
-    return {"fidelity": fid, "action_following": action, "revisit": revisit}
-
-
 # ------------------------------------------------------------------------------------------ stability
-def stability_stats(std_per_frame: Sequence[float], finite_per_frame: Sequence[bool], *,
-                    min_std_ratio: float = 0.5, window: int = STABILITY_WINDOW) -> dict[str, Any]:
-    """Verdict on a rollout from per-frame contrast (std) and finiteness.
-
-    Pass = every frame finite and ``mean std of the last window >= min_std_ratio * mean std of the first``.
-    Non-finite frames are left out of the std means (their std is NaN); a first-window std of 0 fails.
-    """
-    std = np.asarray(std_per_frame, dtype=np.float64)
-    finite = np.asarray(finite_per_frame, dtype=bool)
-    if std.ndim != 1 or std.shape != finite.shape:
-        raise ValueError(f"std_per_frame and finite_per_frame must be equal-length 1-D, got {std.shape}, "
-                         f"{finite.shape}")
-    if len(std) < 2 * window:
-        raise ValueError(f"need at least {2 * window} frames for a first/last window of {window}, got {len(std)}")
-
-    def wmean(x: np.ndarray, ok: np.ndarray) -> float | None:
-        return float(x[ok].mean()) if ok.any() else None
-
-    first = wmean(std[:window], finite[:window])
-    last = wmean(std[-window:], finite[-window:])
-    ratio = None if first in (None, 0.0) or last is None else last / first
-    nonfinite = int((~finite).sum())
-    passed = nonfinite == 0 and ratio is not None and ratio >= min_std_ratio
-    return {
-        "frames": int(len(std)), "nonfinite_frames": nonfinite,
-        "first_nonfinite_frame": int(np.argmax(~finite)) if nonfinite else None,
-        "std_first": first, "std_last": last, "std_ratio": ratio, "window": window,
-        "threshold": f"all frames finite and std_last >= {min_std_ratio} * std_first",
-        "min_std_ratio": min_std_ratio, "pass": bool(passed),
-    }
-
-
 def run_stability(gen, first_rgb: np.ndarray, k4: np.ndarray, pose_at: Callable[[int], np.ndarray],
                   num_frames: int, *, seed: int = 0, reference: Callable[[int], torch.Tensor] | None = None,
                   min_std_ratio: float = 0.5, progress: Callable[[int], None] | None = None,
@@ -513,7 +326,7 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
     plan = plan_episodes(cfg) if episodes is None else episodes
     t_plan = time.perf_counter() - t_start
     k4 = _intrinsics(cfg)
-    accs = {c.name: _Acc() for c in candidates}
+    accs = {c.name: Records() for c in candidates}
     gt_contact: dict[str, np.ndarray] = {}
     contact_idx = [i for i in cfg.contact_frames if i < cfg.frames]
     render_s, af_skipped, delta_skipped = 0.0, 0, 0
@@ -577,7 +390,7 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
                     acc.contact[ep.family] = _to_uint8_unit(out[[0, *contact_idx]])
             else:
                 p = ep.loop_period
-                idx = [i for i in range(p, len(ep.poses)) if _same_pose(ep.poses[i], ep.poses[i - p])]
+                idx = [i for i in range(p, len(ep.poses)) if same_pose(ep.poses[i], ep.poses[i - p])]
                 if idx:
                     ii, jj = torch.tensor(idx), torch.tensor(idx) - p
                     acc.revisit.append({
@@ -592,7 +405,7 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
     results: dict[str, Any] = {}
     for cand in candidates:
         acc = accs[cand.name]
-        r = _summarise(acc, cfg)
+        r = summarise(acc, cfg)
         r["kind"], r["description"], r["info"] = cand.kind, cand.description, cand.info
         r["action_following"]["skipped_indistinguishable_frames"] = af_skipped
         if r["fidelity"]["delta_psnr"] is not None:
@@ -625,7 +438,7 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
         "protocol": __doc__,
         "config": cfg.to_json(),
         "episodes": {k: [e.describe() for e in v] for k, v in plan.items()},
-        "coverage": _horizon_table(coverage, lambda k: True, cfg),
+        "coverage": horizon_table(coverage, lambda k: True, cfg),
         "candidates": results,
         "timing": {"seconds": time.perf_counter() - t_start, "planning_seconds": t_plan, "render_seconds": render_s},
         "_contact": {"ground_truth": gt_contact, **{n: a.contact for n, a in accs.items()},
@@ -639,49 +452,7 @@ def _episode_seed(cfg: EvalConfig, ep: Episode) -> int:
     return cfg.seed + 1000 * kind + len(FAMILIES) * ep.index + FAMILIES.index(ep.family)
 
 
-def _same_pose(a: np.ndarray, b: np.ndarray, tol_m: float = 0.01, tol_deg: float = 0.5) -> bool:
-    dt, dr = pose_distance(a, b)
-    return dt <= tol_m and dr <= tol_deg
-
-
 def _to_uint8_unit(frames: torch.Tensor) -> np.ndarray:
     """float (n, 3, H, W) in [0, 1] -> uint8 (n, H, W, 3); NaN shows as 0."""
     x = torch.nan_to_num(frames.double(), nan=0.0).clamp(0, 1)
     return (x * 255.0).round().to(torch.uint8).movedim(-3, -1).numpy()
-
-
-def targets(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets that this evaluation measures, with the measured values and met / not met."""
-    cands = results["candidates"]
-    out: dict[str, Any] = {}
-    model = cands.get("model")
-    if model is None:
-        return out
-    acc = model["action_following"]["accuracy"]
-    out["action_following_accuracy>=0.8"] = {"value": acc, "met": None if acc is None else acc >= 0.8}
-    first = next(iter(model["fidelity"]["psnr"]), None)
-    base = cands.get("repeat_first_frame")
-    if first is not None and base is not None:
-        m, b = model["fidelity"]["psnr"][first]["mean"], base["fidelity"]["psnr"][first]["mean"]
-        gain = None if m is None or b is None else m - b
-        out[f"psnr_{first}_gain_over_repeat_first_frame>=3dB"] = {
-            "value": gain, "model": m, "baseline": b, "met": None if gain is None else gain >= 3.0}
-    warp = cands.get("warp")
-    if warp is not None:
-        for h, cell in model["fidelity"]["psnr"].items():
-            m, w = cell["mean"], warp["fidelity"]["psnr"][h]["mean"]
-            gain = None if m is None or w is None else m - w
-            out[f"psnr_{h}_gain_over_warp>=0dB"] = {"value": gain, "model": m, "baseline": w,
-                                                   "met": None if gain is None else gain >= 0.0}
-    teacher = cands.get("teacher")
-    if first is not None and teacher is not None:
-        m, t = model["fidelity"]["psnr"][first]["mean"], teacher["fidelity"]["psnr"][first]["mean"]
-        gap = None if m is None or t is None else t - m
-        out[f"student_within_1dB_of_teacher_psnr_{first}"] = {"value": gap, "met": None if gap is None else gap <= 1.0}
-    if "stability" in model:
-        st = model["stability"]
-        out[f"stable_over_{st['frames']}_frames"] = {"value": st["std_ratio"], "met": st["pass"]}
-        fps = st.get("frames_per_second")
-        out["streaming_frames_per_second>=20 (this machine, incl. decode)"] = {
-            "value": fps, "met": None if fps is None else fps >= 20.0}
-    return out
