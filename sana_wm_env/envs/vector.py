@@ -24,7 +24,43 @@ from world_model.bundles import WorldModel
 
 
 class WorldModelVectorEnv(VectorEnv):
-    """N world-model sub-envs (``source="world_model"``) or N twin sub-envs (``TwinVectorEnv``)."""
+    """N world-model sub-envs stepped together: one batched generator call per step (per chunk phase).
+
+    The ``vector_entry_point`` of the ``SanaWM-{Nav,ImageNav,Explore}-v0`` ids (``gym.make_vec(id, num_envs=N,
+    vectorization_mode="vector_entry_point")``). :class:`TwinVectorEnv` is the same with MuJoCo frames.
+
+    ## Action Space
+
+    ``Box(-1, 1, (N, 6), float32)``: one velocity command per sub-env, as for
+    :class:`~sana_wm_env.envs.world_model_env.WorldModelEnv` (``single_action_space`` is its ``Box(-1, 1, (6,))``).
+    Any other shape is a ValueError.
+
+    ## Observation Space
+
+    ``single_observation_space`` is :class:`~sana_wm_env.envs.world_model_env.WorldModelEnv`'s for the same
+    arguments; ``observation_space`` batches it over the N sub-envs (a leading N axis on every ``Dict`` entry).
+
+    ## Rewards
+
+    Per sub-env, as :class:`~sana_wm_env.envs.world_model_env.WorldModelEnv`; float64 ``(N,)``.
+
+    ## Starting State
+
+    ``reset(seed=s)`` resets every sub-env; sub-env ``i`` starts exactly as a single env reset with seed ``s + i``
+    and produces the same frames (``seed`` may also be a list of N seeds). ``options`` apply to all sub-envs.
+
+    ## Episode End
+
+    Per sub-env, as :class:`~sana_wm_env.envs.world_model_env.WorldModelEnv`. Autoreset mode ``NEXT_STEP``: the step
+    after a sub-env terminates or truncates resets it (its action is ignored, reward 0, not done) and returns its
+    first observation.
+
+    ## Arguments
+
+    - ``num_envs``: N >= 1; ``task``, ``model`` and every keyword of
+      :class:`~sana_wm_env.envs.world_model_env.WorldModelEnv` except ``render_mode="human"``.
+    - ``render_mode``: ``"rgb_array"`` (``render()`` returns one HUD frame per sub-env) or None.
+    """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 16, "autoreset_mode": AutoresetMode.NEXT_STEP}
     source = "world_model"
@@ -101,7 +137,12 @@ class WorldModelVectorEnv(VectorEnv):
 
 
 class TwinVectorEnv(WorldModelVectorEnv):
-    """N MuJoCo twin sub-envs with the spaces, poses and rewards of ``WorldModelVectorEnv`` (the geometry of
-    ``model``, as for ``TwinEnv``)."""
+    """N MuJoCo twin sub-envs with the spaces, poses and rewards of ``WorldModelVectorEnv``.
+
+    The ``vector_entry_point`` of the ``SanaWM-Twin{Nav,ImageNav,Explore}-v0`` ids. Action Space, Observation
+    Space, Rewards, Starting State and Episode End as :class:`WorldModelVectorEnv`; frames are rendered, not
+    generated. Arguments as :class:`WorldModelVectorEnv`, with ``model`` giving the geometry only (image size, fps,
+    frames per step, field of view), as for :class:`~sana_wm_env.envs.world_model_env.TwinEnv`.
+    """
 
     source = "twin"

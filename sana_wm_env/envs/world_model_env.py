@@ -44,7 +44,69 @@ from world_model.bundles import WorldModel
 
 
 class WorldModelEnv(gym.Env):
-    """One camera in a world model (``source="world_model"``) or in its twin scene (``TwinEnv``)."""
+    """One camera moving through a world model: every step generates the frames the camera sees.
+
+    Registered as ``SanaWM-Nav-v0``, ``SanaWM-ImageNav-v0`` and ``SanaWM-Explore-v0``. :class:`TwinEnv` is the same
+    env with frames rendered from the MuJoCo twin scene (``source="twin"``).
+
+    ## Action Space
+
+    ``Box(-1, 1, (6,), float32)``: a velocity command held for one step, i.e. one generator chunk of
+    ``frames_per_step`` frames (``frames_per_step / fps`` seconds; 2 frames = 0.125 s with the default model).
+    ``action_frame="rep103"`` (default): ``[forward, left, up, roll, pitch, yaw]`` of the robot body, the camera
+    sitting on it through ``mount``; ``"opencv"``: ``[right, down, forward, rot_x, rot_y, rot_z]`` of the camera.
+    ``|a| = 1`` is the speed in ``action_limits`` (default 1.0 / 0.5 / 0.5 m/s, 0.5 / 0.5 / 1.0 rad/s). The step's
+    frames lie on the SE(3) geodesic. NaN or inf is a ValueError; values outside [-1, 1] are clipped and counted
+    in ``info["action_clipped"]``.
+
+    ## Observation Space
+
+    ``obs_mode="dict"`` (default): a ``Dict`` with ``image`` ``Box(0, 255, (H, W, 3), uint8)`` (the model's image
+    size, 64 x 64 for the bundled models) and, per task, Nav: ``pose`` and ``goal``; ImageNav: ``goal``, the uint8
+    image seen from the goal pose (no pose); Explore: ``pose``. Poses are float32 ``[x, y, z, qx, qy, qz, qw]``
+    relative to the start, in the action frame's convention. ``obs_mode="frames"``: ``image`` holds every frame of
+    the step, ``(frames_per_step, H, W, 3)`` (at reset the first frame repeated); ``obs_mode="image"``: the image
+    ``Box`` alone. ``depth_obs=True`` adds ``depth``, float32 metres along the optical axis (0 = sky), ``(H, W)`` or
+    ``(frames_per_step, H, W)``.
+
+    ## Rewards
+
+    Computed from poses only, so a world-model env and its twin give the same rewards for the same seed and actions
+    (``sana_wm_env.envs.tasks``, weights in ``task_config``). Nav and ImageNav: ``(d_prev - d) + 0.2 * (theta_prev -
+    theta) - 0.01``, with ``d`` the distance to the goal (m) and ``theta`` the rotation angle to the goal's
+    orientation (rad), ``+1`` on success. Explore: ``+0.05`` per newly seen (0.5 m cell, 45-degree heading sector)
+    view, ``- 0.01``. A collision costs ``2``.
+
+    ## Starting State
+
+    ``reset(seed=s)`` draws a twin-world scene of ``families`` (scene seeds 100 and up with ``split="train"``,
+    0-99 with ``"eval"``), a level start pose at a ``camera_height`` height at least 0.5 m from every surface with a
+    random heading and, for Nav and ImageNav, a goal 1-3 m away within 90 degrees of the start heading, reachable in
+    a straight line, whose heading differs from the start's by at most 90 degrees. The first observation is the
+    twin's render at the start. ``options`` may give ``scene=(family, seed)``, ``goal`` (pose relative to the
+    start), or instead of a scene your own first ``image`` with its ``intrinsics`` (and ``depth``, ``goal_image``
+    for ImageNav, ``text``); see the module docstring. The same seed and actions give the same frames.
+
+    ## Episode End
+
+    Terminates on success (Nav, ImageNav: within 0.3 m and 15 degrees of the goal pose) and, in a twin-world scene,
+    when a frame's camera leaves the scene bounds or comes within 0.1 m of a surface (reward ``-2``); Explore never
+    succeeds. Truncates after 100 steps (``task_config={"max_steps": ...}``).
+
+    ## Arguments
+
+    - ``task``: ``"nav"``, ``"imagenav"`` or ``"explore"`` (set by the registered id).
+    - ``model``: a ``WorldModel``, a bundle name or folder; ``"default"``: the default bundled model.
+    - ``generator``: ``"streaming"`` (the distilled student, default) or ``"chunk_causal"`` (the teacher).
+    - ``device``: torch device of the model; ``compile``: ``torch.compile`` mode of the streaming step, or None.
+    - ``action_frame``, ``action_limits`` (``ActionLimits`` or its fields as a dict), ``mount`` (4x4 ``T_body_cam``)
+      or ``camera_mount_xyz_rpy``: how actions move the camera (see Action Space).
+    - ``obs_mode``: ``"dict"``, ``"image"`` or ``"frames"``; ``depth_obs``: add the depth (see Observation Space).
+    - ``families``: scene families to draw from (``"rooms"``, ``"city"``, ``"outdoor"``); ``split``: ``"train"``
+      or ``"eval"``; ``camera_height``: ``"handheld"``, ``"ground"`` or ``"drone"`` start heights.
+    - ``task_config``: :class:`~sana_wm_env.envs.tasks.TaskConfig` fields (rewards, thresholds, ``max_steps``).
+    - ``render_mode``: ``"rgb_array"`` (the frame enlarged, with a HUD) or ``"human"`` (a pygame-ce window).
+    """
 
     metadata = {"render_modes": ["rgb_array", "human"], "render_fps": 16}
     source = "world_model"
@@ -146,10 +208,26 @@ class WorldModelEnv(gym.Env):
 class TwinEnv(WorldModelEnv):
     """The MuJoCo twin of a ``WorldModelEnv``: same spaces, poses and rewards, frames rendered from the scene.
 
-    ``model`` (a ``WorldModel``, a bundle name or path; ``"default"`` or ``None``: the default bundled model) is
-    the world model whose geometry (image size, fps, frames per step, field of view) the twin copies, so it
-    matches ``WorldModelEnv(task, model)``; the model itself never runs. ``image_hw``, ``fps``,
-    ``frames_per_step`` and ``fov_deg`` given as keywords replace the model's.
+    Registered as ``SanaWM-TwinNav-v0``, ``SanaWM-TwinImageNav-v0`` and ``SanaWM-TwinExplore-v0``.
+
+    ## Action Space, Observation Space, Rewards, Episode End
+
+    As :class:`WorldModelEnv` with the same ``model``: the same seed and actions give the same poses, rewards and
+    episode ends; only the frames differ (rendered ground truth instead of generated). ``depth_obs=True`` gives the
+    rendered depth.
+
+    ## Starting State
+
+    As :class:`WorldModelEnv`, always in a twin-world scene: ``options["image"]`` is a ValueError (there is no
+    scene to render from an image).
+
+    ## Arguments
+
+    - ``model`` (a ``WorldModel``, a bundle name or path; ``"default"`` or ``None``: the default bundled model):
+      the world model whose geometry (image size, fps, frames per step, field of view) the twin copies, so it
+      matches ``WorldModelEnv(task, model)``; the model itself never runs.
+    - ``image_hw``, ``fps``, ``frames_per_step`` and ``fov_deg`` given as keywords replace the model's.
+    - Every other argument as for :class:`WorldModelEnv` (``compile`` is a ValueError: nothing is generated).
     """
 
     source = "twin"
