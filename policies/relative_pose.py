@@ -3,7 +3,7 @@ predicts the goal pose relative to the current body, trained offline on the MuJo
 
 ImageNav observes no pose: a policy must turn two 64x64 images into "the goal is 1.2 m ahead, 0.4 m to the left,
 turned 30 degrees". PPO learning that from its sparse-ish reward alone, with a CNN from scratch, stays at the
-level of random actions on a CPU budget (see the README table). Robot-learning practice is to pretrain the
+level of random actions on a CPU budget (docs/results.md). Robot-learning practice is to pretrain the
 visual encoder; here the twin gives exact labels for free, so the encoder is pretrained by supervision:
 
 * **Data** (:func:`collect_pairs`): many twin scenes (training split), several ImageNav start/goal draws per

@@ -52,7 +52,7 @@ class ModelConfig:
     first_chunk_size: int = 4  # first chunk: clean image latent + 3
     stream_sink_chunks: int = 1  # softmax KV cache: chunks kept from the start
     stream_window_chunks: int = 1  # softmax KV cache: most recent chunks kept (besides the sink)
-    # Variants of published implementations (see README "Numerical variants").
+    # Variants of published implementations (docs/world_model.md#numerical-variants).
     # diffusers 0.42 rescales UCPE-transformed camera q/k/v back to their pre-UCPE RMS; the upstream fused
     # inference kernels do not.
     ucpe_rms_renorm: bool = False
