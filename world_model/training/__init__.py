@@ -5,6 +5,7 @@
 - :mod:`.data`: the dataset item format, collation and deterministic step-indexed batches.
 - :mod:`.trainer`: :class:`TrainConfig` and :class:`Trainer` (AdamW, EMA, clipping, bf16 on CUDA, progressive
   clip length, checkpoint/resume, metrics, sample videos).
+- :mod:`.utils`: what the trainers share: atomic writes, RNG state snapshots, the EMA update, sample videos.
 - :mod:`.distill`: :class:`DistillConfig` and :class:`Distiller` (ODE-regression distillation of the
   chunk-causal teacher into the few-step streaming student).
 - :mod:`.refine`: :class:`RefinerTrainConfig` and :class:`RefinerTrainer` (a stage-2 refiner trained on stage-1
@@ -24,7 +25,8 @@ from .flow_matching import (
     sample_frame_sigmas,
 )
 from .refine import RefinerTrainConfig, RefinerTrainer, Stage1Pairs, write_stage1_pairs
-from .trainer import TrainConfig, Trainer, ema_decay_at, ema_update
+from .trainer import TrainConfig, Trainer
+from .utils import ema_decay_at, ema_update
 
 __all__ = [
     "CHUNK_MODES",

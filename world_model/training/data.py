@@ -20,8 +20,10 @@ resuming exact without saving loader state.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -179,3 +181,11 @@ def latent_batch(
     camera = camera_inputs_from_world(clip["c2w"].double(), clip["intrinsics"].double(), (h, w), latent_hw,
                                       codec.temporal_stride)
     return x0, camera.to(device, torch.float32), clip
+
+
+def item_info(item: dict) -> dict[str, Any]:
+    """Frame count, image size and horizontal field of view of one dataset item."""
+    t = item_to_tensors(item)
+    f, _, h, w = t["frames"].shape
+    fx = float(t["intrinsics"][0, 0])
+    return {"frames": f, "image_hw": (h, w), "fov_deg": math.degrees(2 * math.atan(w / (2 * fx)))}

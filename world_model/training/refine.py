@@ -50,7 +50,8 @@ from ..config import ModelConfig
 from ..refiner import DISTILLED_SIGMAS, LatentLayout, WorldModelRefiner, schedule_from
 from .data import collate_clips, item_to_tensors
 from .flow_matching import flow_matching_loss, noise_latents
-from .trainer import TrainConfig, Trainer, psnr, write_side_by_side
+from .trainer import TrainConfig, Trainer
+from .utils import psnr, write_side_by_side
 
 PAIRS_FORMAT = "sana-wm-refiner-pairs/1"
 

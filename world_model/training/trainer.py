@@ -28,9 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import os
-import random
 import shutil
 import time
 from collections.abc import Callable
@@ -38,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -46,7 +43,7 @@ from ..checkpoints import build_transformer, grow_transformer, load_transformer,
 from ..codecs import LatentCodec, build_codec
 from ..config import ModelConfig, get_config
 from ..transformer import GRID_FIELDS, SanaWMTransformer
-from .data import SeededItems, StepBatchSampler, collate_clips, item_to_tensors, latent_batch, mix_seed
+from .data import SeededItems, StepBatchSampler, collate_clips, item_info, latent_batch, mix_seed
 from .flow_matching import (
     DEFAULT_CHUNK_MIXTURE,
     apply_first_frame_condition,
@@ -58,6 +55,7 @@ from .flow_matching import (
     sample_frame_sigmas,
 )
 from .geometry import CacheCorruption, clip_geometry, unknown_depth_geometry
+from .utils import atomic_write_text, ema_decay_at, ema_update, psnr, rng_states, set_rng_states, write_side_by_side
 
 MODES = ("bidirectional", "chunk_causal")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -203,7 +201,7 @@ class TrainConfig:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
-            _atomic_write_text(Path(path), text + "\n")
+            atomic_write_text(Path(path), text + "\n")
         return text
 
     @classmethod
@@ -214,77 +212,6 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
-
-
-# ----------------------------------------------------------------------------------------------------
-# small helpers
-# ----------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def ema_decay_at(decay: float, num_updates: int, warmup: bool) -> float:
-    """EMA decay for update number ``num_updates`` (0-based): ``min(decay, (1 + n) / (10 + n))`` with warm-up."""
-    return min(decay, (1.0 + num_updates) / (10.0 + num_updates)) if warmup else decay
-
-
-@torch.no_grad()
-def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """``ema <- decay * ema + (1 - decay) * model`` for parameters; buffers are copied."""
-    e_params = [p for p in ema.parameters()]
-    m_params = [p.detach().to(p.dtype) for p in model.parameters()]
-    torch._foreach_lerp_(e_params, m_params, 1.0 - decay)
-    for eb, mb in zip(ema.buffers(), model.buffers()):
-        eb.copy_(mb)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.float().clamp(-1, 1) - b.float().clamp(-1, 1)).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
-
-
-def write_side_by_side(columns: list[torch.Tensor], path: Path, fps: float) -> Path:
-    """Write videos ``(F, 3, H, W)`` in [-1, 1] side by side as an mp4 (imageio + ffmpeg, libx264)."""
-    import imageio.v3 as iio
-
-    frames = torch.cat([c.float().clamp(-1, 1) for c in columns], dim=-1)  # along width
-    arr = ((frames + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
-    if pad_h or pad_w:
-        arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    iio.imwrite(tmp, arr, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
-    os.replace(tmp, path)
-    return path
-
-
-def _rng_states() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda{i}"] = s
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    doc = {
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-    return tensors, doc
-
-
-def _set_rng_states(tensors: dict[str, torch.Tensor], doc: dict[str, Any]) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda"))]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-    n = doc["numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    p = doc["python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -627,7 +554,7 @@ class Trainer:
         save_file({k: v.detach().cpu().contiguous() for k, v in self.ema.state_dict().items()},
                   str(tmp / "ema.safetensors"))
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        rng_t, rng_doc = _rng_states()
+        rng_t, rng_doc = rng_states()
         torch.save(rng_t, tmp / "rng.pt")
         (tmp / "rng.json").write_text(json.dumps(rng_doc))
         state = {"step": self.step, "kind": self.kind, "config": self.config.to_dict(),
@@ -636,7 +563,7 @@ class Trainer:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _atomic_write_text(self.ckpt_dir / "latest", name + "\n")
+        atomic_write_text(self.ckpt_dir / "latest", name + "\n")
         done = sorted(p for p in self.ckpt_dir.glob("step_*") if p.is_dir())
         for old in done[: max(0, len(done) - self.config.keep_checkpoints)]:
             if old != final:
@@ -665,13 +592,13 @@ class Trainer:
         self.model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(self.device)))
         self.ema.load_state_dict(load_file(str(path / "ema.safetensors"), device=str(self.device)))
         self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device, weights_only=True))
-        _set_rng_states(torch.load(path / "rng.pt", weights_only=True), json.loads((path / "rng.json").read_text()))
+        set_rng_states(torch.load(path / "rng.pt", weights_only=True), json.loads((path / "rng.json").read_text()))
         self.step = int(state["step"])
         self.load_checkpoint_state(state)
         if self.metrics_path.exists():  # drop records written after this checkpoint (an interrupted tail)
             kept = [line for line in self.metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= self.step]
-            _atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
+            atomic_write_text(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
         """Hook: restore what :meth:`checkpoint_state` saved."""
@@ -705,14 +632,6 @@ class Trainer:
             wm.fov_deg = float(fov_deg)
         card = card or model_card(self, wm)
         return save_world_model(wm, folder, card=card, weights_dtype=weights_dtype)
-
-
-def item_info(item: dict) -> dict[str, Any]:
-    """Frame count, image size and horizontal field of view of one dataset item."""
-    t = item_to_tensors(item)
-    f, _, h, w = t["frames"].shape
-    fx = float(t["intrinsics"][0, 0])
-    return {"frames": f, "image_hw": (h, w), "fov_deg": math.degrees(2 * math.atan(w / (2 * fx)))}
 
 
 def model_card(trainer: Trainer, wm) -> str:
