@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     from world_model.ops import TRITON_AVAILABLE, frame_delta_numerator, frame_gdn, gdn_features, short_conv
 
     if not TRITON_AVAILABLE:
-        print("triton is not installed (pip install triton==3.9.0)", file=sys.stderr)
+        print('triton is not installed (pip install -e ".[kernels]")', file=sys.stderr)
         return 2
     from world_model.layers.positional import rope_freqs
     from world_model.ops import triton_conv, triton_gdn

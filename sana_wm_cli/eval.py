@@ -144,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
     from sana_wm_env.evaluation import evaluate, targets, world_model_candidates
     from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, versions, write_json
     from sana_wm_env.outputs import check_output
+    from world_model.optional import require
 
     t0 = time.perf_counter()
     set_torch_threads(args.threads)
@@ -151,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = check_output(args.out_dir or args.json.parent, "--out-dir", kind="dir")
     for name in ("contact", "psnr"):
         check_output(out_dir / f"{args.json.stem}_{name}.png", "--out-dir")
+    require("matplotlib", extra="reports", feature="sana-wm eval's figures")  # before a long evaluation
     model = load_model_or_explain(args.model, args.device)
     cfg = build_config(args, model)
     model.student.eval()

@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand: errors in the input end with one line and exit code 2, Ctrl-C with one line and 130."""
+    """Run one subcommand: errors in the input end with one line and exit code 2, a missing optional package with
+    one line naming its extra and exit code 1, Ctrl-C with one line and 130."""
     args = None
     try:
         parser = build_parser()
@@ -41,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"{_name(args)}: error: {err}", file=sys.stderr)
         return 2
+    except ImportError as err:
+        # a missing optional package (world_model.optional, loaded if it raised: the CLI does not import torch
+        # up front) says which extra installs it
+        optional = sys.modules.get("world_model.optional")
+        if optional is None or not isinstance(err, optional.MissingDependencyError):
+            raise
+        print(f"{_name(args)}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         # The subcommands discard their staged outputs and mark partial rollouts on the way out.
         print(f"{_name(args)}: interrupted; the outputs of this run were not completed", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 Knows nothing of Gymnasium or ROS. Conventions: camera poses are OpenCV camera-to-world 4x4
 (+x right, +y down, +z forward), metres and radians; intrinsics are ``[fx, fy, cx, cy]`` in pixels.
+``LTX2Codec`` is imported on first use: it needs diffusers (the ``ltx2`` extra).
 """
 
 from .bundles import WorldModel, load_world_model, save_world_model, untrained_world_model
@@ -14,7 +15,7 @@ from .checkpoints import (
     load_transformer,
     save_transformer,
 )
-from .codecs import LatentCodec, LTX2Codec, PatchCodec, build_codec
+from .codecs import LatentCodec, PatchCodec, build_codec
 from .config import PRESETS, ModelConfig, get_config
 from .generators import BidirectionalGenerator, ChunkCausalGenerator, GeneratorState, StreamingGenerator
 from .sampling import DISTILLED_TIMESTEPS, distilled_sigmas, flow_sigmas
@@ -50,3 +51,12 @@ __all__ = [
     "save_world_model",
     "untrained_world_model",
 ]
+
+
+def __getattr__(name: str):
+    """``LTX2Codec`` on first use (its module imports diffusers; the bundled models do not need it)."""
+    if name == "LTX2Codec":
+        from .codecs import LTX2Codec
+
+        return LTX2Codec
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,6 +39,7 @@ import torch
 
 from .config import PRESETS, ModelConfig, get_config
 from .layers.common import CaptionEmbedder
+from .optional import require
 from .transformer import SanaWMTransformer
 
 logger = logging.getLogger(__name__)
@@ -462,20 +463,17 @@ def _resolve_file(path: Path) -> _Source:
 def _resolve_repo(repo_id: str, variant: str | None) -> _Source:
     """A cached Hugging Face repo: the known stage-1 file of an official repo, else a cached snapshot folder."""
     filename = KNOWN_REPO_FILES.get(repo_id)
+    feature = "loading a checkpoint by Hugging Face repo id"
+    huggingface_hub = require("huggingface_hub", extra="ltx2", feature=feature)
+    errors = require("huggingface_hub.errors", extra="ltx2", feature=feature)
     try:
-        import huggingface_hub
-        from huggingface_hub.errors import LocalEntryNotFoundError
-    except ImportError:  # pragma: no cover - huggingface_hub is a declared dependency
-        huggingface_hub = None
-    if huggingface_hub is not None:
-        try:
-            if filename is not None:
-                return _resolve_file(Path(huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=True)))
-            return _resolve_folder(Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True)), variant)
-        except (LocalEntryNotFoundError, FileNotFoundError) as exc:
-            logger.debug("%s not in the local Hugging Face cache: %s", repo_id, exc)
-        except Exception as exc:  # invalid repo id, broken cache: report as not available
-            logger.debug("Hugging Face cache lookup for %s failed: %s", repo_id, exc)
+        if filename is not None:
+            return _resolve_file(Path(huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=True)))
+        return _resolve_folder(Path(huggingface_hub.snapshot_download(repo_id, local_files_only=True)), variant)
+    except (errors.LocalEntryNotFoundError, FileNotFoundError) as exc:
+        logger.debug("%s not in the local Hugging Face cache: %s", repo_id, exc)
+    except Exception as exc:  # invalid repo id, broken cache: report as not available
+        logger.debug("Hugging Face cache lookup for %s failed: %s", repo_id, exc)
     what = filename or "<file or folder with the transformer>"
     cmd = f"{repo_id} {filename}" if filename else repo_id
     raise CheckpointNotFoundError(

@@ -82,7 +82,7 @@ FULL_PRECISION_PATTERNS = (
     "t_block*", "y_embedder*", "final_layer*", "*attn.beta_proj", "*attn.gate_proj",
 )
 FORMAT = "sana-wm-env/quantized-transformer"
-_INSTALL_HINT = 'pip install "sana-wm-env[quant]"  (nvidia-modelopt==0.47.0 and requests)'
+_INSTALL_HINT = 'pip install "sana-wm-env[quant]"  (nvidia-modelopt 0.47.x and requests)'
 
 
 class QuantizationUnavailableError(RuntimeError):

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from .codecs.base import LatentCodec
+from .optional import require
 
 DISTILLED_SIGMAS: tuple[float, ...] = (0.909375, 0.725, 0.421875, 0.0)
 MODES: tuple[str, ...] = ("chunk_causal", "sink_bidirectional")
@@ -153,9 +154,8 @@ class LTX2Refiner(Refiner):
         text_encoder_device: str | torch.device | None = None,
         offload: str | None = None,
     ) -> None:
-        from diffusers import SanaWMLTX2Refiner
-
-        if not isinstance(pipeline, SanaWMLTX2Refiner):
+        diffusers = require("diffusers", extra="refiner", feature="the LTX-2 refiner")
+        if not isinstance(pipeline, diffusers.SanaWMLTX2Refiner):
             raise ValueError(f"pipeline must be a diffusers SanaWMLTX2Refiner, got {type(pipeline).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
@@ -209,8 +209,12 @@ class LTX2Refiner(Refiner):
         """Load the official refiner from local files: ``folder/transformer``, ``folder/connectors`` (diffusers
         format, as in ``refiner_diffusers/`` of the release) and the Gemma-3 text encoder + tokenizer from
         ``text_encoder`` (default ``folder/text_encoder``, else ``folder/../gemma3_12b``). Nothing is downloaded."""
-        from diffusers import FlowMatchEulerDiscreteScheduler, SanaWMLTX2Refiner, SanaWMLTX2RefinerTransformer3DModel
-        from diffusers.pipelines.ltx2.connectors import LTX2TextConnectors
+        diffusers = require("diffusers", extra="refiner", feature="the LTX-2 refiner")
+        FlowMatchEulerDiscreteScheduler = diffusers.FlowMatchEulerDiscreteScheduler
+        SanaWMLTX2Refiner = diffusers.SanaWMLTX2Refiner
+        SanaWMLTX2RefinerTransformer3DModel = diffusers.SanaWMLTX2RefinerTransformer3DModel
+        LTX2TextConnectors = require("diffusers.pipelines.ltx2.connectors", extra="refiner",
+                                     feature="the LTX-2 refiner").LTX2TextConnectors
 
         folder = Path(folder)
         missing = [p for p in (folder / "transformer", folder / "connectors") if not (p / "config.json").is_file()]
@@ -223,7 +227,9 @@ class LTX2Refiner(Refiner):
         if text_encoder is None or not (Path(text_encoder) / "config.json").is_file():
             raise FileNotFoundError(f"no Gemma-3 text encoder for the refiner at {str(folder)!r} (looked for "
                                     f"{folder / 'text_encoder'} and {folder.parent / 'gemma3_12b'}); " + DOWNLOAD_HINT)
-        from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
+        transformers = require("transformers", extra="refiner", feature="the LTX-2 refiner's text encoder")
+        AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+        AutoModelForImageTextToText = transformers.AutoModelForImageTextToText
 
         te_path = Path(text_encoder)
         # The release ships Gemma3ForConditionalGeneration ("gemma3"); a text-only Gemma-3 ("gemma3_text") works too.

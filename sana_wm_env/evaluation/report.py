@@ -13,14 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from world_model.optional import require
+
 
 def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    """matplotlib's pyplot on the Agg backend; matplotlib is the ``reports`` extra."""
+    require("matplotlib", extra="reports", feature="evaluation figures").use("Agg")
+    return require("matplotlib.pyplot", extra="reports", feature="evaluation figures")
 
 
 def contact_sheet(contact: dict[str, Any], path: str | Path, *, title: str = "") -> Path:
@@ -133,8 +132,7 @@ def write_json(results: dict[str, Any], path: str | Path) -> Path:
 
 def _save(fig, path: str | Path) -> Path:
     """Lay out, write (dpi 100, parent folders created) and close a matplotlib figure."""
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import numpy as np
 from sana_wm_env.trajectories.readers import check_convention, error_reason, quat_poses
 from sana_wm_env.trajectories.tf import find_chain, interpolate_edge
 from sana_wm_env.trajectories.trajectory import Trajectory, clean_rows
+from world_model.optional import require
 
 POSE_TYPES: tuple[str, ...] = (
     "geometry_msgs/msg/PoseStamped",
@@ -66,10 +67,7 @@ def _unreadable(path: Path, err: BaseException) -> ValueError:
 @contextmanager
 def _open(path: Path) -> Iterator:
     """An open ``AnyReader`` of the bag at ``path`` (a bag folder, an ``.mcap`` file or a folder's ``.db3``)."""
-    try:
-        from rosbags.highlevel import AnyReader
-    except ImportError as err:  # pragma: no cover - dependency missing
-        raise RuntimeError("reading ROS 2 bags needs the 'rosbags' package (pip install rosbags)") from err
+    AnyReader = require("rosbags.highlevel", extra="bags", feature="reading ROS 2 bags").AnyReader
     bag = path.parent if path.is_file() and path.suffix == ".db3" else path
     if bag.is_dir() and not (bag / "metadata.yaml").is_file():
         raise ValueError(f"path: {path} is not a ROS 2 bag (no metadata.yaml in {bag}); pass a trajectory file "

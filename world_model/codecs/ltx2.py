@@ -45,10 +45,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLLTX2Video
-from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoCausalConv3d, LTX2VideoUpsampler3d
 
+from ..optional import require
 from .base import DecodeStreamState, LatentCodec
+
+# diffusers is the ltx2 extra; the streaming decode wraps its LTX-2 layer classes (internals: see the version bound)
+_FEATURE = "the LTX-2 codec"
+AutoencoderKLLTX2Video = require("diffusers", extra="ltx2", feature=_FEATURE).AutoencoderKLLTX2Video
+_ltx2_layers = require("diffusers.models.autoencoders.autoencoder_kl_ltx2", extra="ltx2", feature=_FEATURE)
+LTX2VideoCausalConv3d, LTX2VideoUpsampler3d = _ltx2_layers.LTX2VideoCausalConv3d, _ltx2_layers.LTX2VideoUpsampler3d
 
 __all__ = ["LTX2Codec", "decoder_temporal_reach", "ltx2_strides"]
 
@@ -400,8 +405,7 @@ def _download_hint(repo_id: str, subfolder: str | None) -> str:
 
 def _cached_snapshot(repo_id: str, subfolder: str | None, cache_dir: str | Path | None) -> Path:
     """Snapshot folder of ``repo_id`` from the local HF cache only; FileNotFoundError with a hint."""
-    from huggingface_hub import snapshot_download
-
+    snapshot_download = require("huggingface_hub", extra="ltx2", feature=_FEATURE).snapshot_download
     patterns = [f"{subfolder}/*"] if subfolder else None
     try:
         folder = snapshot_download(
