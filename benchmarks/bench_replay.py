@@ -1,6 +1,6 @@
 """Full-length `sana-wm replay` throughput on the real recordings with the bundled model.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_replay.py [--testdata ../shared/testdata] [--threads 1] [--out DIR]
+    OMP_NUM_THREADS=1 python benchmarks/bench_replay.py [--testdata tests/data] [--threads 1] [--out DIR]
 
 Replays the EuRoC V1_02 drone flight, TUM fr1/xyz and the nav2 TurtleBot bag (/odom, its 1.76 s stamp gap
 interpolated with --max-gap 2) from examples/first_frame.png, whole length, at the model's 16 fps, and prints
@@ -29,7 +29,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--testdata", type=Path,
-                    default=Path(os.environ.get("SANA_WM_TESTDATA", ROOT.parent / "shared" / "testdata")))
+                    default=Path(os.environ.get("SANA_WM_TESTDATA", ROOT / "tests" / "data")))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench_replay")
     args = ap.parse_args()

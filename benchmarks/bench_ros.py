@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ros.py [--seconds 10] [--threads 2] [--model default]
 
-Replays ``/odom`` of the nav2 TurtleBot bag (``../shared/testdata``) at its recorded rate into the node over
+Replays ``/odom`` of the nav2 TurtleBot bag (``tests/data``) at its recorded rate into the node over
 real rclpy (loopback, a private ROS_DOMAIN_ID, localhost-only discovery) and receives ``~/image`` in a probe
 node. Latency of a frame = wall time from publishing the ``/odom`` message that completed its chunk (the first
 message whose stamp reaches the chunk's last frame) to receiving the image. Frames/s = images received over
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="seconds of /odom to replay")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--model", default="default")
-    ap.add_argument("--testdata", default=str(REPO.parent / "shared" / "testdata"))
+    ap.add_argument("--testdata", default=str(REPO / "tests" / "data"))
     ap.add_argument("--max-lag", type=float, default=2.0)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -13,16 +13,15 @@ import pytest
 import torch
 
 # Triton kernels run on CPU only in Triton's interpreter, and TRITON_INTERPRET must be in the environment before
-# `triton` is first imported (triton.language's own @jit helpers are decorated then; importing world_model already
-# imports triton via torch._dynamo). Without CUDA nothing can launch a compiled Triton kernel anyway, so the
-# interpreter is turned on for the whole session; tests/test_triton_kernels.py relies on it. TRITON_INTERPRET=0
-# in the environment opts out (those tests then skip).
+# `triton` is first imported (triton.language's own @jit helpers are decorated then; torch._dynamo, which
+# torch.compile and diffusers load, imports triton). Without CUDA nothing can launch a compiled Triton kernel
+# anyway, so the interpreter is turned on for the whole session; tests/test_triton_kernels.py relies on it.
+# TRITON_INTERPRET=0 in the environment opts out (those tests then skip).
 if not torch.cuda.is_available() and importlib.util.find_spec("triton") is not None and "triton" not in sys.modules:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# The real recordings: shared/testdata beside the repository (as in CI), or $SANA_WM_TESTDATA.
-TRAJECTORY_DATA = Path(os.environ.get("SANA_WM_TESTDATA", Path(__file__).resolve().parents[2] / "shared" / "testdata")
-                       ) / "trajectories"
+# The real recordings, vendored in tests/data (a plain clone tests itself); $SANA_WM_TESTDATA points elsewhere.
+TRAJECTORY_DATA = Path(os.environ.get("SANA_WM_TESTDATA", Path(__file__).resolve().parent / "data")) / "trajectories"
 
 
 # Environment variables that record a choice made once, when a library was first imported (MuJoCo's GL backend,
@@ -106,8 +105,8 @@ def restore_process_state_per_module():
 def trajectory_data() -> Path:
     """The folder of real trajectory files; missing data is a failure, not a skip."""
     if not TRAJECTORY_DATA.is_dir():
-        pytest.fail(f"real trajectory files not found at {TRAJECTORY_DATA}; set SANA_WM_TESTDATA to the testdata "
-                    "folder")
+        pytest.fail(f"real trajectory files not found at {TRAJECTORY_DATA}; they are vendored in tests/data, or set "
+                    "SANA_WM_TESTDATA to a folder with a trajectories/ subfolder")
     return TRAJECTORY_DATA
 
 
