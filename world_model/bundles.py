@@ -128,7 +128,7 @@ def load_world_model(
     ``dtype`` is the compute dtype of the transformers; ``None`` means float32 whatever the stored dtype (shipped
     bundles store float16 weights to stay small; half precision on a CPU is slow and less accurate). On a CPU any
     other dtype warns: the lean streaming path is float32-only, so bfloat16 runs the reference layers, about 20 %
-    slower than float32 for the bundled model (docs/benchmarks.md).
+    slower than float32 for the bundled model (docs/design-decisions.md).
     """
     dtype = torch.float32 if dtype is None else dtype
     if torch.device(device).type == "cpu" and dtype != torch.float32:
