@@ -1,18 +1,18 @@
 """A live world-model camera: timestamped robot poses in, generated camera frames out (no ROS import).
 
     cam = LivePoseCamera("default", mount=camera_mount((0.1, 0, 0.2)))
-    cam.set_seed(first_image)                       # uint8 (H, W, 3); intrinsics or the model's FoV
+    cam.set_first_frame(first_image)                # uint8 (H, W, 3); intrinsics or the model's FoV
     cam.add_pose(stamp, position, quaternion_xyzw)  # REP-103 body pose in the world frame, any thread
     frames = cam.process(timeout=0.1)               # the worker: one unit of work -> [LiveFrame]
 
 Pipeline: validate (NaN, duplicate and out-of-order stamps are dropped and counted) -> resample to the model's
-fps on a uniform clock ``t0 + k / fps`` (``t0`` = the first pose after the seed image; linear translation,
+fps on a uniform clock ``t0 + k / fps`` (``t0`` = the first pose after the first frame; linear translation,
 slerp rotation, as ``Trajectory.resample``) -> camera poses ``T_world_body @ mount`` -> chunks of
 ``frames_per_step`` poses -> the streaming generator. Each frame carries the stamp of the pose it depicts, so
 stamps stay true when generation runs slower than real time; pending frames are bounded by ``max_lag``
 seconds (older ones are dropped and counted). A stamp gap longer than ``max_gap`` holds the stream (no frames
 are invented across the gap) and is counted. A stamp more than ``max_gap`` *behind* the newest pose means the
-pose clock jumped back (a looping bag, a simulator restart): the stream restarts from the seed image at that
+pose clock jumped back (a looping bag, a simulator restart): the stream restarts from the first frame at that
 pose and ``clock_jumps`` counts it; a smaller step back is an out-of-order pose (dropped) until ``request_reset``,
 after which the next pose restarts the clock whatever its stamp. ``imagine`` runs a path on a forked generator
 state: the live stream is not disturbed.
@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ from world_model.camera import fov_to_intrinsics, validate_c2w
 from world_model.generators import GeneratorState
 
 QUAT_NORM_TOL = 1e-2
-POSE_STATUSES = ("accepted", "waiting_for_seed", "gap", "clock_jump", "nan", "invalid", "duplicate", "out_of_order")
+POSE_STATUSES = ("accepted", "waiting_for_first_frame", "gap", "clock_jump", "nan", "invalid", "duplicate",
+                 "out_of_order")
 
 
 def _depth_kwargs(depth: np.ndarray | None) -> dict:
@@ -106,8 +108,8 @@ class LivePoseCamera:
 
         self._cond = threading.Condition()
         self._closed = False
-        self._seed_image: np.ndarray | None = None  # model-sized uint8
-        self._seed_depth: np.ndarray | None = None  # its depth (metres), geometry-guided models
+        self._first_frame: np.ndarray | None = None  # model-sized uint8
+        self._first_depth: np.ndarray | None = None  # its depth (metres), geometry-guided models
         self.intrinsics: np.ndarray | None = None  # [fx, fy, cx, cy] of the model-sized image
         self._last: tuple[float, np.ndarray] | None = None  # last accepted (stamp, T_world_body)
         self._last_wall: float | None = None
@@ -125,7 +127,7 @@ class LivePoseCamera:
         self._imagine: deque[_Imagine] = deque(maxlen=max_imagine_queue)
         self._next_request = 0
         self.counters = dict.fromkeys(
-            ("poses_in", "accepted", "waiting_for_seed", "dropped_nan", "dropped_invalid", "dropped_duplicate",
+            ("poses_in", "accepted", "waiting_for_first_frame", "dropped_nan", "dropped_invalid", "dropped_duplicate",
              "dropped_out_of_order", "dropped_frames", "gaps", "clock_jumps", "frames_out", "chunks", "restarts",
              "imagine_requests",
              "imagine_dropped", "imagined_frames"), 0)
@@ -133,12 +135,12 @@ class LivePoseCamera:
         self._latencies: deque[float] = deque(maxlen=100)
 
     # ------------------------------------------------------------------------------------------------ input
-    def set_seed(self, image, intrinsics=None, depth=None, depth_scale: float = 1000.0) -> None:
+    def set_first_frame(self, image, intrinsics=None, depth=None, depth_scale: float = 1000.0) -> None:
         """The first frame: uint8 (H, W, 3) array or image path, with its ``[fx, fy, cx, cy]`` (None: the model's
         FoV over the image width). Resized/centre-cropped to the model size; used by the next (re)start.
         ``depth``: its depth map for geometry-guided models (path or float (H, W) metres, see
         :mod:`sana_wm_env.depth`; ``depth_scale`` for 16-bit PNGs); without it such a model generates one."""
-        seed_depth = None
+        first_depth = None
         if depth is not None:
             if not self.generator.takes_depth:
                 raise ValueError(f"depth: model {self.model.name!r} does not use depth (it keeps no geometry cache)")
@@ -151,7 +153,7 @@ class LivePoseCamera:
                     src = (im.height, im.width)
             else:
                 src = tuple(np.asarray(image).shape[:2])
-            seed_depth = fit_depth(read_depth(depth, depth_scale=depth_scale, what="depth"), src, self.image_hw)
+            first_depth = fit_depth(read_depth(depth, depth_scale=depth_scale, what="depth"), src, self.image_hw)
         if intrinsics is None:
             if isinstance(image, str | Path):
                 from PIL import Image
@@ -163,15 +165,27 @@ class LivePoseCamera:
             intrinsics = fov_to_intrinsics(self.model.fov_deg, h, w).double().numpy()
         img, k = load_image(image, self.image_hw, intrinsics)
         with self._cond:
-            self._seed_image, self.intrinsics = img, np.asarray(k, dtype=np.float64)
-            self._seed_depth = seed_depth
+            self._first_frame, self.intrinsics = img, np.asarray(k, dtype=np.float64)
+            self._first_depth = first_depth
             if self._t0 is None and self._last is not None:
                 self._request_start_locked()
             self._cond.notify_all()
 
+    def set_seed(self, image, intrinsics=None, depth=None, depth_scale: float = 1000.0) -> None:
+        """Deprecated name of :meth:`set_first_frame` (in Gymnasium a seed is the RNG's)."""
+        warnings.warn("LivePoseCamera.set_seed is deprecated: use set_first_frame", DeprecationWarning, stacklevel=2)
+        self.set_first_frame(image, intrinsics, depth=depth, depth_scale=depth_scale)
+
+    @property
+    def has_first_frame(self) -> bool:
+        """Whether a first frame was given (the stream can start)."""
+        return self._first_frame is not None
+
     @property
     def has_seed(self) -> bool:
-        return self._seed_image is not None
+        """Deprecated name of :attr:`has_first_frame`."""
+        warnings.warn("LivePoseCamera.has_seed is deprecated: use has_first_frame", DeprecationWarning, stacklevel=2)
+        return self.has_first_frame
 
     def add_pose(self, stamp: float, position, quaternion_xyzw) -> str:
         """Feed one REP-103 body pose (world frame) at ``stamp`` seconds; returns one of ``POSE_STATUSES``."""
@@ -206,9 +220,9 @@ class LivePoseCamera:
             body = pose_matrix(pos, q)
             prev, self._last, self._last_wall = self._last, (float(stamp), body), time.monotonic()
             if self._t0 is None:
-                if self._seed_image is None:  # kept as the start pose, but nothing to render from yet
-                    self.counters["waiting_for_seed"] += 1
-                    return "waiting_for_seed"
+                if self._first_frame is None:  # kept as the start pose, but nothing to render from yet
+                    self.counters["waiting_for_first_frame"] += 1
+                    return "waiting_for_first_frame"
                 self._request_start_locked()
                 return "clock_jump" if jumped else "accepted"
             status = "accepted"
@@ -255,10 +269,10 @@ class LivePoseCamera:
             self.counters["dropped_frames"] += over
 
     def request_reset(self) -> bool:
-        """Restart from the latest seed image at the latest pose (or at the next pose). The next pose may then be
-        older than the latest (the clock was restarted): it restarts the stream there. False without a seed."""
+        """Restart from the latest first frame at the latest pose (or at the next pose). The next pose may then be
+        older than the latest (the clock was restarted): it restarts the stream there. False without a first frame."""
         with self._cond:
-            if self._seed_image is None:
+            if self._first_frame is None:
                 return False
             self.counters["restarts"] += 1
             self._rebase = True
@@ -308,7 +322,7 @@ class LivePoseCamera:
                 or (self._state is not None and self._state_epoch == self._epoch and len(self._pending) >= self._need))
 
     def process(self, timeout: float | None = None) -> list[LiveFrame]:
-        """Wait up to ``timeout`` s for work, then do one unit: a (re)start (returns the seed frame), one chunk
+        """Wait up to ``timeout`` s for work, then do one unit: a (re)start (returns the first frame), one chunk
         of live frames, or one imagined path (frames with ``imagined=True``). Call from one worker thread."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._closed or self._work_ready_locked(), timeout):
@@ -316,8 +330,8 @@ class LivePoseCamera:
             if self._closed:
                 return []
             self._busy = True
-            job: dict = {"epoch": self._epoch, "image": self._seed_image, "k": self.intrinsics,
-                         "depth": self._seed_depth}
+            job: dict = {"epoch": self._epoch, "image": self._first_frame, "k": self.intrinsics,
+                         "depth": self._first_depth}
             if self._start is not None:
                 (job["t0"], job["c2w"]), self._start = self._start, None
                 job["kind"] = "start"
@@ -420,6 +434,6 @@ class LivePoseCamera:
             out["since_last_pose_s"] = (time.monotonic() - self._last_wall) if self._last_wall else None
             out["latency_s"] = float(np.mean(self._latencies)) if self._latencies else None
             out["started"] = self._t0 is not None
-            out["has_seed"] = self._seed_image is not None
+            out["has_first_frame"] = self._first_frame is not None
             out["imagine_queue"] = len(self._imagine)
             return out

@@ -12,7 +12,7 @@ from sana_wm_env.trajectories.tf import TFBuffer, pose_matrix
 MOUNT = camera_mount((0.1, 0.0, 0.3), (0.0, 0.2, 0.0))
 
 
-def _seed_image(h=20, w=24) -> np.ndarray:
+def _first_frame(h=20, w=24) -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -38,7 +38,7 @@ def _drain(cam: LivePoseCamera):
 @pytest.fixture()
 def cam(wm, one_thread):
     c = LivePoseCamera(wm, mount=MOUNT, max_lag=30.0)
-    c.set_seed(_seed_image())
+    c.set_first_frame(_first_frame())
     return c
 
 
@@ -59,7 +59,7 @@ def test_frames_are_resampled_with_true_stamps_and_poses(cam):
     np.testing.assert_allclose(np.stack([f.c2w for f in frames]), ref, atol=1e-6)
     assert frames[0].image.shape == (*cam.image_hw, 3) and frames[0].image.dtype == np.uint8
     assert all(f.latency is not None and f.latency >= 0 for f in frames)
-    # the intrinsics actually used: the seed image's FoV intrinsics after resize/centre-crop to the model size
+    # the intrinsics actually used: the first frame's FoV intrinsics after resize/centre-crop to the model size
     assert cam.intrinsics.shape == (4,) and (cam.intrinsics > 0).all()
 
 
@@ -78,7 +78,7 @@ def test_invalid_duplicate_and_out_of_order_poses_are_dropped_and_counted(cam):
 
 def test_a_burst_keeps_buffers_bounded_and_counts_dropped_frames(wm, one_thread):
     cam = LivePoseCamera(wm, max_lag=1.0)
-    cam.set_seed(_seed_image())
+    cam.set_first_frame(_first_frame())
     t, pos, quat = _path(5000, 100.0)  # 50 s of poses arriving at once: far more than the worker can render
     for i in range(len(t)):
         cam.add_pose(t[i], pos[i], quat[i])
@@ -102,12 +102,12 @@ def test_a_gap_holds_the_stream_and_is_counted(cam):
     np.testing.assert_allclose(np.round(stamps * cam.fps), stamps * cam.fps, atol=1e-6)  # still on the clock
 
 
-def test_reset_restarts_from_the_latest_seed_at_the_latest_pose(cam):
+def test_reset_restarts_from_the_latest_first_frame_at_the_latest_pose(cam):
     for ti in np.arange(0, 1.0, 0.02):
         cam.add_pose(ti, [ti, 0, 0], [0, 0, 0, 1])
     _drain(cam)
-    new_seed = np.full((32, 32, 3), 200, dtype=np.uint8)
-    cam.set_seed(new_seed)
+    new_first = np.full((32, 32, 3), 200, dtype=np.uint8)
+    cam.set_first_frame(new_first)
     assert cam.request_reset()
     frames = _drain(cam)
     assert frames[0].index == 0 and frames[0].stamp == pytest.approx(0.98)
@@ -115,8 +115,17 @@ def test_reset_restarts_from_the_latest_seed_at_the_latest_pose(cam):
     assert cam.stats()["restarts"] == 1
 
 
-def test_reset_without_a_seed_is_refused(wm):
+def test_reset_without_a_first_frame_is_refused(wm):
     assert LivePoseCamera(wm).request_reset() is False
+
+
+def test_deprecated_set_seed_and_has_seed_still_work_and_warn(wm):
+    cam = LivePoseCamera(wm)
+    with pytest.warns(DeprecationWarning, match="has_first_frame"):
+        assert cam.has_seed is False
+    with pytest.warns(DeprecationWarning, match="set_first_frame"):
+        cam.set_seed(_first_frame())
+    assert cam.has_first_frame and cam.stats()["has_first_frame"]
 
 
 def test_imagine_runs_on_a_fork_and_leaves_the_live_stream_unchanged(wm, one_thread):
@@ -124,7 +133,7 @@ def test_imagine_runs_on_a_fork_and_leaves_the_live_stream_unchanged(wm, one_thr
     runs = []
     for imagine in (False, True):
         cam = LivePoseCamera(wm, mount=MOUNT, max_lag=30.0, seed=3)
-        cam.set_seed(_seed_image())
+        cam.set_first_frame(_first_frame())
         live, imagined = [], []
         for i in range(len(t)):
             cam.add_pose(t[i], pos[i], quat[i])
@@ -182,7 +191,7 @@ def test_live_tf_chaining_matches_the_bag_reader(trajectory_data):
     np.testing.assert_allclose(np.stack([g[1] for g in got]), ref.poses[idx], atol=1e-9)
 
 
-def test_a_geometry_guided_model_streams_from_a_seed_with_or_without_its_depth(one_thread, tmp_path):
+def test_a_geometry_guided_model_streams_from_a_first_frame_with_or_without_its_depth(one_thread, tmp_path):
     import torch
 
     from world_model.bundles import untrained_world_model
@@ -195,9 +204,9 @@ def test_a_geometry_guided_model_streams_from_a_seed_with_or_without_its_depth(o
     np.save(tmp_path / "depth.npy", np.full((20, 24), 2.0, np.float32))
     t, pos, quat = _path(20, 16.0)
     streams = []
-    for depth in (tmp_path / "depth.npy", None):  # given, then generated from the seed image
+    for depth in (tmp_path / "depth.npy", None):  # given, then generated from the first frame
         cam = LivePoseCamera(geo, mount=MOUNT, max_lag=30.0)
-        cam.set_seed(_seed_image(), depth=depth)
+        cam.set_first_frame(_first_frame(), depth=depth)
         for i in range(len(t)):
             cam.add_pose(t[i], pos[i], quat[i])
         frames = _drain(cam)
@@ -205,4 +214,4 @@ def test_a_geometry_guided_model_streams_from_a_seed_with_or_without_its_depth(o
         streams.append(frames)
     assert not np.array_equal(streams[0][-1].image, streams[1][-1].image)  # the depth changes what is rendered
     with pytest.raises(ValueError, match="is 4x4 \\(HxW\\) but its image is 20x24"):
-        LivePoseCamera(geo, mount=MOUNT).set_seed(_seed_image(), depth=np.ones((4, 4), np.float32))
+        LivePoseCamera(geo, mount=MOUNT).set_first_frame(_first_frame(), depth=np.ones((4, 4), np.float32))

@@ -30,7 +30,7 @@ from sana_wm_env.envs.core import load_image  # noqa: E402
 from sana_wm_env.trajectories import camera_mount, load  # noqa: E402
 from sana_wm_ros.node import SanaWMNode, array_to_image, sec_to_stamp, stamp_to_sec  # noqa: E402
 
-SEED_IMAGE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
+FIRST_FRAME = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 DOMAIN = random.Random(os.getpid() ^ int(time.time())).randint(100, 200)
 
 
@@ -136,7 +136,7 @@ def _c2w(msgs) -> np.ndarray:
 def test_odom_replay_with_the_bundled_model(trajectory_data, ctx, one_thread):
     bag = trajectory_data / "nav2_turtlebot.mcap"
     mount = ([0.05, 0.0, 0.2], [0.0, 0.1, 0.0])
-    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "odometry", "pose_topic": "/odom",
+    h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "odometry", "pose_topic": "/odom",
                       "mount_xyz": mount[0], "mount_rpy": mount[1], "frame_id": "cam_optical", "max_lag": 60.0})
     try:
         msgs = _bag_raw(bag, {"/odom"}, seconds=2.5)
@@ -164,9 +164,9 @@ def test_odom_replay_with_the_bundled_model(trajectory_data, ctx, one_thread):
         np.testing.assert_allclose(info.k, [fx, 0, cx, 0, fy, cy, 0, 0, 1])
         np.testing.assert_allclose(np.reshape(info.p, (3, 4))[:, :3], np.reshape(info.k, (3, 3)))
         assert (info.height, info.width) == (64, 64) and info.header.frame_id == "cam_optical"
-        # the first image is the seed image as the model sees it
-        seed = np.frombuffer(bytes(h.images[0].data), np.uint8).reshape(64, 64, 3)
-        np.testing.assert_array_equal(seed, cam._seed_image)
+        # the first image is the first frame as the model sees it
+        got = np.frombuffer(bytes(h.images[0].data), np.uint8).reshape(64, 64, 3)
+        np.testing.assert_array_equal(got, cam._first_frame)
     finally:
         h.close()
 
@@ -176,7 +176,7 @@ def test_tf_input_chains_the_tf_example_bag(trajectory_data, ctx, wm, one_thread
     from tf2_msgs.msg import TFMessage
 
     bag = trajectory_data / "tf_example"
-    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "tf", "parent_frame": "odom",
+    h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "tf", "parent_frame": "odom",
                       "child_frame": "base_link", "max_lag": 60.0}, model=wm)
     try:
         msgs = _bag_raw(bag, {"/tf", "/tf_static"}, seconds=3.0)
@@ -203,7 +203,7 @@ def test_pose_with_covariance_input_replays_amcl_pose(trajectory_data, ctx, wm, 
     bag = trajectory_data / "nav2_turtlebot.mcap"
     mount = ([0.1, -0.02, 0.25], [0.0, 0.15, 0.05])
     # /amcl_pose comes every 0.6 s (after a first one 9.3 s earlier, skipped): max_gap above the update period
-    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "pose_with_covariance", "pose_topic": "/amcl_pose",
+    h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "pose_with_covariance", "pose_topic": "/amcl_pose",
                       "mount_xyz": mount[0], "mount_rpy": mount[1], "max_gap": 1.0, "max_lag": 60.0}, model=wm)
     try:
         msgs = _bag_raw(bag, {"/amcl_pose"}, seconds=60.0)[1:7]
@@ -238,7 +238,7 @@ def _pose_msg(t: float, x: float, q=(0.0, 0.0, 0.0, 1.0)) -> PoseStamped:
 
 
 def test_faults_nan_out_of_order_burst_and_diagnostics(ctx, wm, one_thread):
-    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "pose", "pose_topic": "/robot_pose",
+    h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "pose", "pose_topic": "/robot_pose",
                       "max_lag": 1.0, "diagnostics_period": 0.2, "pose_queue": 2000}, model=wm)
     try:
         pub = h.publisher(PoseStamped, "/robot_pose", QoSProfile(depth=5000))
@@ -286,7 +286,7 @@ def test_faults_nan_out_of_order_burst_and_diagnostics(ctx, wm, one_thread):
 
 
 def test_reset_service_and_imagine_topic(ctx, wm, one_thread):
-    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "pose", "pose_topic": "/robot_pose",
+    h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "pose", "pose_topic": "/robot_pose",
                       "max_lag": 30.0}, model=wm)
     try:
         pub = h.publisher(PoseStamped, "/robot_pose")
@@ -321,18 +321,18 @@ def test_reset_service_and_imagine_topic(ctx, wm, one_thread):
         restart = h.images[n_before]
         assert stamp_to_sec(restart.header.stamp) == pytest.approx(20.0 + 0.05 * 49, abs=1e-9)
         np.testing.assert_array_equal(np.frombuffer(bytes(restart.data), np.uint8).reshape(16, 16, 3),
-                                      cam._seed_image)
+                                      cam._first_frame)
         assert cam.stats()["restarts"] == 1
     finally:
         h.close()
 
 
-def test_seed_image_topic_waits_for_a_seed_and_reset_takes_the_latest(ctx, wm, one_thread):
+def test_first_frame_topic_waits_for_a_first_frame_and_reset_takes_the_latest(ctx, wm, one_thread):
     from PIL import Image as PILImage
 
-    h = Harness(ctx, {"input": "pose", "pose_topic": "/robot_pose", "seed_image_topic": "/seed/image",
-                      "seed_camera_info_topic": "/seed/camera_info", "diagnostics_period": 0.2, "max_lag": 30.0},
-                model=wm)
+    h = Harness(ctx, {"input": "pose", "pose_topic": "/robot_pose", "first_frame_topic": "/camera/image",
+                      "first_frame_camera_info_topic": "/camera/camera_info", "diagnostics_period": 0.2,
+                      "max_lag": 30.0}, model=wm)
     try:
         cam = h.node.camera
         pub = h.publisher(PoseStamped, "/robot_pose")
@@ -340,23 +340,23 @@ def test_seed_image_topic_waits_for_a_seed_and_reset_takes_the_latest(ctx, wm, o
             pub.publish(_pose_msg(30.0 + 0.05 * i, 0.05 * i))
             time.sleep(0.005)
         assert h.wait(lambda: cam.stats()["poses_in"] == 5, 10)
-        assert cam.stats()["waiting_for_seed"] == 5 and not cam.stats()["started"]
-        assert h.wait(lambda: any(d.status[0].level == b"\x01" and "waiting for a seed image" in d.status[0].message
-                                  and {kv.key: kv.value for kv in d.status[0].values}["waiting_for_seed"] == "5"
+        assert cam.stats()["waiting_for_first_frame"] == 5 and not cam.stats()["started"]
+        assert h.wait(lambda: any(d.status[0].level == b"\x01" and "waiting for a first frame" in d.status[0].message
+                                  and {kv.key: kv.value for kv in d.status[0].values}["waiting_for_first_frame"] == "5"
                                   for d in h.diags), 10)
-        assert not h.images and not h.infos and not h.poses  # nothing without a seed
-        # the seed: 96x80 rgb8 with its camera info (sent first: the image takes the latest intrinsics)
-        seed1 = np.asarray(PILImage.open(SEED_IMAGE).convert("RGB").resize((96, 80)), dtype=np.uint8)
-        k_seed = [70.0, 72.0, 47.0, 41.0]
+        assert not h.images and not h.infos and not h.poses  # nothing without a first frame
+        # the first frame: 96x80 rgb8 with its camera info (sent first: the image takes the latest intrinsics)
+        first1 = np.asarray(PILImage.open(FIRST_FRAME).convert("RGB").resize((96, 80)), dtype=np.uint8)
+        k_first = [70.0, 72.0, 47.0, 41.0]
         info = CameraInfo()
         info.height, info.width = 80, 96
-        info.k = [k_seed[0], 0.0, k_seed[2], 0.0, k_seed[1], k_seed[3], 0.0, 0.0, 1.0]
-        h.publisher(CameraInfo, "/seed/camera_info").publish(info)
-        assert h.wait(lambda: h.node._seed_k is not None, 10)
-        seed_pub = h.publisher(Image, "/seed/image")
-        seed_pub.publish(array_to_image(seed1, 0.0, "seed_camera"))
+        info.k = [k_first[0], 0.0, k_first[2], 0.0, k_first[1], k_first[3], 0.0, 0.0, 1.0]
+        h.publisher(CameraInfo, "/camera/camera_info").publish(info)
+        assert h.wait(lambda: h.node._first_frame_k is not None, 10)
+        first_pub = h.publisher(Image, "/camera/image")
+        first_pub.publish(array_to_image(first1, 0.0, "camera"))
         assert h.wait(lambda: len(h.images) >= 1, 30)
-        want1, k1 = load_image(seed1, cam.image_hw, k_seed)
+        want1, k1 = load_image(first1, cam.image_hw, k_first)
         first = h.images[0]
         assert stamp_to_sec(first.header.stamp) == pytest.approx(30.2, abs=1e-9)  # starts at the latest pose
         np.testing.assert_array_equal(np.frombuffer(bytes(first.data), np.uint8).reshape(16, 16, 3), want1)
@@ -366,15 +366,15 @@ def test_seed_image_topic_waits_for_a_seed_and_reset_takes_the_latest(ctx, wm, o
             time.sleep(0.005)
         assert h.wait(lambda: cam.stats()["accepted"] == 20, 10)
         h.settle()
-        assert len(h.images) > 1 and cam.stats()["waiting_for_seed"] == 5
-        # a second, different seed takes effect at the next (re)start only
+        assert len(h.images) > 1 and cam.stats()["waiting_for_first_frame"] == 5
+        # a second, different first frame takes effect at the next (re)start only
         yy, xx = np.mgrid[0:80, 0:96]
-        seed2 = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
-        want2, _ = load_image(seed2, cam.image_hw, k_seed)
+        first2 = np.stack([xx * 2, yy * 3, (xx + yy) % 256], axis=-1).astype(np.uint8)
+        want2, _ = load_image(first2, cam.image_hw, k_first)
         assert not np.array_equal(want1, want2)
         n_live = len(h.images)
-        seed_pub.publish(array_to_image(seed2, 0.0, "seed_camera"))
-        assert h.wait(lambda: np.array_equal(cam._seed_image, want2), 10)
+        first_pub.publish(array_to_image(first2, 0.0, "camera"))
+        assert h.wait(lambda: np.array_equal(cam._first_frame, want2), 10)
         time.sleep(0.2)
         assert len(h.images) == n_live
         client = h.probe.create_client(Trigger, "/sana_wm/reset")
@@ -417,7 +417,7 @@ def test_tf_input_drops_a_reversed_and_a_self_loop_edge_and_keeps_going(ctx, wm,
     pytest.importorskip("tf2_msgs", reason="tf2_msgs: build it with python -m sana_wm_ros.build_tf2_msgs")
     from tf2_msgs.msg import TFMessage
 
-    h = Harness(ctx, {"initial_image": str(SEED_IMAGE), "input": "tf", "parent_frame": "odom",
+    h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "tf", "parent_frame": "odom",
                       "child_frame": "base_link", "diagnostics_period": 0.2, "max_lag": 60.0}, model=wm)
     try:
         static_qos = QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -449,12 +449,12 @@ def test_tf_input_drops_a_reversed_and_a_self_loop_edge_and_keeps_going(ctx, wm,
 
 @pytest.mark.parametrize("source", ["pose", "tf"])
 def test_a_pose_clock_jump_back_restarts_the_stream_and_reset_recovers(ctx, wm, one_thread, source):
-    """A looping bag: the pose clock jumps back by more than max_gap; the stream restarts from the seed image at
+    """A looping bag: the pose clock jumps back by more than max_gap; the stream restarts from the first frame at
     the new clock, and /diagnostics counts the jump. A smaller jump back drops poses until ~/reset."""
     if source == "tf":
         pytest.importorskip("tf2_msgs", reason="tf2_msgs: build it with python -m sana_wm_ros.build_tf2_msgs")
         from tf2_msgs.msg import TFMessage
-    params = {"initial_image": str(SEED_IMAGE), "diagnostics_period": 0.2, "max_lag": 60.0}
+    params = {"initial_image": str(FIRST_FRAME), "diagnostics_period": 0.2, "max_lag": 60.0}
     params.update({"input": "tf"} if source == "tf" else {"input": "pose", "pose_topic": "/robot_pose"})
     h = Harness(ctx, params, model=wm)
     try:
@@ -483,7 +483,7 @@ def test_a_pose_clock_jump_back_restarts_the_stream_and_reset_recovers(ctx, wm, 
         assert len(after) == _expected_frames(second, cam.fps, cam.chunk_frames) > 10
         np.testing.assert_allclose(_stamps(after), 5.0 + np.arange(len(after)) / cam.fps, atol=2e-9)
         np.testing.assert_array_equal(np.frombuffer(bytes(after[0].data), np.uint8).reshape(16, 16, 3),
-                                      cam._seed_image)  # restarted from the seed image
+                                      cam._first_frame)  # restarted from the first frame
         np.testing.assert_allclose([m.pose.position.x for m in h.poses[n1:]], _stamps(after) - 90.0, atol=1e-6)
         assert h.wait(lambda: any(_diag_values(d).get("clock_jumps") == "1" and "jumped back" in d.status[0].message
                                   for d in h.diags), 10)
@@ -536,19 +536,19 @@ BAD_PARAMETERS = [  # (overrides, the parameter the error must name)
     ({"input": "lidar"}, "input"),
     ({"pose_topic": "not a topic"}, "pose_topic"),
     ({"pose_topic": ""}, "pose_topic"),
-    ({"seed_image_topic": "/cam/"}, "seed_image_topic"),
+    ({"first_frame_topic": "/cam/"}, "first_frame_topic"),
     ({"input": "tf", "child_frame": "odom"}, "child_frame"),
     ({"mount_xyz": [0.0, 0.1]}, "mount_xyz"),
     ({"mount_rpy": [0.0, float("inf"), 0.0]}, "mount_rpy"),
-    ({"seed_intrinsics": [500.0, 500.0, 320.0]}, "seed_intrinsics"),
-    ({"seed_intrinsics": [-500.0, 500.0, 320.0, 240.0]}, "seed_intrinsics"),
+    ({"first_frame_intrinsics": [500.0, 500.0, 320.0]}, "first_frame_intrinsics"),
+    ({"first_frame_intrinsics": [-500.0, 500.0, 320.0, 240.0]}, "first_frame_intrinsics"),
     ({"frame_id": ""}, "frame_id"),
     ({"device": "gpu0"}, "device"),
     ({"initial_image": "/nonexistent/first_frame.png"}, "initial_image"),
     ({"initial_image": "{tmp}"}, "initial_image"),  # a folder
     ({"initial_image": "{tmp}/corrupt.png"}, "initial_image"),
     ({"initial_image": "{tmp}/truncated.png"}, "initial_image"),
-    ({"initial_depth": "{tmp}/missing.npy", "initial_image": str(SEED_IMAGE)}, "initial_depth"),
+    ({"initial_depth": "{tmp}/missing.npy", "initial_image": str(FIRST_FRAME)}, "initial_depth"),
     ({"initial_depth": "{tmp}/depth.npy"}, "initial_depth"),  # without initial_image
     ({"model": "/nonexistent/bundle"}, "model"),
     ({"model": "{tmp}/corrupt_bundle"}, "model"),
@@ -560,7 +560,7 @@ BAD_PARAMETERS = [  # (overrides, the parameter the error must name)
 def bad_files(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bad_files")
     (tmp / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
-    (tmp / "truncated.png").write_bytes(SEED_IMAGE.read_bytes()[:200])
+    (tmp / "truncated.png").write_bytes(FIRST_FRAME.read_bytes()[:200])
     np.save(tmp / "depth.npy", np.ones((4, 4), np.float32))
     _corrupt_bundle(tmp)
     return tmp
@@ -580,16 +580,46 @@ def test_bad_parameters_fail_at_start_in_one_line_naming_the_parameter(ctx, wm, 
 
 
 def test_numbers_of_either_type_are_accepted(ctx, wm):
-    """``-p fps:=8`` (an integer) and ``-p seed_intrinsics:="[20, 20, 12, 10]"`` work like their float forms."""
+    """``-p fps:=8`` (an integer) and ``-p first_frame_intrinsics:="[20, 20, 12, 10]"`` work like their float forms."""
     node = SanaWMNode(model=wm, context=ctx, parameter_overrides=[
-        Parameter("fps", value=8), Parameter("max_gap", value=1), Parameter("initial_image", value=str(SEED_IMAGE)),
-        Parameter("seed_intrinsics", value=[20, 20, 12, 10]), Parameter("mount_xyz", value=[0, 0, 1])])
+        Parameter("fps", value=8), Parameter("max_gap", value=1), Parameter("initial_image", value=str(FIRST_FRAME)),
+        Parameter("first_frame_intrinsics", value=[20, 20, 12, 10]), Parameter("mount_xyz", value=[0, 0, 1])])
     try:
         assert node.camera.fps == 8.0 and node.camera.max_gap == 1.0
-        assert node.params["seed_intrinsics"] == [20.0, 20.0, 12.0, 10.0]
+        assert node.params["first_frame_intrinsics"] == [20.0, 20.0, 12.0, 10.0]
     finally:
         node.close()
         node.destroy_node()
+
+
+def test_deprecated_seed_parameters_still_work_and_warn(ctx, wm, one_thread):
+    """The first-frame parameters' older names (seed_image_topic, seed_intrinsics, ...) are read, with a warning;
+    set together with their current names, or with a bad value, they stop the node naming what was set."""
+    from sana_wm_ros.node import ParameterError
+
+    with pytest.warns(DeprecationWarning) as record:
+        h = Harness(ctx, {"input": "pose", "pose_topic": "/robot_pose", "seed_image_topic": "/old/image",
+                          "seed_intrinsics": [20, 20, 12, 10]}, model=wm)
+    assert {str(w.message) for w in record if "parameter" in str(w.message)} == {
+        "parameter seed_image_topic is deprecated: use first_frame_topic",
+        "parameter seed_intrinsics is deprecated: use first_frame_intrinsics"}
+    try:
+        cam = h.node.camera
+        assert h.node.params["first_frame_topic"] == "/old/image"
+        assert h.node.params["first_frame_intrinsics"] == [20.0, 20.0, 12.0, 10.0]
+        assert not cam.has_first_frame
+        h.publisher(Image, "/old/image").publish(array_to_image(np.full((20, 24, 3), 90, np.uint8), 0.0, "camera"))
+        assert h.wait(lambda: cam.has_first_frame, 10)
+        want, _ = load_image(np.full((20, 24, 3), 90, np.uint8), cam.image_hw, [20.0, 20.0, 12.0, 10.0])
+        np.testing.assert_array_equal(cam._first_frame, want)
+    finally:
+        h.close()
+    for overrides, why in [({"seed_image_topic": "/a", "first_frame_topic": "/b"}, "first_frame_topic is set too"),
+                           ({"seed_intrinsics": [500.0, 500.0, 320.0]}, "-p first_frame_intrinsics:="),
+                           ({"seed_camera_info_topic": "/cam/"}, "-p first_frame_camera_info_topic:=")]:
+        with pytest.warns(DeprecationWarning), pytest.raises(ParameterError) as err:
+            SanaWMNode(model=wm, context=ctx, parameter_overrides=[Parameter(k, value=v) for k, v in overrides.items()])
+        assert str(err.value).startswith(f"parameter {next(iter(overrides))} ") and why in str(err.value), err.value
 
 
 @pytest.mark.parametrize("arg,name", [("diagnostics_period:=0.0", "diagnostics_period"),
@@ -614,7 +644,7 @@ def test_console_script_shuts_down_cleanly_on_sigint(tmp_path, wm):
                OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sana_wm_ros.node", "--ros-args", "-p", f"model:={bundle}",
-         "-p", f"initial_image:={SEED_IMAGE}"],
+         "-p", f"initial_image:={FIRST_FRAME}"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out = ""

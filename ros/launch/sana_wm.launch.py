@@ -13,7 +13,7 @@ def generate_launch_description():
     params = os.path.join(get_package_share_directory("sana_wm_ros"), "config", "params.yaml")
     args = {
         "model": "default", "input": "odometry", "pose_topic": "/odom", "initial_image": "",
-        "seed_image_topic": "", "frame_id": "sana_wm_camera_optical_frame",
+        "first_frame_topic": "", "frame_id": "sana_wm_camera_optical_frame",
     }
     return LaunchDescription(
         [DeclareLaunchArgument(k, default_value=v) for k, v in args.items()]

@@ -9,9 +9,11 @@ Inputs (``input`` parameter): ``odometry`` (nav_msgs/Odometry), ``pose`` (geomet
 ``/tf`` and ``/tf_static``, ``parent_frame -> child_frame`` chained here, no tf2_ros needed).
 Outputs: ``~/image`` (rgb8), ``~/camera_info``, ``~/camera_pose`` (the OpenCV camera pose each frame depicts),
 ``~/imagined/image`` + ``~/imagined/camera_info``, ``/diagnostics``. Services: ``~/reset`` (std_srvs/Trigger).
-Topics: ``~/imagine`` (nav_msgs/Path), ``seed_image_topic`` (+ optional ``seed_camera_info_topic``).
+Topics: ``~/imagine`` (nav_msgs/Path), ``first_frame_topic`` (+ optional ``first_frame_camera_info_topic``).
 Parameters (``PARAMETERS``) are read and checked once, at start: a bad one stops the node with one line naming
 it, the form it takes and an example (:class:`ParameterError`). Numbers may be given as integers or floats.
+The older names of the first-frame parameters (``DEPRECATED_PARAMETERS``: ``seed_image_topic``, ...) still work
+and warn.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import re
 import sys
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,14 +146,23 @@ PARAMETERS: dict[str, tuple[object, Callable[[object], object], str, str]] = {
                       "depth.npy"),
     "initial_depth_scale": (1000.0, _number(0.0, False), "a positive number (16-bit png depth units per metre)",
                             "1000.0"),
-    "seed_intrinsics": ([0.0], _intrinsics, "[fx, fy, cx, cy] pixels with fx, fy > 0, or [0.0] (the model's FoV)",
-                        '"[500.0, 500.0, 320.0, 240.0]"'),
-    "seed_image_topic": ("", _optional_text, "'' or a ROS topic name", "/camera/image_raw"),
-    "seed_camera_info_topic": ("", _optional_text, "'' or a ROS topic name", "/camera/camera_info"),
+    "first_frame_intrinsics": ([0.0], _intrinsics,
+                               "[fx, fy, cx, cy] pixels with fx, fy > 0, or [0.0] (the model's FoV)",
+                               '"[500.0, 500.0, 320.0, 240.0]"'),
+    "first_frame_topic": ("", _optional_text, "'' or a ROS topic name", "/camera/image_raw"),
+    "first_frame_camera_info_topic": ("", _optional_text, "'' or a ROS topic name", "/camera/camera_info"),
     "max_gap": (0.5, _number(0.0, False), "a positive number of seconds", "0.5"),
     "max_lag": (2.0, _number(0.0, False), "a positive number of seconds", "2.0"),
     "stall_timeout": (1.0, _number(0.0, False), "a positive number of seconds", "1.0"),
     "diagnostics_period": (1.0, _number(0.0, False), "a positive number of seconds", "1.0"),
+}
+
+
+# deprecated name -> the parameter it stands for (read when set, with a warning)
+DEPRECATED_PARAMETERS = {
+    "seed_intrinsics": "first_frame_intrinsics",
+    "seed_image_topic": "first_frame_topic",
+    "seed_camera_info_topic": "first_frame_camera_info_topic",
 }
 
 
@@ -163,10 +175,12 @@ def _one_line(err: BaseException) -> str:
 
 
 def parameter_error(name: str, value, why: str = "") -> ParameterError:
-    """The one-line error for parameter ``name``: expected form, the value given, why (optional), an example."""
-    _, _, expected, example = PARAMETERS[name]
+    """The one-line error for parameter ``name``: expected form, the value given, why (optional), an example
+    (under the current name when ``name`` is a deprecated one)."""
+    current = DEPRECATED_PARAMETERS.get(name, name)
+    _, _, expected, example = PARAMETERS[current]
     return ParameterError(f"parameter {name} must be {expected}, got {value!r}{': ' + why if why else ''}; "
-                          f"set e.g. -p {name}:={example}")
+                          f"set e.g. -p {current}:={example}")
 
 
 def stamp_to_sec(stamp) -> float:
@@ -182,11 +196,11 @@ def sec_to_stamp(t: float, stamp) -> None:
 def image_to_array(msg) -> np.ndarray:
     """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 (H, W, 3) RGB."""
     if msg.encoding not in ENCODINGS:
-        raise ValueError(f"seed image encoding must be one of {', '.join(ENCODINGS)}, got {msg.encoding!r}")
+        raise ValueError(f"first frame encoding must be one of {', '.join(ENCODINGS)}, got {msg.encoding!r}")
     ch, bgr = ENCODINGS[msg.encoding]
     buf = np.frombuffer(bytes(msg.data), dtype=np.uint8)
     if msg.step < msg.width * ch or len(buf) < msg.step * msg.height:
-        raise ValueError(f"seed image: {len(buf)} bytes do not fit {msg.height}x{msg.width} {msg.encoding} "
+        raise ValueError(f"first frame: {len(buf)} bytes do not fit {msg.height}x{msg.width} {msg.encoding} "
                          f"with step {msg.step}")
     arr = buf[: msg.step * msg.height].reshape(msg.height, msg.step)[:, : msg.width * ch]
     arr = arr.reshape(msg.height, msg.width, ch)
@@ -272,19 +286,20 @@ class SanaWMNode(Node):
             msg_type = {"odometry": Odometry, "pose": PoseStamped, "pose_with_covariance": PoseWithCovarianceStamped}
             self.create_subscription(msg_type[p["input"]], p["pose_topic"], self._on_pose_msg, pose_qos)
         if p["initial_image"]:
-            k = p["seed_intrinsics"] or None
+            k = p["first_frame_intrinsics"] or None
             depth = Path(p["initial_depth"]).expanduser() if p["initial_depth"] else None
             try:
-                self.camera.set_seed(Path(p["initial_image"]).expanduser(), k, depth=depth,
-                                     depth_scale=p["initial_depth_scale"])
+                self.camera.set_first_frame(Path(p["initial_image"]).expanduser(), k, depth=depth,
+                                            depth_scale=p["initial_depth_scale"])
             except Exception as err:  # the image was checked already: the depth map or a model/depth mismatch
                 name = "initial_depth" if depth is not None else "initial_image"
                 raise parameter_error(name, p[name], _one_line(err)) from None
-        self._seed_k = None
-        if p["seed_image_topic"]:
-            self.create_subscription(Image, p["seed_image_topic"], self._on_seed_image, sensor)
-        if p["seed_camera_info_topic"]:
-            self.create_subscription(CameraInfo, p["seed_camera_info_topic"], self._on_seed_info, sensor)
+        self._first_frame_k = None
+        if p["first_frame_topic"]:
+            self.create_subscription(Image, p["first_frame_topic"], self._on_first_frame, sensor)
+        if p["first_frame_camera_info_topic"]:
+            self.create_subscription(CameraInfo, p["first_frame_camera_info_topic"], self._on_first_frame_info,
+                                     sensor)
         self.create_subscription(PathMsg, "~/imagine", self._on_imagine, 10)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(p["diagnostics_period"], self._publish_diagnostics)
@@ -308,17 +323,18 @@ class SanaWMNode(Node):
                 out[name] = check(value)
             except (TypeError, ValueError, RuntimeError) as err:
                 raise parameter_error(name, value, _one_line(err) if str(err) else "") from None
+        given_as = self._declare_deprecated(out)
         if out["input"] not in INPUTS:
             raise parameter_error("input", out["input"])
-        topics = ["seed_image_topic", "seed_camera_info_topic"]
+        topics = ["first_frame_topic", "first_frame_camera_info_topic"]
         topics += ["tf_topic", "tf_static_topic"] if out["input"] == "tf" else ["pose_topic"]
         for name in topics:
             if out[name] or name == "pose_topic":
                 try:
                     validate_full_topic_name(expand_topic_name(out[name], self.get_name(), self.get_namespace()))
                 except Exception as err:  # rclpy raises its own exception types (and ValueError) here
-                    raise parameter_error(name, out[name], _one_line(err).removeprefix("Invalid topic name: ")) \
-                        from None
+                    raise parameter_error(given_as.get(name, name), out[name],
+                                          _one_line(err).removeprefix("Invalid topic name: ")) from None
         if out["input"] == "tf" and out["parent_frame"].lstrip("/") == out["child_frame"].lstrip("/"):
             raise parameter_error("child_frame", out["child_frame"], "it is parent_frame too")
         if out["initial_depth"] and not out["initial_image"]:
@@ -332,11 +348,34 @@ class SanaWMNode(Node):
 
             try:
                 with PILImage.open(Path(out["initial_image"]).expanduser()) as im:
-                    im.load()  # the whole image: a truncated file fails here, not later in the seed
+                    im.load()  # the whole image: a truncated file fails here, not later when it is the first frame
             except Exception as err:  # PIL raises OSError, ValueError, SyntaxError, ... for a bad file
                 raise parameter_error("initial_image", out["initial_image"],
                                       f"not a readable image ({_one_line(err)})") from None
         return out
+
+    def _declare_deprecated(self, out: dict) -> dict[str, str]:
+        """Declare the deprecated names of ``DEPRECATED_PARAMETERS``; one that is set (to other than the default)
+        warns and fills in its current parameter, which must then be left unset. Returns {current: deprecated name}
+        for the values taken that way (errors about them name what the user set)."""
+        given_as = {}
+        for old, new in DEPRECATED_PARAMETERS.items():
+            default, check, expected, _ = PARAMETERS[new]
+            descriptor = ParameterDescriptor(description=f"deprecated: use {new} ({expected})", dynamic_typing=True)
+            value = self.declare_parameter(old, default, descriptor).value
+            if value == default:
+                continue
+            message = f"parameter {old} is deprecated: use {new}"
+            self.get_logger().warning(message)
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            try:
+                checked = check(value)
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise parameter_error(old, value, _one_line(err) if str(err) else "") from None
+            if out[new] != check(default):
+                raise ParameterError(f"parameter {old} is deprecated and {new} is set too: drop {old}")
+            out[new], given_as[new] = checked, old
+        return given_as
 
     def _load_model(self, p: dict):
         """The world model of parameter ``model`` on ``device``; a missing or broken bundle is a ParameterError."""
@@ -364,8 +403,8 @@ class SanaWMNode(Node):
         elif status == "gap":
             log.warning(f"gap in the pose stream (> {self.camera.max_gap} s): holding, resuming at {t:.3f}",
                         throttle_duration_sec=2.0)
-        elif status == "waiting_for_seed":
-            log.info("waiting for a seed image (initial_image or seed_image_topic)", throttle_duration_sec=5.0)
+        elif status == "waiting_for_first_frame":
+            log.info("waiting for a first frame (initial_image or first_frame_topic)", throttle_duration_sec=5.0)
 
     def _on_pose_msg(self, msg) -> None:
         pose = msg.pose if isinstance(msg, PoseStamped) else msg.pose.pose
@@ -403,16 +442,16 @@ class SanaWMNode(Node):
         for t, T in new:
             self._feed(t, T[:3, 3], rotmat_to_quat(T[:3, :3]).numpy())
 
-    def _on_seed_info(self, msg) -> None:
-        self._seed_k = [msg.k[0], msg.k[4], msg.k[2], msg.k[5]]
+    def _on_first_frame_info(self, msg) -> None:
+        self._first_frame_k = [msg.k[0], msg.k[4], msg.k[2], msg.k[5]]
 
-    def _on_seed_image(self, msg) -> None:
+    def _on_first_frame(self, msg) -> None:
         try:
             arr = image_to_array(msg)
-            k = self._seed_k or self.params["seed_intrinsics"] or None
-            self.camera.set_seed(arr, k)
+            k = self._first_frame_k or self.params["first_frame_intrinsics"] or None
+            self.camera.set_first_frame(arr, k)
         except ValueError as err:
-            self.get_logger().warning(f"seed image ignored: {err}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"first frame ignored: {err}", throttle_duration_sec=5.0)
 
     def _on_imagine(self, msg) -> None:
         from sana_wm_env.trajectories.tf import pose_matrix
@@ -433,8 +472,8 @@ class SanaWMNode(Node):
             with self._tf_lock:  # the TF clock may have been restarted too: take the next samples whatever their stamps
                 self.tf.clear_dynamic()
         response.success = self.camera.request_reset()
-        response.message = ("restarting from the latest seed image" if response.success
-                            else "no seed image yet (set initial_image or publish on seed_image_topic)")
+        response.message = ("restarting from the latest first frame" if response.success
+                            else "no first frame yet (set initial_image or publish on first_frame_topic)")
         return response
 
     # --------------------------------------------------------------------------------------------- outputs
@@ -477,8 +516,8 @@ class SanaWMNode(Node):
         status.name = f"{self.get_name()}: world-model camera"
         status.hardware_id = self.camera.model.name
         level, msgs = DiagnosticStatus.OK, []
-        if not s["has_seed"]:
-            level, msgs = DiagnosticStatus.WARN, ["waiting for a seed image"]
+        if not s["has_first_frame"]:
+            level, msgs = DiagnosticStatus.WARN, ["waiting for a first frame"]
         if s["since_last_pose_s"] is not None and s["since_last_pose_s"] > self.params["stall_timeout"]:
             level = DiagnosticStatus.WARN
             msgs.append(f"no pose for {s['since_last_pose_s']:.1f} s: holding the last frame")
