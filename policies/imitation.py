@@ -29,16 +29,6 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv
 Expert = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 
-def _sim_of(venv: VecEnv):
-    """The batched simulation under SB3 wrappers (VecTransposeImage, GoalTrackerVecEnv, ...)."""
-    env = venv
-    while not hasattr(env, "sim"):
-        if not hasattr(env, "venv"):
-            raise ValueError(f"venv must wrap policies.sb3.make_sb3_vec_env's SB3VecEnv, got {type(venv).__name__}")
-        env = env.venv
-    return env.sim
-
-
 def scripted_expert(venv: VecEnv, gain: float = 0.8) -> Expert:
     """The pose controller as a batched expert on ``venv``'s observations (``(N, 6)`` actions in [-1, 1]).
 
@@ -47,13 +37,13 @@ def scripted_expert(venv: VecEnv, gain: float = 0.8) -> Expert:
     ``sana-wm evaluate-policy``. Other observations have no goal an expert could read: ValueError.
     """
     from policies.relative_pose import relative_goal_matrix
-    from policies.sb3 import GOAL_ESTIMATE_KEY
+    from policies.sb3 import GOAL_ESTIMATE_KEY, world_model_vec_env
     from policies.scripted import PoseController
 
     space = venv.observation_space
     keys = space.spaces if isinstance(space, gym.spaces.Dict) else {}
-    sim = _sim_of(venv)
-    controller = PoseController(sim.limits, sim.step_seconds, gain)
+    base = world_model_vec_env(venv)
+    controller = PoseController(base.limits, base.step_seconds, gain)
     if GOAL_ESTIMATE_KEY in keys:
         def expert(obs: dict[str, np.ndarray]) -> np.ndarray:
             return np.stack([controller.command_relative(relative_goal_matrix(v)) for v in obs[GOAL_ESTIMATE_KEY]])

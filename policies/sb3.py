@@ -21,20 +21,28 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvWrapper
 
 import sana_wm_env  # noqa: F401  (registers the ids)
-from sana_wm_env.envs.core import make_rngs
 from sana_wm_env.envs.vector import WorldModelVectorEnv
 
 
 class SB3VecEnv(VecEnv):
-    """An SB3 ``VecEnv`` over a ``WorldModelVectorEnv`` (or ``TwinVectorEnv``), with same-step autoreset."""
+    """An SB3 ``VecEnv`` over a ``WorldModelVectorEnv`` (or ``TwinVectorEnv``), with same-step autoreset.
+
+    The sub-envs are elements of one batched simulation, so they have no objects of their own:
+    ``get_attr`` reads the vector env's attribute (the same for every sub-env); ``set_attr`` sets it, and only
+    for all sub-envs at once (a strict subset of ``indices`` is refused rather than silently applied to all);
+    ``env_method`` calls one of the vector env's per-sub-env methods (:attr:`SUB_ENV_METHODS`, taking the sub-env
+    index first) once per selected sub-env.
+    """
+
+    #: methods of the vector env that act on one sub-env (``method(index, *args, **kwargs)``)
+    SUB_ENV_METHODS = ("imagine", "render_env")
 
     def __init__(self, venv: WorldModelVectorEnv) -> None:
         if not isinstance(venv, WorldModelVectorEnv):
             raise ValueError(f"venv must be a WorldModelVectorEnv or TwinVectorEnv, got {type(venv).__name__}")
-        self.venv, self.sim = venv, venv.sim
+        self.venv = venv
         super().__init__(venv.num_envs, venv.single_observation_space, venv.single_action_space)
         self.render_mode = venv.render_mode
-        self._rngs = make_rngs(None, self.num_envs)
         self._actions: np.ndarray | None = None
 
     def _stack(self, obs: list) -> Any:
@@ -44,10 +52,8 @@ class SB3VecEnv(VecEnv):
 
     def reset(self):
         idx = list(range(self.num_envs))
-        for i, s in enumerate(self._seeds):
-            if s is not None:
-                self._rngs[i] = make_rngs(int(s), 1)[0]
-        obs, infos = self.sim.reset(idx, self._rngs, [self._options[i] or None for i in idx])
+        obs, infos = self.venv.reset_envs(idx, seeds=[None if s is None else int(s) for s in self._seeds],
+                                          options=[self._options[i] or None for i in idx])
         self.reset_infos = infos
         self._reset_seeds()
         self._reset_options()
@@ -60,12 +66,11 @@ class SB3VecEnv(VecEnv):
         self._actions = a
 
     def step_wait(self):
-        idx = list(range(self.num_envs))
-        obs, rewards, terms, truncs, infos = self.sim.step(idx, self._actions)
+        obs, rewards, terms, truncs, infos = self.venv.step_envs(range(self.num_envs), self._actions)
         done = terms | truncs
         if done.any():
             done_idx = [int(i) for i in np.nonzero(done)[0]]
-            r_obs, _ = self.sim.reset(done_idx, [self._rngs[i] for i in done_idx], [None] * len(done_idx))
+            r_obs, _ = self.venv.reset_envs(done_idx)
             for i, o in zip(done_idx, r_obs):
                 infos[i] = {**infos[i], "terminal_observation": obs[i],
                             "TimeLimit.truncated": bool(truncs[i] and not terms[i])}
@@ -79,16 +84,35 @@ class SB3VecEnv(VecEnv):
         return [getattr(self.venv, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        chosen = sorted({int(i) for i in self._get_indices(indices)})
+        if chosen != list(range(self.num_envs)):
+            raise ValueError(f"set_attr({attr_name!r}): the sub-envs share one simulation, so attributes can only be "
+                             f"set for all {self.num_envs} of them (indices=None), got indices {chosen}")
         setattr(self.venv, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        return [getattr(self.venv, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+        if method_name not in self.SUB_ENV_METHODS:
+            raise ValueError(f"env_method: {method_name!r} is not a per-sub-env method; choose one of "
+                             f"{', '.join(self.SUB_ENV_METHODS)} (or call the vector env, .venv, directly)")
+        method = getattr(self.venv, method_name)
+        return [method(int(i), *method_args, **method_kwargs) for i in self._get_indices(indices)]
 
     def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
         return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [self.sim.rgb_frame(i) for i in range(self.num_envs)]
+        return [self.venv.render_env(i) for i in range(self.num_envs)]
+
+
+def world_model_vec_env(venv: VecEnv) -> WorldModelVectorEnv:
+    """The ``WorldModelVectorEnv`` under SB3 wrappers (``VecTransposeImage``, :class:`GoalTrackerVecEnv`, ...) of
+    :func:`make_sb3_vec_env`'s :class:`SB3VecEnv`; ValueError for any other VecEnv."""
+    env = venv
+    while not isinstance(env, SB3VecEnv):
+        if not hasattr(env, "venv"):
+            raise ValueError(f"venv must wrap policies.sb3.make_sb3_vec_env's SB3VecEnv, got {type(venv).__name__}")
+        env = env.venv
+    return env.venv
 
 
 def make_sb3_vec_env(env_id: str, num_envs: int = 1, **kwargs: Any) -> SB3VecEnv:
@@ -130,12 +154,10 @@ class GoalTrackerVecEnv(VecEnvWrapper):
             raise ValueError(f"GoalTrackerVecEnv needs ImageNav observations (an image goal), got {space}")
         if GOAL_ESTIMATE_KEY in space.spaces:
             raise ValueError(f"the observations already have a {GOAL_ESTIMATE_KEY!r} key")
-        sim = getattr(venv, "sim", None)
-        if sim is None:
-            raise ValueError("GoalTrackerVecEnv wraps make_sb3_vec_env's SB3VecEnv (it needs the sim's action limits)")
+        base = world_model_vec_env(venv)  # its action limits and step length drive the trackers' odometry
         net = goal_pose_net if isinstance(goal_pose_net, torch.nn.Module) else load_relative_pose_net(goal_pose_net)
         self.net = _check_image_size(net, space["image"].shape[:2]).eval()
-        self.trackers = [GoalTracker.for_sim(self.net, sim, memory=memory) for _ in range(venv.num_envs)]
+        self.trackers = [GoalTracker.for_sim(self.net, base, memory=memory) for _ in range(venv.num_envs)]
         estimate = gym.spaces.Box(-np.inf, np.inf, (TARGET_DIM,), np.float32)
         super().__init__(venv, observation_space=gym.spaces.Dict({**space.spaces, GOAL_ESTIMATE_KEY: estimate}))
         self._actions: np.ndarray | None = None

@@ -22,7 +22,6 @@ from scipy.spatial.transform import Rotation
 
 import sana_wm_env
 from sana_wm_env.envs import env_ids
-from sana_wm_env.envs.batching import select_state
 from world_model.bundles import untrained_world_model
 from world_model.camera import se3_inverse, se3_log
 from world_model.checkpoints import CheckpointNotFoundError
@@ -435,12 +434,12 @@ def test_select_state_repeats_and_subsets_exactly(wm):
     poses[:, :, 0, 3] = torch.arange(1, 4) * 0.1
     _, st = gen.step(st, poses)
     both, _ = gen.step(st, poses)
-    one, _ = gen.step(select_state(st, [1, 1]), poses[[1, 1]])
+    one, _ = gen.step(st.select([1, 1]), poses[[1, 1]])
     # the same element's frames, up to float reassociation across batch sizes
     torch.testing.assert_close(one[0], both[1], rtol=0, atol=1e-5)
     torch.testing.assert_close(one[1], one[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="index"):
-        select_state(st, [2])
+        st.select([2])
 
 
 def test_long_rollout_bounded_state_and_finite_poses(wm):

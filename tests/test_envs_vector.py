@@ -63,7 +63,7 @@ def test_next_step_autoreset_and_phase_groups(wm, tmp_path):
     venv2 = make_vec("SanaWM-Nav-v0", 2, model=wm)
     venv2.reset(seed=4)
     venv2.step(a)
-    venv2.sim.reset([0], [venv2._rngs[0]], [None])
+    venv2.reset_envs([0])  # the public batched API: sub-env 0 alone, its random stream continued
     _, _, _, _, info = venv2.step(a)
     assert info["generator_calls"].tolist() == [2, 2]
     single = gym.make("SanaWM-Nav-v0", model=wm)
@@ -106,11 +106,52 @@ def test_sb3_adapter_same_step_reset_and_ppo_smoke():
     assert all(i["TimeLimit.truncated"] for i in infos)
     assert infos[0]["terminal_observation"]["image"].shape == (36, 36, 3)
     np.testing.assert_allclose(obs["pose"], np.tile([0, 0, 0, 0, 0, 0, 1.0], (2, 1)), atol=1e-6)  # reset already
+    # the SB3 sub-env API: env_method calls a per-sub-env method once per selected sub-env
+    calls = []
+    real_imagine = venv.venv.imagine
+    venv.venv.imagine = lambda i, *a, **k: calls.append(i) or real_imagine(i, *a, **k)
+    out = venv.env_method("imagine", np.zeros((2, 1, 6)), frames=False, indices=[1])
+    assert calls == [1] and len(out) == 1 and out[0]["pose"].shape == (2, 1, 7)
+    calls.clear()
+    assert len(venv.env_method("imagine", np.zeros((1, 1, 6)), frames=False)) == 2 and calls == [0, 1]
+    del venv.venv.imagine
+    with pytest.raises(ValueError, match="per-sub-env method"):
+        venv.env_method("close")
+    assert [f.shape[2] for f in venv.env_method("render_env")] == [3, 3]
+    # set_attr honours indices: all sub-envs at once is fine, a strict subset is refused (one shared simulation)
+    venv.set_attr("note", "a", indices=[0, 1])
+    assert venv.get_attr("note") == ["a", "a"] and venv.get_attr("note", indices=[1]) == ["a"]
+    with pytest.raises(ValueError, match=r"all 2 of them.*\[1\]"):
+        venv.set_attr("note", "b", indices=[1])
+    assert venv.get_attr("note") == ["a", "a"]
     model = PPO("MultiInputPolicy", venv, n_steps=4, batch_size=8, n_epochs=1, device="cpu", seed=0)
     model.learn(8)
     action, _ = model.predict(obs, deterministic=True)
     assert action.shape == (2, 6)
     venv.close()
+
+
+def test_vector_env_batched_api(wm):
+    venv = make_vec("SanaWM-Nav-v0", 3, model=wm, task_config={"max_steps": 1}).unwrapped
+    assert venv.limits is venv.sim.limits and venv.step_seconds == venv.sim.step_seconds
+    assert venv.action_frame == "rep103"
+    obs, infos = venv.reset_envs([2, 0], seeds=[7, None])
+    assert len(obs) == len(infos) == 2 and all(i["step"] == 0 for i in infos)
+    single = gym.make("SanaWM-Nav-v0", model=wm)  # a seeded sub-env restarts like a single env with that seed
+    o, _ = single.reset(seed=7)
+    np.testing.assert_array_equal(obs[0]["image"], o["image"])
+    np.testing.assert_allclose(obs[0]["goal"], o["goal"])
+    s_obs, rew, term, trunc, s_infos = venv.step_envs([0], np.zeros((1, 6), np.float32))
+    assert len(s_obs) == 1 and rew.shape == term.shape == trunc.shape == (1,) and trunc[0]
+    with pytest.raises(RuntimeError, match="sub-env 0.*reset"):
+        venv.step_envs([0], np.zeros((1, 6), np.float32))  # no autoreset in the batched API
+    with pytest.raises(ValueError, match="indices"):
+        venv.step_envs([3], np.zeros((1, 6)))
+    with pytest.raises(ValueError, match="indices"):
+        venv.reset_envs([0, 0])
+    with pytest.raises(ValueError, match="seeds must have one entry per index"):
+        venv.reset_envs([0], seeds=[1, 2])
+    assert venv.render_env(2).ndim == 3
 
 
 def test_geometry_guided_vector_env_resets_one_sub_env_and_imagines():

@@ -283,7 +283,7 @@ def test_goal_tracker_vec_env_and_ppo_on_its_estimate(pairs, tmp_path):
     venv.seed(4)
     obs = venv.reset()
     # sub-env 1 against a tracker of its own, fed the same observations and actions, across an autoreset
-    ref = GoalTracker.for_sim(venv.net, venv.venv.sim, memory=0.5)
+    ref = GoalTracker.for_sim(venv.net, venv.venv.venv, memory=0.5)
     first = lambda o, i: {"image": o["image"][i], "goal": o["goal"][i]}  # noqa: E731
     ref.reset(first(obs, 1))
     np.testing.assert_allclose(obs[GOAL_ESTIMATE_KEY][1], ref.estimate_vector(), atol=1e-5)

@@ -55,15 +55,6 @@ class StreamCache:
                 total += t.untyped_storage().nbytes()
         return total
 
-    def map_tensors(self, fn) -> StreamCache:
-        """A cache with ``fn`` applied to every tensor (e.g. ``lambda t: t.to(device)`` or batch selection)."""
-        return dataclasses.replace(self, blocks=tuple(map_tensors(b, fn) for b in self.blocks))
-
-    def select(self, index: torch.Tensor | list[int]) -> StreamCache:
-        """The cache of a subset (or reordering) of the batch."""
-        idx = torch.as_tensor(index, dtype=torch.long)
-        return self.map_tensors(lambda t: t.index_select(0, idx.to(t.device)))
-
 
 def _tensors(obj) -> Iterator[torch.Tensor]:
     if isinstance(obj, torch.Tensor):
@@ -77,12 +68,17 @@ def _tensors(obj) -> Iterator[torch.Tensor]:
 
 
 def map_tensors(obj, fn):
-    """``obj`` (a tensor, a state dataclass, a tuple of them, or None) with ``fn`` applied to every tensor."""
+    """``obj`` (a tensor, a state dataclass, a tuple, list or dict of them, or None) with ``fn`` applied to every
+    tensor; dataclasses are rebuilt from their init fields."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if dataclasses.is_dataclass(obj):
-        fields = dataclasses.fields(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = [f for f in dataclasses.fields(obj) if f.init]
         return dataclasses.replace(obj, **{f.name: map_tensors(getattr(obj, f.name), fn) for f in fields})
     if isinstance(obj, tuple):
         return tuple(map_tensors(item, fn) for item in obj)
+    if isinstance(obj, list):
+        return [map_tensors(item, fn) for item in obj]
+    if isinstance(obj, dict):
+        return {k: map_tensors(v, fn) for k, v in obj.items()}
     return obj

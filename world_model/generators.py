@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .cache import StreamCache
+from .cache import StreamCache, map_tensors
 from .camera import CameraInputs, camera_inputs_from_world, validate_c2w, validate_intrinsics
 from .codecs.base import DecodeStreamState, LatentCodec
 from .geometry import geometry_channels, geometry_inputs
@@ -85,6 +85,35 @@ class GeneratorState:
     def nbytes(self) -> int:
         caches = [c for c in (self.cache, self.uncond_cache, self.geometry) if c is not None]
         return sum(c.nbytes() for c in caches)
+
+    def select(self, index: Sequence[int]) -> GeneratorState:
+        """The state of batch elements ``index`` (any order, repeats allowed); this state is left untouched.
+
+        Vector envs restart some elements while the others keep streaming, and imagined rollouts repeat one
+        element K times. Every tensor in the state (caches, decode carry-over, first latents, poses, text) is
+        batch-first, so selection is an ``index_select`` on dim 0; the point cache selects its own elements.
+        """
+        idx = [int(i) for i in index]
+        b = self.batch_size
+        if not idx or any(i < 0 or i >= b for i in idx):
+            raise ValueError(f"index must be a non-empty list of batch positions in [0, {b}), got {idx}")
+        sel = torch.as_tensor(idx, dtype=torch.long)
+
+        def pick(t: torch.Tensor) -> torch.Tensor:
+            if t.ndim == 0 or t.shape[0] != b:
+                raise ValueError(f"state holds a tensor of shape {tuple(t.shape)} that is not batch-first (batch {b})")
+            return t.index_select(0, sel.to(t.device))
+
+        skip = ("seeds", "decode", "image_hw", "latent_hw", "geometry")
+        new = {f.name: map_tensors(getattr(self, f.name), pick) for f in dataclasses.fields(self) if f.name not in skip}
+        new["seeds"] = tuple(self.seeds[i] for i in idx)
+        if self.geometry is not None:
+            new["geometry"] = self.geometry.select(idx)
+        if self.decode is not None:
+            d = self.decode
+            new["decode"] = dataclasses.replace(d, cache=map_tensors(d.cache, pick),
+                                                batch_size=None if d.batch_size is None else len(idx))
+        return dataclasses.replace(self, **new)
 
 
 def _seeds(seed: int | Sequence[int], batch: int) -> tuple[int, ...]:

@@ -6,7 +6,8 @@ the env logic (actions, tasks, rewards) is shared and never knows which one runs
 The world-model backend keeps the batch as *groups* of elements that share a chunk phase: the model's
 positions and noise streams are per chunk, so elements at the same chunk index run in one generator call.
 Sub-envs reset together (and every sub-env after ``reset()``) share one group; a sub-env reset alone starts a
-group of its own until the phases meet again (they never merge: positions differ).
+group of its own until the phases meet again (they never merge: positions differ), and a group of which only
+some members step splits in two.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from sana_wm_env.envs.batching import select_state
 from sana_wm_env.video import from_uint8, to_uint8
 from world_model.bundles import WorldModel
 from world_model.generators import GeneratorState
@@ -51,7 +51,7 @@ class WorldModelBackend:
             if len(keep) == len(members):
                 kept.append((members, state))
             elif keep:
-                kept.append(([members[p] for p in keep], select_state(state, keep)))
+                kept.append(([members[p] for p in keep], state.select(keep)))
         self.groups = kept
 
     @property
@@ -106,8 +106,11 @@ class WorldModelBackend:
             if not any(inside):
                 new_groups.append((members, state))
                 continue
-            if not all(inside):
-                raise RuntimeError("a chunk-phase group must step all its members together (internal error)")
+            if not all(inside):  # part of a group steps: it splits, the others keep their state and phase
+                rest = [p for p, m in enumerate(members) if m not in pos]
+                new_groups.append(([members[p] for p in rest], state.select(rest)))
+                moving = [p for p, m in enumerate(members) if m in pos]
+                members, state = [members[p] for p in moving], state.select(moving)
             rows = [pos[m] for m in members]
             frames, state = self.generator.step(state, torch.as_tensor(c2w[rows], dtype=torch.float32))
             frames = to_uint8(frames)
@@ -128,7 +131,7 @@ class WorldModelBackend:
         for members, state in self.groups:
             if element in members:
                 k, horizon = c2w.shape[:2]
-                fork = select_state(state, [members.index(element)] * k)
+                fork = state.select([members.index(element)] * k)
                 chunks = []
                 for h in range(horizon):
                     frames, fork = self.generator.step(fork, torch.as_tensor(c2w[:, h], dtype=torch.float32))

@@ -8,10 +8,16 @@ noise seeds; batch composition never changes an element's frames).
 Batching: sub-envs at the same chunk index share one generator call; after ``reset()`` all N do. A sub-env
 autoreset alone runs in its own phase group from then on (one extra call per distinct phase; see
 ``sana_wm_env.envs.backends``); ``info["generator_calls"]`` reports the calls a step took.
+
+Batched API for other drivers (e.g. the SB3 adapter, which resets finished sub-envs in the same step):
+``reset_envs(indices, seeds=..., options=...)`` and ``step_envs(indices, actions)`` act on any subset of sub-envs
+in one batched call with no autoreset and return unbatched per-sub-env results; ``render_env(index)`` draws one
+sub-env; ``limits``, ``step_seconds`` and ``action_frame`` describe the action scaling shared by all sub-envs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +25,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array
 
+from sana_wm_env.envs.actions import ActionLimits
 from sana_wm_env.envs.core import CameraSim, make_rngs
 from world_model.bundles import WorldModel
 
@@ -84,15 +91,68 @@ class WorldModelVectorEnv(VectorEnv):
         out = create_empty_array(self.single_observation_space, self.num_envs)
         return concatenate(self.single_observation_space, obs, out)
 
+    # ------------------------------------------------------------------------------------------ batched API
+    @property
+    def limits(self) -> ActionLimits:
+        """The action limits shared by all sub-envs (action ``a`` in [-1, 1] moves ``a * limits.scale`` per s)."""
+        return self.sim.limits
+
+    @property
+    def step_seconds(self) -> float:
+        """Duration of one step in seconds (``frames_per_step / fps``)."""
+        return self.sim.step_seconds
+
+    @property
+    def action_frame(self) -> str:
+        """The frame actions move in: ``"rep103"`` (body) or ``"opencv"`` (camera)."""
+        return self.sim.action_frame
+
+    def _indices(self, indices: Sequence[int]) -> list[int]:
+        idx = [int(i) for i in indices]
+        if not idx or any(i < 0 or i >= self.num_envs for i in idx) or len(set(idx)) != len(idx):
+            raise ValueError(f"indices must be distinct sub-env indices in [0, {self.num_envs}), got {list(indices)!r}")
+        return idx
+
+    def reset_envs(self, indices: Sequence[int], *, seeds: Sequence[int | None] | None = None,
+                   options: Sequence[dict | None] | None = None) -> tuple[list, list[dict]]:
+        """Start new episodes for sub-envs ``indices`` in one batched call; returns ([obs], [info]), one per index.
+
+        ``seeds[j]`` (if not None) restarts sub-env ``indices[j]``'s random stream as a single env seeded with it;
+        None continues the stream. ``options[j]`` are that sub-env's reset options. No autoreset bookkeeping:
+        the caller owns the episode boundaries.
+        """
+        idx = self._indices(indices)
+        for name, per in (("seeds", seeds), ("options", options)):
+            if per is not None and len(per) != len(idx):
+                raise ValueError(f"{name} must have one entry per index ({len(idx)}), got {len(per)}")
+        for i, s in zip(idx, seeds or [None] * len(idx)):
+            if s is not None:
+                self._rngs[i] = make_rngs(int(s), 1)[0]
+        obs, infos = self.sim.reset(idx, [self._rngs[i] for i in idx], list(options or [None] * len(idx)))
+        self._autoreset[idx] = False
+        return obs, infos
+
+    def step_envs(self, indices: Sequence[int], actions) -> tuple[list, np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """Step sub-envs ``indices`` with ``actions`` (len(indices), 6) in one batched call, without autoreset.
+
+        Returns ([obs], rewards, terminated, truncated, [info]), one entry per index. A sub-env whose episode
+        ended must be restarted with :meth:`reset_envs` before it steps again (RuntimeError otherwise).
+        """
+        idx = self._indices(indices)
+        return self.sim.step(idx, actions)
+
+    def render_env(self, index: int) -> np.ndarray:
+        """Sub-env ``index``'s last frame enlarged, with a HUD (what ``render()`` returns for it)."""
+        return self.sim.rgb_frame(self._indices([index])[0])
+
+    # ------------------------------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be a dict or None, got {type(options).__name__}")
         if seed is not None:
             self._rngs = make_rngs(seed, self.num_envs)
-        idx = list(range(self.num_envs))
-        obs, infos = self.sim.reset(idx, self._rngs, [options] * self.num_envs)
-        self._autoreset[:] = False
+        obs, infos = self.reset_envs(range(self.num_envs), options=[options] * self.num_envs)
         merged: dict = {}
         for i, info in enumerate(infos):
             merged = self._add_info(merged, info, i)
@@ -110,13 +170,13 @@ class WorldModelVectorEnv(VectorEnv):
         truncs = np.zeros(self.num_envs, dtype=bool)
         merged: dict = {}
         if reset_idx:
-            r_obs, r_infos = self.sim.reset(reset_idx, [self._rngs[i] for i in reset_idx], [None] * len(reset_idx))
+            r_obs, r_infos = self.reset_envs(reset_idx)
             for i, o, info in zip(reset_idx, r_obs, r_infos):
                 obs[i] = o
                 merged = self._add_info(merged, info, i)
         if step_idx:
             calls = self.sim.backend.num_calls(step_idx)
-            s_obs, s_rew, s_term, s_trunc, s_infos = self.sim.step(step_idx, a[step_idx])
+            s_obs, s_rew, s_term, s_trunc, s_infos = self.step_envs(step_idx, a[step_idx])
             for row, i in enumerate(step_idx):
                 obs[i], rewards[i], terms[i], truncs[i] = s_obs[row], s_rew[row], s_term[row], s_trunc[row]
                 merged = self._add_info(merged, {**s_infos[row], "generator_calls": calls}, i)
@@ -130,7 +190,7 @@ class WorldModelVectorEnv(VectorEnv):
     def render(self):
         if self.render_mode != "rgb_array":
             return None
-        return tuple(self.sim.rgb_frame(i) for i in range(self.num_envs))
+        return tuple(self.render_env(i) for i in range(self.num_envs))
 
     def close_extras(self, **kwargs: Any) -> None:
         self.sim.close()
