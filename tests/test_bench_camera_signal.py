@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from _scripts import load_script
 
 from world_model.bundles import save_world_model, untrained_world_model
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # benchmark smoke runs: the slow tier
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_camera_signal", ROOT / "benchmarks" / "bench_camera_signal.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_camera_signal.py")
 
 
 def test_camera_signal_end_to_end(bench, tmp_path):

@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
+from _scripts import load_script
 
 from sana_wm_env.datasets import DatasetSpec, make_dataset
 from world_model.codecs import LTX2Codec, build_codec
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_codecs.py"
+pytestmark = pytest.mark.slow  # benchmark smoke runs: the slow tier
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_codecs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    return load_script("benchmarks/bench_codecs.py")
 
 
 @pytest.fixture(scope="module")

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from world_model.bundles import save_world_model, untrained_world_model
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # benchmark smoke runs: the slow tier
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_first_depth", ROOT / "benchmarks" / "bench_first_depth.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_first_depth.py")
 
 
 def test_depth_errors_of_known_maps(bench):

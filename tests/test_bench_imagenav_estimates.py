@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _scripts import load_script
 
 from policies.relative_pose import (
     RelativePoseNet,
@@ -18,16 +17,12 @@ from policies.relative_pose import (
 )
 from world_model.bundles import DEFAULT_NAME
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # benchmark smoke runs: the slow tier
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_imagenav_estimates",
-                                                  ROOT / "benchmarks" / "bench_imagenav_estimates.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/bench_imagenav_estimates.py")
 
 
 @pytest.fixture(scope="module")

@@ -133,6 +133,7 @@ def test_damaged_clips_are_reported_named_and_rendered_again(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_dataset_make_with_one_line_and_leaves_only_whole_clips(tmp_path):
     import os
     import signal

@@ -275,6 +275,7 @@ def test_candidates_and_clip_lengths():
 
 
 # ------------------------------------------------------------------------------------------ CLI
+@pytest.mark.slow
 def test_eval_cli_quick_writes_json_and_figures(tmp_path, tiny_bundle, one_thread, capsys):
     from PIL import Image
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import gymnasium as gym
 import numpy as np
 import pytest
+from _scripts import load_script
 from stable_baselines3 import PPO
 
 import sana_wm_env  # noqa: F401
@@ -15,7 +13,6 @@ from policies.imitation import collect_expert_data, pretrain_policy, scripted_ex
 from policies.sb3 import GoalFrameExtractor, SB3Policy, make_sb3_vec_env
 from policies.scripted import PoseController
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -85,9 +82,7 @@ def test_expert_data_returns_follow_the_rewards_and_pretraining_fits_the_expert(
 
 
 def test_train_ppo_nav_warm_start_saves_the_clone(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/train_ppo_nav.py")
     out = tmp_path / "ppo.zip"
     summary = example.main(["--env-id", "SanaWM-TwinNav-v0", "--model", "none", "--total-steps", "32",
                             "--n-envs", "2", "--n-steps", "16", "--batch-size", "16", "--max-steps", "4",

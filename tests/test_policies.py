@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
+from _scripts import load_script
 
 import sana_wm_env  # noqa: F401
 from policies import make_policy
@@ -27,9 +27,6 @@ from sana_wm_env.evaluation.policy import (
     summarize,
 )
 from world_model.bundles import save_world_model, untrained_world_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -213,10 +210,9 @@ def test_goal_frame_extractor_feature_sizes():
 
 
 # ------------------------------------------------------------------------------------------------ PPO example
+@pytest.mark.slow
 def test_train_ppo_example_smoke(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/train_ppo_nav.py")
     bundle = save_world_model(untrained_world_model("tiny-notext", image_hw=(36, 36)), tmp_path / "tiny36")
     zip_path = tmp_path / "ppo.zip"
     res = example.main(["--env-id", "SanaWM-TwinNav-v0", "--model", str(bundle), "--total-steps", "128",
@@ -231,9 +227,7 @@ def test_train_ppo_example_smoke(tmp_path):
 
 
 def test_train_ppo_example_imagenav_twin_only(tmp_path):
-    spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/train_ppo_nav.py")
     res = example.main(["--env-id", "SanaWM-TwinImageNav-v0", "--model", "none", "--image-size", "36",
                         "--total-steps", "64", "--n-envs", "2", "--n-steps", "32", "--batch-size", "32",
                         "--max-steps", "3", "--eval-episodes", "1", "--out", str(tmp_path / "p.zip")])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from _scripts import load_script
 
 import sana_wm_env  # noqa: F401
 from policies.relative_pose import (
@@ -22,8 +22,6 @@ from policies.relative_pose import (
     train_relative_pose_net,
 )
 from policies.sb3 import GoalFrameExtractor, SB3Policy, goal_in_body_frame
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,9 +131,7 @@ def test_pose_errors_are_metres_and_degrees():
 
 def _train_tiny_imagenav_ppo(tmp_path: Path, net_path: Path, *extra: str) -> Path:
     """``examples/train_ppo_nav.py`` for 64 twin ImageNav steps on the frozen encoder at ``net_path``."""
-    spec = importlib.util.spec_from_file_location("train_ppo_nav", ROOT / "examples" / "train_ppo_nav.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/train_ppo_nav.py")
     zip_path = tmp_path / "ppo.zip"
     example.main(["--env-id", "SanaWM-TwinImageNav-v0", "--model", "none", "--total-steps", "64",
                   "--n-envs", "2", "--n-steps", "32", "--batch-size", "32", "--max-steps", "4",

@@ -237,6 +237,7 @@ def _pose_msg(t: float, x: float, q=(0.0, 0.0, 0.0, 1.0)) -> PoseStamped:
     return m
 
 
+@pytest.mark.slow
 def test_faults_nan_out_of_order_burst_and_diagnostics(ctx, wm, one_thread):
     h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "pose", "pose_topic": "/robot_pose",
                       "max_lag": 1.0, "diagnostics_period": 0.2, "pose_queue": 2000}, model=wm)
@@ -285,6 +286,7 @@ def test_faults_nan_out_of_order_burst_and_diagnostics(ctx, wm, one_thread):
         h.close()
 
 
+@pytest.mark.slow
 def test_reset_service_and_imagine_topic(ctx, wm, one_thread):
     h = Harness(ctx, {"initial_image": str(FIRST_FRAME), "input": "pose", "pose_topic": "/robot_pose",
                       "max_lag": 30.0}, model=wm)
@@ -327,6 +329,7 @@ def test_reset_service_and_imagine_topic(ctx, wm, one_thread):
         h.close()
 
 
+@pytest.mark.slow
 def test_first_frame_topic_waits_for_a_first_frame_and_reset_takes_the_latest(ctx, wm, one_thread):
     from PIL import Image as PILImage
 
@@ -447,6 +450,7 @@ def test_tf_input_drops_a_reversed_and_a_self_loop_edge_and_keeps_going(ctx, wm,
         h.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["pose", "tf"])
 def test_a_pose_clock_jump_back_restarts_the_stream_and_reset_recovers(ctx, wm, one_thread, source):
     """A looping bag: the pose clock jumps back by more than max_gap; the stream restarts from the first frame at

@@ -252,6 +252,7 @@ def test_lean_cache_holds_no_more_memory_than_the_reference(monkeypatch):
     assert lean[-1].nbytes() == ref[-1].nbytes() > 0
 
 
+@pytest.mark.slow
 def test_compiled_lean_step_sees_in_place_weight_updates(monkeypatch):
     """compile_streaming on a CPU traces the lean path, whose fused weights are refreshed eagerly before each call."""
     model, x, t, cam = _one_frame_chunks(10, 4, 500.0)

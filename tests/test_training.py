@@ -284,6 +284,7 @@ def test_sample_video_is_generated_next_to_ground_truth(overfit_run):
     assert abs(frames[:, :, 16:].astype(float) - truth).mean() < 12  # right half is the clip (mp4 lossy)
 
 
+@pytest.mark.slow
 def test_distillation_closes_the_student_teacher_gap(overfit_run, tmp_path):
     data = PanClips(1)
     cfg = DistillConfig(model="tiny-notext", codec=CODEC, steps=30, batch_size=1, lr=1e-3, weight_decay=0.0,
@@ -300,6 +301,7 @@ def test_distillation_closes_the_student_teacher_gap(overfit_run, tmp_path):
     assert d.teacher is not d.ema and all(not p.requires_grad for p in d.teacher.parameters())
 
 
+@pytest.mark.slow
 def test_distilling_a_smaller_student_chunk(overfit_run, tmp_path):
     teacher = overfit_run.ema
     assert teacher.config.chunk_size > 1

@@ -26,8 +26,9 @@ from world_model.ops import (
     short_conv,
 )
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
-                                reason="triton is not installed (pip install triton==3.9.0)")
+pytestmark = [pytest.mark.slow,  # the Triton interpreter on CPU: the slow tier
+              pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                 reason='triton is not installed (pip install -e ".[kernels]")')]
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
