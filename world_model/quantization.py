@@ -235,13 +235,6 @@ class QuantizationSummary:
     quantized: dict[str, str]
     full_precision: list[str]
 
-    def to_text(self) -> str:
-        lines = [f"quantization mode: {self.mode or 'none'}; {len(self.quantized)} quantized modules, "
-                 f"{len(self.full_precision)} linear/conv modules in full precision"]
-        lines += [f"  Q  {name}: {desc}" for name, desc in self.quantized.items()]
-        lines += [f"  -  {name}" for name in self.full_precision]
-        return "\n".join(lines)
-
 
 def _describe(quantizer) -> str:
     bits = quantizer.num_bits

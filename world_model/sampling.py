@@ -42,14 +42,6 @@ def distilled_sigmas() -> torch.Tensor:
     return sigmas_from_timesteps(DISTILLED_TIMESTEPS)
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    return (1 - sigma) * x0 + sigma * noise
-
-
-def predict_x0(x: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-    return x - sigma * velocity
-
-
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     return x + (sigma_next - sigma) * velocity
 

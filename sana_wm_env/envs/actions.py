@@ -23,10 +23,6 @@ import torch
 from world_model.camera import se3_exp
 
 ACTION_FRAMES: tuple[str, ...] = ("rep103", "opencv")
-ACTION_NAMES: dict[str, tuple[str, ...]] = {
-    "rep103": ("forward", "left", "up", "roll", "pitch", "yaw"),
-    "opencv": ("right", "down", "forward", "rot_x", "rot_y", "rot_z"),
-}
 
 
 @dataclass(frozen=True)

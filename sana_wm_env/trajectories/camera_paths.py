@@ -87,9 +87,6 @@ class _Noise:
     def __call__(self, t: np.ndarray) -> np.ndarray:
         return (self.a[None] * np.sin(2 * np.pi * self.f[None] * t[:, None] + self.phi[None])).sum(1)
 
-    @property
-    def max_rate(self) -> float:
-        return float((np.abs(self.a) * 2 * np.pi * self.f).sum())
 
 
 def _check_args(motion: str, num_frames: int, fps: float, clearance: float) -> None:

@@ -152,10 +152,6 @@ class Trajectory:
         t0 = self.timestamps[0]
         return self._with(timestamps=t0 + (self.timestamps - t0) * factor)
 
-    def shift_time(self, start: float = 0.0) -> Trajectory:
-        """Shift the stamps so the first one is ``start`` seconds."""
-        return self._with(timestamps=self.timestamps - self.timestamps[0] + float(start))
-
     def recenter(self) -> Trajectory:
         """Express all poses in the frame of the first pose (which becomes the identity)."""
         return self._with(poses=cam.relative_to_first(self.poses).numpy(), frame_id=f"{self.child_frame_id}@0")
