@@ -1,4 +1,5 @@
-"""The lean CPU streaming path (world_model/layers/stream_cpu.py) against the reference layers.
+"""The lean CPU streaming path (world_model/layers/stream_cpu.py, dispatched through world_model.ops.dispatch)
+against the reference layers.
 
 Every parameter is randomised (the zero-initialised camera residual, temporal conv and gates included) and the
 cameras rotate and translate, so every branch of both paths contributes to the outputs being compared.
@@ -15,10 +16,9 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-import world_model.layers.attention as attention_module
-import world_model.layers.ffn as ffn_module
 from world_model.camera import CameraInputs
 from world_model.config import PRESETS
+from world_model.ops import dispatch
 from world_model.transformer import SanaWMTransformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,6 +54,13 @@ def _one_frame_chunks(seed: int, frames: int, timestep: float):
     gen = torch.Generator().manual_seed(seed + 1)
     x = torch.randn(1, model.config.in_channels, frames, 3, 3, generator=gen)
     return model, x, torch.full((1, frames), timestep), _camera(1, frames, (3, 3), model.config.plucker_channels)
+
+
+def _wrap_lean(monkeypatch, wrap) -> None:
+    """Replace the lean attention and FFN functions registered with the dispatch by ``wrap(key, fn)``."""
+    for op, key in (("stream_attention", "attention"), ("stream_temporal_residual", "ffn")):
+        entry = dispatch._FAST_PATHS[op]
+        monkeypatch.setitem(dispatch._FAST_PATHS, op, dataclasses.replace(entry, fn=wrap(key, entry.fn)))
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -99,15 +106,11 @@ def test_lean_streaming_matches_the_reference_layers(chunk_size, renorm, monkeyp
     cam = _camera(b, frames, hw, cfg.plucker_channels)
 
     calls = {"attention": 0, "ffn": 0}
-    for module, name, key in ((attention_module, "attention_forward", "attention"),
-                              (ffn_module, "temporal_residual", "ffn")):
-        original = getattr(module, name)
 
-        def counted(*args, _original=original, _key=key, **kwargs):
-            calls[_key] += 1
-            return _original(*args, **kwargs)
+    def count(key, fn):
+        return lambda *args, **kwargs: calls.update({key: calls[key] + 1}) or fn(*args, **kwargs)
 
-        monkeypatch.setattr(module, name, counted)
+    _wrap_lean(monkeypatch, count)
     ref, ref_caches = _stream(model, x, t, cam, reference=True, monkeypatch=monkeypatch)
     assert calls == {"attention": 0, "ffn": 0}
     lean, lean_caches = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
@@ -156,8 +159,7 @@ def test_lean_path_stays_out_of_training_and_other_dtypes(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the lean path ran")
 
-    monkeypatch.setattr(attention_module, "attention_forward", fail)
-    monkeypatch.setattr(ffn_module, "temporal_residual", fail)
+    _wrap_lean(monkeypatch, lambda key, fn: fail)
     monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "0")
     model, x, t, cam = _one_frame_chunks(6, 2, 500.0)
     out, _ = model.forward_stream(x, t, cache=model.new_cache(), camera=cam)  # autograd on
@@ -193,7 +195,7 @@ def test_positional_context_is_shared_within_a_chunk_and_recomputed_when_inputs_
     assert len(calls) == 4
 
 
-def test_tail_parts_are_computed_once_per_chunk_and_follow_in_place_changes(monkeypatch):
+def test_tail_parts_are_computed_once_per_chunk_and_follow_edited_tails(monkeypatch):
     import world_model.layers.stream_cpu as stream_cpu
 
     model, x, t, cam = _one_frame_chunks(10, 3, 500.0)
@@ -217,12 +219,12 @@ def test_tail_parts_are_computed_once_per_chunk_and_follow_in_place_changes(monk
     assert builds == {"short_conv": gdn, "t_conv_past": model.config.depth, "output": plucker}
     torch.testing.assert_close(outs[0], outs[2], atol=0, rtol=0)
 
-    with torch.no_grad():  # cached tails edited in place: rebuilt, and the result follows the edit
-        cache.blocks[0].ffn_tail.add_(0.5)
-        next(b.attn for b in cache.blocks if hasattr(b.attn, "conv_tail")).conv_tail.mul_(-1.0)
+    with torch.no_grad():  # edited cached tails (caches are values: a new cache): rebuilt, the result follows
         edited = copy.deepcopy(cache)
-        lean, _ = model.forward_stream(xs, ts, cache=cache, **args)
-    assert builds["t_conv_past"] == model.config.depth + 1 and builds["short_conv"] == gdn + 1
+        edited.blocks[0].ffn_tail.add_(0.5)
+        next(b.attn for b in edited.blocks if hasattr(b.attn, "conv_tail")).conv_tail.mul_(-1.0)
+        lean, _ = model.forward_stream(xs, ts, cache=copy.deepcopy(edited), **args)
+    assert builds["t_conv_past"] == 2 * model.config.depth and builds["short_conv"] == 2 * gdn  # once more each
     monkeypatch.setenv("SANA_WM_REFERENCE_OPS", "1")
     with torch.no_grad():
         ref, _ = model.forward_stream(xs, ts, cache=edited, **args)
@@ -254,13 +256,12 @@ def test_lean_cache_holds_no_more_memory_than_the_reference(monkeypatch):
 
 @pytest.mark.slow
 def test_compiled_lean_step_sees_in_place_weight_updates(monkeypatch):
-    """compile_streaming on a CPU traces the lean path, whose fused weights are refreshed eagerly before each call."""
+    """compile_streaming on a CPU traces the lean path, whose fused weights are rebuilt eagerly at every chunk."""
     model, x, t, cam = _one_frame_chunks(10, 4, 500.0)
     eager = _model(seed=10, chunk_size=1, first_chunk_size=2)
     calls = []
-    original = attention_module.attention_forward
-    monkeypatch.setattr(attention_module, "attention_forward",
-                        lambda *a, **k: calls.append(torch.compiler.is_compiling()) or original(*a, **k))
+    _wrap_lean(monkeypatch, lambda key, fn: (lambda *a, **k: calls.append(torch.compiler.is_compiling()) or fn(*a, **k))
+               if key == "attention" else fn)
     model.compile_streaming("default", backend="eager")
     first, _ = _stream(model, x, t, cam, reference=False, monkeypatch=monkeypatch)
     assert any(calls)  # traced under torch.compile

@@ -27,12 +27,12 @@ import torch.utils.checkpoint
 
 from .cache import StreamCache, map_tensors
 from .config import ModelConfig, get_config
+from .layers import stream_cpu  # noqa: F401  (registers the lean CPU streaming path with ops.dispatch)
 from .layers.attention import AttentionContext, CameraTransforms, SoftmaxChunk, retain_softmax_cache
 from .layers.block import Block, BlockState
 from .layers.common import CaptionEmbedder, FinalLayer, PatchEmbed3D, RMSNorm, TimestepEmbedder
 from .layers.positional import rope_freqs, se3_inverse_matrices, slice_rope_for_camera, ucpe_ray_matrices
-from .layers.stream_cpu import lean_applies
-from .layers.stream_cpu import prepare as prepare_lean
+from .ops import fast_path
 
 Mode = Literal["bidirectional", "chunk_causal"]
 # torch.compile modes for compile_streaming (inductor); the first two capture CUDA graphs.
@@ -115,7 +115,7 @@ class SanaWMTransformer(nn.Module):
         with an unbounded window (the chunk-causal teacher) grow every chunk and always run eagerly.
         With CUDA-graph modes, state that outlives a call is cloned out of the graph's memory pool. On a CPU
         (float32) the lean streaming path (:mod:`world_model.layers.stream_cpu`) is what gets compiled; its fused
-        weights are refreshed eagerly before every call, so in-place weight updates are still seen.
+        weights are rebuilt eagerly at every new chunk, so weight updates are seen from the next chunk on.
 
         Args:
             mode: an inductor mode from ``STREAM_COMPILE_MODES`` or ``None`` (back to eager).
@@ -323,9 +323,11 @@ class SanaWMTransformer(nn.Module):
         ctx = AttentionContext(bounds=bounds, rope=rope, camera=cam, causal=causal, streaming=cache is not None)
         prior = None if cache is None else cache.blocks
         args = (x, modulation, ctx, grid_hw, text, text_mask, plucker, prior, write_state)
-        if self._stream_blocks is not None and cache is not None and cache.window_chunks is not None:
-            if lean_applies(x, True):  # the compiled lean path reads its fused weights unchecked: refresh them
-                prepare_lean(self.blocks, cam is not None)
+        compiled = self._stream_blocks is not None and cache is not None and cache.window_chunks is not None
+        begin_chunk = None if cache is None else fast_path("stream_begin_chunk", x)
+        if begin_chunk is not None:  # the lean path's per-chunk store (a compiled step reads it unchecked)
+            begin_chunk(self.blocks, cache, cam is not None, compiled=compiled)
+        if compiled:
             if self._stream_cudagraphs:
                 torch.compiler.cudagraph_mark_step_begin()
             # one graph per pass kind (denoise / cache write) and cache fill level (first chunk, then 1 .. sink +

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ops import (
+    fast_path,
     frame_delta_numerator,
     frame_gdn,
     gdn_features,
@@ -28,7 +29,6 @@ from ..ops import (
 from ..ops.attention import chunk_causal_attention
 from .common import RMSNorm
 from .positional import apply_rope, downscale_to_reference_rms, ucpe_apply
-from .stream_cpu import attention_forward, attention_lean_ok, lean_applies
 
 OUTPUT_GATE_BIAS = 1.278464542761074  # silu(b) == 1: the gate starts as identity
 
@@ -185,9 +185,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionContext, state=None, write_state: bool = False):
         """``x (B, T, S, C)`` -> ``(out (B, T, S, C), new_state or None)``.
 
-        Streaming inference on a CPU runs :func:`.stream_cpu.attention_forward` (same maths, fewer ops)."""
-        if lean_applies(x, ctx.streaming) and attention_lean_ok(self):
-            return attention_forward(self, x, ctx, state, write_state)
+        Streaming inference on a CPU runs the ``stream_attention`` fast path when registered
+        (:func:`.stream_cpu.attention_forward`: same maths, fewer ops)."""
+        lean = fast_path("stream_attention", self, x, ctx)
+        if lean is not None:
+            return lean(self, x, ctx, state, write_state)
         if self.softmax:
             main, cam, new_state = self._softmax_forward(x, ctx, state, write_state)
         else:

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 
 from ..config import ModelConfig
+from ..ops import fast_path
 from .attention import AttentionContext, GDNState, SelfAttention, SoftmaxChunk, SoftmaxState
 from .common import CrossAttention
 from .ffn import GLUConvFFN
-from .stream_cpu import chunk_constant_linear, lean_applies
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Block(nn.Module):
         x = x + gate_msa * attn_out
         if self.plucker_proj is not None and plucker is not None:
             # the embedding is the same through a chunk's passes: the lean path projects it once per chunk
-            lean = lean_applies(x, ctx.streaming)
-            x = x + (chunk_constant_linear(self.plucker_proj, plucker) if lean else self.plucker_proj(plucker))
+            lean = fast_path("stream_chunk_constant_linear", self.plucker_proj, plucker) if ctx.streaming else None
+            x = x + (lean(self.plucker_proj, plucker) if lean is not None else self.plucker_proj(plucker))
         if self.cross_attn is not None and text is not None:
             b, t, s, c = x.shape
             x = x + self.cross_attn(x.reshape(b, t * s, c), text, text_mask).reshape(b, t, s, c)

@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ops import chunked_temporal_conv
-from .stream_cpu import lean_applies, temporal_residual
+from ..ops import chunked_temporal_conv, fast_path
 
 
 class _Conv(nn.Module):
@@ -78,8 +77,8 @@ class GLUConvFFN(nn.Module):
         """``x (B, T, S, C)`` -> ``(y (B, T, S, C), tail of the pre-temporal-conv activations)``.
 
         The 1x1 convs run as linear maps on channels-last tokens (same weights, faster on CPU). A ``streaming``
-        call (one chunk, ``bounds == [(0, T)]``) on a CPU runs the temporal conv as one matmul
-        (:func:`.stream_cpu.temporal_residual`).
+        call (one chunk, ``bounds == [(0, T)]``) on a CPU runs the temporal conv as one matmul (the
+        ``stream_temporal_residual`` fast path, :func:`.stream_cpu.temporal_residual`).
         """
         b, t, s, c = x.shape
         h, w = grid_hw
@@ -88,8 +87,9 @@ class GLUConvFFN(nn.Module):
         y = self.depth_conv(y).permute(0, 2, 3, 1)  # (B*T, h, w, 2h)
         value, gate = y.chunk(2, dim=-1)
         y = _pointwise(self.point_conv.conv, value * F.silu(gate)).reshape(b, t, s, c)
-        if streaming and lean_applies(x, streaming):
-            return temporal_residual(y, self.t_conv.weight, tail, self)
+        lean = fast_path("stream_temporal_residual", y, self.t_conv.weight, tail, self) if streaming else None
+        if lean is not None:
+            return lean(y, self.t_conv.weight, tail, self)
         y = y.permute(0, 3, 1, 2)  # (B, C, T, S)
         conv, new_tail = chunked_temporal_conv(y, self.t_conv.weight, bounds=bounds, tail=tail)
         y = y + conv

@@ -16,47 +16,72 @@ this path runs about a fifth of that:
   denoising passes and its cache pass read the same cache (:func:`_per_chunk`).
 
 It applies only to streaming calls (one chunk, ``ctx.streaming``) of float32 CPU modules with plain
-``nn.Linear`` projections, outside autograd; ``compile_streaming`` on a CPU compiles this path (x1.3-1.4 more
-on a one-frame chunk, docs/benchmarks.md). Everything else (training, bidirectional and chunk-causal forwards,
-CUDA with its Triton kernels, quantized models) uses the reference layers, and ``SANA_WM_REFERENCE_OPS=1``
-forces them here too. Caches written by either path are interchangeable; ``tests/test_stream_cpu.py`` compares the two.
+``nn.Linear`` projections, outside autograd; ``compile_streaming`` on a CPU compiles this path. Everything else
+(training, bidirectional and chunk-causal forwards, CUDA with its Triton kernels, quantized models) uses the
+reference layers. The layers reach this path only through :mod:`world_model.ops.dispatch` (the fast paths
+registered at the end of this module, on import by the transformer), so ``SANA_WM_REFERENCE_OPS=1`` turns it off
+like every other fast path. Caches written by either path are interchangeable; ``tests/test_stream_cpu.py``
+compares the two. Measured against the reference layers, eager and compiled: docs/benchmarks.md.
 
-Fused weights are built on first use and rebuilt whenever a source parameter changes (its storage or its
-version counter), so optimizer steps, ``load_state_dict`` and ``.to()`` are all seen.
+What it keeps between calls lives in one store per module, scoped to one chunk: the fused weights and the parts
+that depend only on a chunk's cached tails. :func:`begin_chunk` (the transformer calls it before every streaming
+call) starts a new store whenever the call's :class:`~world_model.cache.StreamCache` is another object than the
+previous call's, i.e. at every new chunk: a chunk's passes all read the cache they were given, and a new chunk
+reads the weights and tails as they are then. So weight updates (optimizer steps, ``load_state_dict``, ``.to()``,
+in-place edits) take effect from the next chunk on; caches are values: edit a copy, not a cache being streamed.
 """
 
 from __future__ import annotations
 
-import os
 import weakref
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..cache import StreamCache
 from ..ops.conv import left_context
+from ..ops.dispatch import register_fast_path
 from ..ops.features import apply_rope
+from .attention import AttentionContext, GDNState, SelfAttention, SoftmaxChunk
 from .positional import downscale_to_reference_rms
 
-if TYPE_CHECKING:
-    from .attention import AttentionContext, SelfAttention
+_STORE = "_stream_cpu_store"  # module attribute: {"cache": weakref, "fused": {name: tensors}, "memo": {...}}
 
 
-def lean_applies(x: torch.Tensor, streaming: bool) -> bool:
-    """Whether :func:`attention_forward` / :func:`temporal_residual` may replace the reference for this call."""
-    return (
-        streaming
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and not torch.is_grad_enabled()
-        and os.environ.get("SANA_WM_REFERENCE_OPS") != "1"
-    )
+def lean_applies(x: torch.Tensor, streaming: bool = True) -> bool:
+    """Whether this path may replace the reference layers for a call on ``x`` (``SANA_WM_REFERENCE_OPS=1`` is
+    checked by the dispatch)."""
+    return streaming and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+
+
+def _owners(blocks: nn.ModuleList):
+    for block in blocks:
+        yield block.attn
+        yield block.mlp
+        if getattr(block, "plucker_proj", None) is not None:
+            yield block.plucker_proj
+
+
+def begin_chunk(blocks: nn.ModuleList, cache: StreamCache, camera: bool, *, compiled: bool) -> None:
+    """Before a streaming call on ``cache``: keep the stores of ``blocks`` if the previous call had the very same
+    cache object (another pass over the same chunk), else start new ones. A ``compiled`` step reads its fused
+    weights without checks: they are rebuilt here, eagerly, into the same tensors (so the graph is not
+    retraced), for the call ``camera`` or not."""
+    new_chunk = False
+    for owner in _owners(blocks):
+        store = owner.__dict__.get(_STORE)
+        if store is None or store["cache"]() is not cache:
+            fused = {} if store is None else store["fused"]
+            owner.__dict__[_STORE] = {"cache": weakref.ref(cache), "fused": fused if compiled else {}, "memo": {},
+                                      "stale": set(fused) if compiled else set()}
+            new_chunk = True
+    if compiled and new_chunk:
+        prepare(blocks, camera)
 
 
 def prepare(blocks: nn.ModuleList, camera: bool) -> None:
-    """Build or refresh (eagerly) every fused weight the lean path of ``blocks`` will read with or without a
-    ``camera``: the compiled streaming step reads them unchecked (:func:`_fused`)."""
+    """Build (eagerly) every fused weight the lean path of ``blocks`` will read with or without a ``camera``."""
     for block in blocks:
         attn = block.attn
         if attention_lean_ok(attn):
@@ -66,45 +91,56 @@ def prepare(blocks: nn.ModuleList, camera: bool) -> None:
         _temporal_weight(block.mlp.t_conv.weight, block.mlp)
 
 
-def _fused(module: nn.Module, name: str, params: list[torch.Tensor], build) -> tuple[torch.Tensor, ...]:
-    """``build()`` cached on ``module`` until one of ``params`` changes storage or version (never cached for
-    inference tensors, which carry no version counter).
+def _fused(module: nn.Module, name: str, build) -> tuple[torch.Tensor, ...]:
+    """``build()`` (contiguous, no autograd), kept in ``module``'s store for the rest of the chunk.
 
-    Under ``torch.compile`` the cache is read without checks (they would break the graph): :func:`prepare`, run
-    eagerly before every compiled call, has validated it; a missing entry is built inside the graph."""
+    A compiled step reads the store without checks (checks would break the graph); :func:`begin_chunk` has
+    refreshed it. Entries carried over from an earlier chunk of a compiled model are rebuilt into the same tensors
+    when first read eagerly in a new chunk (``stale``). Without a store (the layers called on their own) nothing is
+    kept."""
+    store = module.__dict__.get(_STORE)
     if torch.compiler.is_compiling():
-        hit = module.__dict__.get("_lean_cache", {}).get(name)
-        return hit[1] if hit is not None else tuple(t.contiguous() for t in build())
-    if any(p.is_inference() for p in params):
-        with torch.no_grad():
-            return tuple(t.contiguous() for t in build())
-    key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
-    cache = module.__dict__.get("_lean_cache", {})
-    hit = cache.get(name)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+        hit = None if store is None else store["fused"].get(name)
+        return hit if hit is not None else tuple(t.contiguous() for t in build())
+    hit = None if store is None else store["fused"].get(name)
+    if hit is not None and name not in store["stale"]:
+        return hit
     with torch.no_grad():
         value = tuple(t.contiguous() for t in build())
-    cache[name] = (key, value)
-    module.__dict__["_lean_cache"] = cache
+    if store is None:
+        return value
+    if hit is not None and _refreshable(hit, value):
+        for old, new in zip(hit, value, strict=True):
+            old.copy_(new)
+        value = hit
+    store["fused"][name] = value
+    store["stale"].discard(name)
     return value
 
 
+def _refreshable(old: tuple[torch.Tensor, ...], new: tuple[torch.Tensor, ...]) -> bool:
+    """Whether ``new`` can be copied into ``old`` (same layout; inference tensors only inside inference mode)."""
+    return len(old) == len(new) and all(
+        o.shape == n.shape and o.dtype == n.dtype and o.device == n.device
+        and (not o.is_inference() or torch.is_inference_mode_enabled())
+        for o, n in zip(old, new, strict=True))
+
+
 def _per_chunk(owner: nn.Module, name: str, sources: tuple[torch.Tensor, ...], build) -> torch.Tensor:
-    """``build()`` memoised on ``owner`` while ``sources`` are the very tensors (unmodified) it was built from.
+    """``build()`` memoised in ``owner``'s store (so for one chunk) while ``sources`` are the very same tensors.
 
     Why: a chunk's denoising passes and its cache pass all read the same cached tails, so what depends on a tail
-    and the weights only is computed once per chunk instead of once per pass. ``sources`` must include the fused
-    weights used (they are new objects whenever a parameter changes, :func:`_fused`). Not memoised under
-    ``torch.compile`` or for inference tensors (no version counter)."""
-    if torch.compiler.is_compiling() or any(src.is_inference() for src in sources):
+    and the weights only is computed once per chunk instead of once per pass. Not memoised under
+    ``torch.compile`` or without a store."""
+    store = owner.__dict__.get(_STORE)
+    if torch.compiler.is_compiling() or store is None:
         return build()
-    versions = tuple(src._version for src in sources)
-    memo = owner.__dict__.get("_chunk_memo", {}).get(name)
-    if memo is not None and memo[1] == versions and all(ref() is src for ref, src in zip(memo[0], sources)):
-        return memo[2]
+    memo = store["memo"].get(name)
+    if memo is not None and len(memo[0]) == len(sources) and all(
+            ref() is src for ref, src in zip(memo[0], sources, strict=True)):
+        return memo[1]
     value = build()
-    owner.__dict__.setdefault("_chunk_memo", {})[name] = (tuple(weakref.ref(src) for src in sources), versions, value)
+    store["memo"][name] = (tuple(weakref.ref(src) for src in sources), value)
     return value
 
 
@@ -113,8 +149,7 @@ def chunk_constant_linear(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     embedding, :meth:`SanaWMTransformer._positional_context`): computed once per chunk for a plain ``nn.Linear``."""
     if type(linear) is not nn.Linear:
         return linear(x)
-    sources = (x, linear.weight) if linear.bias is None else (x, linear.weight, linear.bias)
-    return _per_chunk(linear, "output", sources, lambda: linear(x))
+    return _per_chunk(linear, "output", (x,), lambda: linear(x))
 
 
 # -- attention --------------------------------------------------------------------------------------------
@@ -138,8 +173,7 @@ def _projection(attn: SelfAttention, rows: tuple[str, ...]) -> tuple[torch.Tenso
             return w, w.new_zeros(c)
         return linears[name].weight, linears[name].bias
 
-    params = [attn.qkv.weight] + [p for n in rows if n in linears for p in (linears[n].weight, linears[n].bias)]
-    weight, bias = _fused(attn, "proj:" + ",".join(rows), params,
+    weight, bias = _fused(attn, "proj:" + ",".join(rows),
                           lambda: [torch.cat(parts) for parts in zip(*(piece(n) for n in rows), strict=True)])
     offsets, at = {}, 0
     for n in rows:
@@ -260,8 +294,6 @@ def _camera_matrices(cam, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 
 
 def _softmax_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state, write_state: bool):
-    from .attention import SoftmaxChunk
-
     b, t, s, c = shape
     h, d = attn.num_heads, attn.head_dim
     cam = ctx.camera
@@ -302,13 +334,11 @@ def _pair_weights(attn: SelfAttention, pair: int) -> tuple[torch.Tensor, ...]:
     convs = [] if attn.conv_k is None else [attn.conv_k.weight, attn.conv_k_cam.weight][:pair]
     q_w = [attn.q_norm.weight, attn.q_norm_cam.weight][:pair]
     k_w = [attn.k_norm.weight, attn.k_norm_cam.weight][:pair]
-    return _fused(attn, f"pair{pair}", convs + q_w + k_w, lambda: (
+    return _fused(attn, f"pair{pair}", lambda: (
         torch.cat(convs) if convs else q_w[0].new_zeros(0), torch.stack(q_w), torch.stack(k_w)))
 
 
 def _gdn_branch(attn: SelfAttention, y, at, shape, ctx: AttentionContext, state, write_state: bool):
-    from .attention import GDNState
-
     b, t, s, c = shape
     h, d = attn.num_heads, attn.head_dim
     cam = ctx.camera
@@ -383,7 +413,7 @@ def attention_lean_ok(attn: SelfAttention) -> bool:
 # -- FFN --------------------------------------------------------------------------------------------------
 def _temporal_weight(weight: torch.Tensor, owner: nn.Module) -> torch.Tensor:
     """``t_conv.weight (C, C, k, 1)`` as ``(C, k*C)``, taps frame-major, cached on ``owner``."""
-    return _fused(owner, "t_conv", [weight], lambda: (weight[..., 0].permute(0, 2, 1).reshape(weight.shape[0], -1),))[0]
+    return _fused(owner, "t_conv", lambda: (weight[..., 0].permute(0, 2, 1).reshape(weight.shape[0], -1),))[0]
 
 
 def temporal_residual(y: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor | None, owner: nn.Module):
@@ -418,3 +448,14 @@ def temporal_residual(y: torch.Tensor, weight: torch.Tensor, tail: torch.Tensor 
     window = full.unfold(1, k, 1).transpose(-1, -2).reshape(b * t * s, k * c)  # taps frame-major
     out = torch.addmm(y.reshape(-1, c), window, frame_major.t()).view(b, t, s, c)
     return out, full[:, t : t + pad].permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
+
+
+# -- dispatch ---------------------------------------------------------------------------------------------
+def _attention_applies(attn: SelfAttention, x: torch.Tensor, ctx: AttentionContext, *args) -> bool:
+    return lean_applies(x, ctx.streaming) and attention_lean_ok(attn)
+
+
+register_fast_path("stream_attention", attention_forward, _attention_applies)
+register_fast_path("stream_temporal_residual", temporal_residual, lambda y, *args: lean_applies(y))
+register_fast_path("stream_chunk_constant_linear", chunk_constant_linear, lambda linear, x: lean_applies(x))
+register_fast_path("stream_begin_chunk", begin_chunk, lambda x: lean_applies(x))
