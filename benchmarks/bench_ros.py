@@ -97,7 +97,7 @@ def main() -> None:
 
     stamps = np.array([m[0] for m in msgs])
     lat = []
-    for stamp, wall in received[1:]:  # frame 0 is the seed image
+    for stamp, wall in received[1:]:  # frame 0 is the first frame as given
         i = int(np.searchsorted(stamps, stamp - 1e-9))  # first pose whose stamp reaches this frame
         if i < len(stamps):
             lat.append(wall - sent_wall[i])
