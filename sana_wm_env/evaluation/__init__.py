@@ -1,6 +1,7 @@
 """Fidelity evaluation of world models against the twin worlds: metrics, the protocol, figures.
 
-See :mod:`sana_wm_env.evaluation.fidelity` for the protocol (its action-following distractors in
+See :mod:`sana_wm_env.evaluation.fidelity` for the protocol (its settings in
+:mod:`~sana_wm_env.evaluation.config`, its action-following distractors in
 :mod:`~sana_wm_env.evaluation.perturbations`, its scores in :mod:`~sana_wm_env.evaluation.scores`) and
 ``sana-wm eval`` for the command.
 """
@@ -17,7 +18,8 @@ from sana_wm_env.evaluation.candidates import (
     warp_candidate,
     world_model_candidates,
 )
-from sana_wm_env.evaluation.fidelity import EvalConfig, evaluate, plan_episodes
+from sana_wm_env.evaluation.config import EvalConfig
+from sana_wm_env.evaluation.fidelity import evaluate, plan_episodes
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
 from sana_wm_env.evaluation.scores import stability_stats, targets
 

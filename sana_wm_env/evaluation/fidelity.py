@@ -46,7 +46,6 @@ the padded frames are generated and discarded. Everything is seeded: the same co
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -57,75 +56,15 @@ import numpy as np
 import torch
 
 from sana_wm_env.evaluation.candidates import Candidate, clip_frames, pad_poses
+from sana_wm_env.evaluation.config import REVISIT_SEED_OFFSET, STABILITY_WINDOW, EvalConfig
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, frame_std, masked_psnr, psnr, ssim
 from sana_wm_env.evaluation.perturbations import distractor_renders, same_pose
-from sana_wm_env.evaluation.scores import STABILITY_WINDOW, Records, horizon_table, stability_stats, summarise
+from sana_wm_env.evaluation.scores import Records, horizon_table, stability_stats, summarise
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, make_scene
-from sana_wm_env.trajectories.camera_paths import MOTIONS, generate, min_revisit_seconds
+from sana_wm_env.trajectories.camera_paths import generate, min_revisit_seconds
 
 EVAL_TRAJ_STREAM = 0xE7A15EED  # first seed word of every evaluation path; training paths use words < 2**31
 KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB, KIND_RANDOM = 0, 1, 2, 3, 4
-REVISIT_SEED_OFFSET = 50
-
-
-@dataclass(frozen=True)
-class EvalConfig:
-    """Settings of one evaluation run (all stored in the JSON)."""
-
-    families: tuple[str, ...] = FAMILIES
-    motions: tuple[str, ...] = MOTIONS
-    episodes_per_family: int = 3
-    frames: int = 129
-    horizons: tuple[tuple[int, int], ...] = ((1, 8), (9, 32), (33, 128))
-    revisit_episodes: int = 3  # loop paths in total, spread over the families in order
-    stability_frames: int = 1000  # 0 turns the stability rollout off
-    image_hw: tuple[int, int] = (64, 64)
-    fov_deg: float = 70.0
-    fps: float = 16.0
-    action_stride: int = 8
-    action_distractors: int = 7
-    min_shift_m: float = 0.1
-    min_rot_deg: float = 5.0
-    perturb_max_factor: float = 1.5
-    perturb_clearance: float = 0.1
-    path_clearance: float = 0.2
-    stability_min_std_ratio: float = 0.5
-    seed: int = 0  # generation seed offset (each episode adds its index)
-    contact_frames: tuple[int, ...] = (1, 8, 32, 128)
-    delta_psnr: bool = True  # also generate every main episode along a random path (Genie's delta-PSNR)
-
-    def __post_init__(self) -> None:
-        if not self.families or any(f not in FAMILIES for f in self.families):
-            raise ValueError(f"families must be a non-empty subset of {FAMILIES}, got {self.families}")
-        if not self.motions or any(m not in MOTIONS for m in self.motions):
-            raise ValueError(f"motions must be a non-empty subset of {MOTIONS}, got {self.motions}")
-        for name, lo in (("episodes_per_family", 1), ("frames", 2), ("revisit_episodes", 0),
-                         ("action_stride", 1), ("action_distractors", 1)):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
-        if self.episodes_per_family > REVISIT_SEED_OFFSET:
-            raise ValueError(f"episodes_per_family must be <= {REVISIT_SEED_OFFSET} (eval scene seeds), "
-                             f"got {self.episodes_per_family}")
-        if self.stability_frames != 0 and self.stability_frames < 2 * STABILITY_WINDOW:
-            raise ValueError(f"stability_frames must be 0 (off) or >= {2 * STABILITY_WINDOW}, "
-                             f"got {self.stability_frames}")
-        for lo, hi in self.horizons:
-            if not 1 <= lo <= hi:
-                raise ValueError(f"horizons must be (lo, hi) frame ranges with 1 <= lo <= hi, got {self.horizons}")
-        h, w = self.image_hw
-        if h < 11 or w < 11:
-            raise ValueError(f"image_hw must be at least 11x11 (the SSIM window), got {self.image_hw}")
-        if not 0 < self.fov_deg < 180 or self.fps <= 0:
-            raise ValueError(f"fov_deg must be in (0, 180) and fps > 0, got {self.fov_deg}, {self.fps}")
-        if self.perturb_max_factor < 1 or self.min_shift_m <= 0 or self.min_rot_deg <= 0:
-            raise ValueError("min_shift_m and min_rot_deg must be > 0 and perturb_max_factor >= 1")
-
-    def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["horizons"] = [list(h) for h in self.horizons]
-        d["image_hw"] = list(self.image_hw)
-        return d
 
 
 @dataclass
@@ -236,7 +175,7 @@ def _depth_kwargs(gen, first_depth: np.ndarray | None) -> dict[str, Any]:
 def _generate(gen, first_rgb: np.ndarray, k4: np.ndarray, poses: np.ndarray, seed: int,
               first_depth: np.ndarray | None = None) -> torch.Tensor:
     """Run ``gen`` on one episode; frames (F, 3, H, W) in [0, 1] float64 (padding removed)."""
-    from sana_wm_env.video import from_uint8
+    from world_model.video import from_uint8
 
     n = clip_frames(gen, len(poses))
     c2w = torch.from_numpy(pad_poses(poses, n)).float()[None]
@@ -249,7 +188,7 @@ def _generate(gen, first_rgb: np.ndarray, k4: np.ndarray, poses: np.ndarray, see
 
 def _coverage(first_rgb: np.ndarray, first_depth: np.ndarray, k4: np.ndarray, poses: np.ndarray) -> torch.Tensor:
     """``(F - 1, H, W)`` bool: the pixels of frames 1.. that frame 0's points (twin depth) reach."""
-    from sana_wm_env.video import from_uint8
+    from world_model.video import from_uint8
     from world_model.point_cache import PointCache
 
     k = torch.from_numpy(k4).float()
@@ -267,7 +206,7 @@ def run_stability(gen, first_rgb: np.ndarray, k4: np.ndarray, pose_at: Callable[
     """Stream ``num_frames`` frames (frame 0 = ``first_rgb``) through ``gen.start``/``gen.step`` along
     ``pose_at(i)`` and return :func:`stability_stats` plus drift PSNR against ``reference(i)`` (frames in
     [0, 1], optional), the frame rate and the generator state size. Keeps only per-frame numbers."""
-    from sana_wm_env.video import from_uint8
+    from world_model.video import from_uint8
 
     image = from_uint8(first_rgb)[None]
     k = torch.from_numpy(k4).float()

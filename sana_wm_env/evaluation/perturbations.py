@@ -4,20 +4,18 @@ and the distance between two poses.
 A perturbation is, with equal probability, a translation of ``[1, perturb_max_factor] x min_shift_m`` along a
 uniformly random direction (redrawn until the camera stays ``perturb_clearance`` metres from every surface and
 inside the scene; a rotation if 20 draws fail) or a rotation of ``[1, perturb_max_factor] x min_rot_deg`` about a
-uniformly random axis. The settings are the fields of :class:`~sana_wm_env.evaluation.fidelity.EvalConfig`.
+uniformly random axis. The settings are the fields of :class:`~sana_wm_env.evaluation.config.EvalConfig`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from sana_wm_env.evaluation.config import EvalConfig
 from sana_wm_env.scenes.scene import Scene
-
-if TYPE_CHECKING:
-    from sana_wm_env.evaluation.fidelity import EvalConfig
+from world_model.camera import so3_exp
 
 DISTRACTOR_REDRAWS = 10
 
@@ -25,12 +23,6 @@ DISTRACTOR_REDRAWS = 10
 def _unit(rng: np.random.Generator) -> np.ndarray:
     v = rng.standard_normal(3)
     return v / np.linalg.norm(v)
-
-
-def _rotvec_matrix(rotvec: np.ndarray) -> np.ndarray:
-    from scipy.spatial.transform import Rotation
-
-    return Rotation.from_rotvec(rotvec).as_matrix()
 
 
 def perturbed_poses(scene: Scene, pose: np.ndarray, rng: np.random.Generator, cfg: EvalConfig,
@@ -52,9 +44,9 @@ def perturbed_poses(scene: Scene, pose: np.ndarray, rng: np.random.Generator, cf
                     out[j, :3, 3] = centre
                     break
             else:
-                out[j, :3, :3] = pose[:3, :3] @ _rotvec_matrix(_unit(rng) * math.radians(cfg.min_rot_deg * factor))
+                out[j, :3, :3] = pose[:3, :3] @ so3_exp(_unit(rng) * math.radians(cfg.min_rot_deg * factor)).numpy()
         else:
-            out[j, :3, :3] = pose[:3, :3] @ _rotvec_matrix(_unit(rng) * math.radians(cfg.min_rot_deg * factor))
+            out[j, :3, :3] = pose[:3, :3] @ so3_exp(_unit(rng) * math.radians(cfg.min_rot_deg * factor)).numpy()
     return out
 
 

@@ -9,14 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from sana_wm_env.evaluation.fidelity import EvalConfig
-
-STABILITY_WINDOW = 100  # frames in the first and last window of the stability rollout
+from sana_wm_env.evaluation.config import STABILITY_WINDOW, EvalConfig
 
 
 def horizon_label(h: tuple[int, int]) -> str:
