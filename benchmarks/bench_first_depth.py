@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
-    from sana_wm_env.video import from_uint8
     from world_model.bundles import load_world_model
+    from world_model.video import from_uint8
 
     torch.set_num_threads(args.threads)
     wm = load_world_model(args.model)

@@ -35,12 +35,12 @@ def goal_errors(net, images: np.ndarray, goal_image: np.ndarray, truth: np.ndarr
     """Position (m) and heading (deg) errors (N, 2) of the network's estimates from ``images`` (N, H, W, 3) against
     the true goals in the body frame ``truth`` (N, 4, 4)."""
     from policies.relative_pose import measure_goals, relative_goal_matrix
-    from sana_wm_env.envs.tasks import rotation_angle  # the angle the tasks' success test uses
+    from world_model.camera import rotation_angle  # the angle the tasks' success test uses
 
     pred, _ = measure_goals(net, images, np.repeat(goal_image[None], len(images), axis=0))
     est = np.stack([relative_goal_matrix(p) for p in pred])
     pos = np.linalg.norm(est[:, :3, 3] - truth[:, :3, 3], axis=1)
-    heading = [rotation_angle(e[:3, :3].T @ t[:3, :3]) for e, t in zip(est, truth, strict=True)]
+    heading = [float(rotation_angle(e[:3, :3].T @ t[:3, :3])) for e, t in zip(est, truth, strict=True)]
     return np.stack([pos, np.degrees(heading)], axis=1)
 
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from policies.relative_pose import VisualServoPolicy
     from sana_wm_cli.demo import side_by_side
     from sana_wm_env.evaluation.policy import make_eval_envs
-    from sana_wm_env.video import VideoWriter
+    from world_model.video import VideoWriter
 
     torch.set_num_threads(args.threads)
     policy = VisualServoPolicy(args.net, memory=args.memory)

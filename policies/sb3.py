@@ -22,6 +22,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices,
 
 import sana_wm_env  # noqa: F401  (registers the ids)
 from sana_wm_env.envs.vector import WorldModelVectorEnv
+from world_model.camera import quat_to_rotmat
 
 
 class SB3VecEnv(VecEnv):
@@ -200,23 +201,13 @@ class GoalTrackerVecEnv(VecEnvWrapper):
         return {**obs, GOAL_ESTIMATE_KEY: estimates}, rewards, dones, infos
 
 
-def _quat_xyzw_to_matrix(q: torch.Tensor) -> torch.Tensor:
-    """(N, 4) quaternions [qx, qy, qz, qw] (normalised here) -> (N, 3, 3) rotation matrices."""
-    x, y, z, w = (q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)).unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
-        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
-        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
-    ], dim=-1).reshape(-1, 3, 3)
-
-
 def goal_in_body_frame(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
     """The goal seen from the current body: ``(N, 10)`` = position (3, m, REP-103 body axes), distance (1) and the
     first two columns of the relative rotation ``R_pose^T R_goal`` (6, a continuous rotation code).
 
     ``pose`` and ``goal`` are ``(N, 7)`` [x, y, z, qx, qy, qz, qw] in one frame (the env's start frame).
     """
-    r_pose, r_goal = _quat_xyzw_to_matrix(pose[:, 3:]), _quat_xyzw_to_matrix(goal[:, 3:])
+    r_pose, r_goal = quat_to_rotmat(pose[:, 3:], check=False), quat_to_rotmat(goal[:, 3:], check=False)
     rel_pos = torch.einsum("nji,nj->ni", r_pose, goal[:, :3] - pose[:, :3])
     rel_rot = r_pose.transpose(1, 2) @ r_goal
     return torch.cat([rel_pos, rel_pos.norm(dim=-1, keepdim=True), rel_rot[:, :, 0], rel_rot[:, :, 1]], dim=-1)

@@ -25,9 +25,9 @@ Every policy here has the interface the evaluation uses (``sana_wm_env.evaluatio
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial.transform import Rotation
 
 from sana_wm_env.envs.actions import ActionLimits
+from world_model.camera import quat_to_rotmat, so3_log
 
 
 def pose7_matrix(pose: np.ndarray) -> np.ndarray:
@@ -36,7 +36,7 @@ def pose7_matrix(pose: np.ndarray) -> np.ndarray:
     if p.shape != (7,) or not np.isfinite(p).all() or np.linalg.norm(p[3:]) < 1e-9:
         raise ValueError(f"pose must be [x, y, z, qx, qy, qz, qw] with a non-zero quaternion, got {pose!r}")
     t = np.eye(4)
-    t[:3, :3] = Rotation.from_quat(p[3:]).as_matrix()
+    t[:3, :3] = quat_to_rotmat(p[3:], check=False).numpy()
     t[:3, 3] = p[:3]
     return t
 
@@ -89,7 +89,7 @@ class PoseController:
 
     def command_relative(self, rel: np.ndarray) -> np.ndarray:
         """The action (6,) float32 towards a goal at ``rel`` (4, 4), the goal pose in the current body frame."""
-        twist = self.gain * np.concatenate([rel[:3, 3], Rotation.from_matrix(rel[:3, :3]).as_rotvec()])
+        twist = self.gain * np.concatenate([rel[:3, 3], so3_log(np.asarray(rel[:3, :3], dtype=np.float64)).numpy()])
         movable = self.max_step > 0
         a = np.zeros(6)
         a[movable] = twist[movable] / self.max_step[movable]

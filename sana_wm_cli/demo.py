@@ -58,9 +58,8 @@ def scripted_path(scene, num_frames: int, fps: float, *, clearance: float = PATH
     The start (position, heading) is searched deterministically until every frame is inside the scene and
     ``clearance`` metres from all surfaces. Speeds scale with the family's typical speed.
     """
-    from scipy.spatial.transform import Rotation
-
     from sana_wm_env.trajectories.trajectory import OPENCV_IN_REP103
+    from world_model.camera import rpy_to_rotmat
 
     dt = 1.0 / fps
     t = np.arange(num_frames) * dt
@@ -88,7 +87,7 @@ def scripted_path(scene, num_frames: int, fps: float, *, clearance: float = PATH
             continue
         rpy = np.column_stack([roll, np.zeros_like(roll), yaw + psi])
         poses = np.tile(np.eye(4), (num_frames, 1, 1))
-        poses[:, :3, :3] = Rotation.from_euler("xyz", rpy).as_matrix() @ OPENCV_IN_REP103
+        poses[:, :3, :3] = rpy_to_rotmat(rpy).numpy() @ OPENCV_IN_REP103
         poses[:, :3, 3] = pos
         return poses
     raise RuntimeError(f"no start for the demo path in {scene.family} scene {scene.seed}; try another --scene-seed")
@@ -153,8 +152,8 @@ def run(args: argparse.Namespace) -> int:
     from sana_wm_env.limits import check_positive
     from sana_wm_env.outputs import StagedOutputs, check_output
     from sana_wm_env.scenes import SceneRenderer, make_scene
-    from sana_wm_env.video import from_uint8, to_uint8, write_video
     from world_model.camera import fov_to_intrinsics
+    from world_model.video import from_uint8, to_uint8, write_video
 
     check_positive(args.seconds, "--seconds")
     check_output(args.out, "--out", suffixes=(".mp4", ".gif"))

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sana_wm_env.video import from_uint8, to_uint8, write_video
 from world_model.bundles import WorldModel, load_world_model, untrained_world_model
 from world_model.camera import (
     fov_to_intrinsics,
@@ -27,6 +26,7 @@ from world_model.camera import (
 )
 from world_model.config import PRESETS
 from world_model.generators import BidirectionalGenerator, ChunkCausalGenerator
+from world_model.video import from_uint8, to_uint8, write_video
 
 GENERATORS = ("streaming", "chunk_causal", "bidirectional")
 

@@ -41,7 +41,7 @@ def run_play(env, out: Path | None, *, seed: int | None = 0, max_steps: int | No
     """
     import pygame
 
-    from sana_wm_env.video import write_video
+    from world_model.video import write_video
 
     base = env.unwrapped
     obs, _ = env.reset(seed=seed)

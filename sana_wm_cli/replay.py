@@ -149,8 +149,8 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     from sana_wm_env.limits import check_fps
     from sana_wm_env.replay import check_length, path_frames, place_in_scene, prepare_path, stream_replay
     from sana_wm_env.trajectories import load, save
-    from sana_wm_env.video import VideoWriter, from_uint8, to_uint8
     from world_model.camera import fov_to_intrinsics
+    from world_model.video import VideoWriter, from_uint8, to_uint8
 
     # ---- everything that can be wrong with the input fails here, before any generation ----
     tum_path, json_path, stage1_path = check_outputs(args)

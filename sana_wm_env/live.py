@@ -34,10 +34,10 @@ import torch
 from sana_wm_env.envs.core import load_image, resolve_model
 from sana_wm_env.trajectories import Trajectory, camera_mount
 from sana_wm_env.trajectories.tf import interpolate_edge, pose_matrix
-from sana_wm_env.video import from_uint8, to_uint8
 from world_model.bundles import WorldModel
 from world_model.camera import fov_to_intrinsics, validate_c2w
 from world_model.generators import GeneratorState
+from world_model.video import from_uint8, to_uint8
 
 QUAT_NORM_TOL = 1e-2
 POSE_STATUSES = ("accepted", "waiting_for_first_frame", "gap", "clock_jump", "nan", "invalid", "duplicate",

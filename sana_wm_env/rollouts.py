@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from sana_wm_env.outputs import check_output, write_text_atomic
+from world_model.video import to_uint8
 
 FORMAT = "sana-wm-rollout/1"
 KINDS = ("env", "generation", "replay")
@@ -182,7 +183,7 @@ class RolloutWriter:
         self._steps: dict[str, NpyAppender] = {}
         self._video = None
         if video:
-            from sana_wm_env.video import VideoWriter
+            from world_model.video import VideoWriter
 
             self._video = VideoWriter(self.folder / "video.mp4", fps)
         self.closed = False
@@ -443,8 +444,8 @@ def refine_rollout(source: str | Path | Rollout, out: str | Path, refiner, *, se
     """Refine a stage-1 rollout into ``out`` (same format, ``refined: true``; stage-1 latents kept) and, with
     ``comparison``, write ``out/comparison.mp4`` (stage 1 | refined). The refiner's latent layout is checked
     against the rollout's codec before any work. ``seed`` defaults to the rollout's seed (else 0)."""
-    from sana_wm_env.video import VideoWriter
     from world_model.codecs import build_codec
+    from world_model.video import VideoWriter
 
     ro = source if isinstance(source, Rollout) else read_rollout(source)
     m = ro.manifest
@@ -502,7 +503,7 @@ def refine_rollout(source: str | Path | Rollout, out: str | Path, refiner, *, se
 
 def _u8(video: torch.Tensor) -> np.ndarray:
     """``(3, n, H, W)`` in [-1, 1] -> uint8 ``(n, H, W, 3)``."""
-    return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    return to_uint8(video.movedim(0, 1))
 
 
 # ------------------------------------------------------------------------------------------------ env wrapper

@@ -495,3 +495,40 @@ def test_camera_inputs_from_world_errors_and_shared_intrinsics() -> None:
         cam.camera_inputs_from_world(c2w, k_vec, (64, 96), (2, 3), 4, reference_c2w=c2w[:, :2])
     with pytest.raises(ValueError, match="image_hw"):
         cam.camera_inputs_from_world(c2w, k_vec, (64,), (2, 3), 4)
+
+
+def test_rpy_slerp_and_rotation_angle_vs_scipy() -> None:
+    rng = np.random.default_rng(3)
+    rpy = rng.uniform(-3.0, 3.0, (40, 3))
+    ref = Rotation.from_euler("ZYX", rpy[:, ::-1]).as_matrix()  # yaw, pitch, roll about the moving axes
+    np.testing.assert_allclose(cam.rpy_to_rotmat(rpy).numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(cam.rpy_to_rotmat(rpy).numpy(), Rotation.from_euler("xyz", rpy).as_matrix(), atol=1e-12)
+    with pytest.raises(ValueError, match=r"rpy must have shape \(\.\.\., 3\)"):
+        cam.rpy_to_rotmat(np.zeros(4))
+
+    keys = Rotation.random(7, random_state=rng)
+    times = np.sort(rng.uniform(0.0, 4.0, 7))
+    at = np.concatenate([rng.uniform(times[0], times[-1], 50), times])
+    np.testing.assert_allclose(cam.slerp(times, keys.as_matrix(), at).numpy(),
+                               __import__("scipy.spatial.transform", fromlist=["Slerp"]).Slerp(times, keys)(at)
+                               .as_matrix(), atol=1e-12)
+    with pytest.raises(ValueError, match="within"):
+        cam.slerp(times, keys.as_matrix(), [times[-1] + 1.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        cam.slerp(times[::-1].copy(), keys.as_matrix(), [times[0]])
+    with pytest.raises(ValueError, match="N >= 2"):
+        cam.slerp(times[:1], keys.as_matrix()[:1], [times[0]])
+
+    mats = np.concatenate([Rotation.random(30, random_state=rng).as_matrix(),
+                           Rotation.from_rotvec([[1e-9, 0, 0], [0, math.pi, 0], [0, 0, 0]]).as_matrix()])
+    np.testing.assert_allclose(cam.rotation_angle(mats).numpy(), Rotation.from_matrix(mats).magnitude(), atol=1e-9)
+
+
+def test_quat_to_rotmat_unchecked_normalises_any_quaternion() -> None:
+    q = Rotation.random(16, random_state=5).as_quat()
+    scaled = torch.as_tensor(q * np.linspace(0.1, 30.0, 16)[:, None])
+    np.testing.assert_allclose(cam.quat_to_rotmat(scaled, check=False).numpy(),
+                               Rotation.from_quat(q).as_matrix(), atol=1e-12)
+    with pytest.raises(ValueError, match="unit"):
+        cam.quat_to_rotmat(scaled)
+    assert torch.equal(cam.quat_to_rotmat(torch.zeros(4), check=False), torch.eye(4)[:3, :3].float())

@@ -55,12 +55,15 @@ __all__ = [
     "relative_to_first",
     "resize_crop_geometry",
     "resize_crop_intrinsics",
+    "rotation_angle",
     "rotmat_to_quat",
+    "rpy_to_rotmat",
     "scale_intrinsics",
     "se3_exp",
     "se3_interpolate",
     "se3_inverse",
     "se3_log",
+    "slerp",
     "so3_exp",
     "so3_log",
     "validate_c2w",
@@ -354,6 +357,59 @@ def so3_log(R: ArrayLike) -> torch.Tensor:
     return v * factor[..., None]
 
 
+def rotation_angle(R: ArrayLike) -> torch.Tensor:
+    """Rotation matrices (..., 3, 3) -> their rotation angles (...) in [0, pi] radians (accurate near 0 and pi)."""
+    return _safe_norm(so3_log(R))
+
+
+def rpy_to_rotmat(rpy: ArrayLike) -> torch.Tensor:
+    """Roll, pitch, yaw (..., 3) radians -> rotation matrices ``Rz(yaw) @ Ry(pitch) @ Rx(roll)`` (..., 3, 3).
+
+    The REP-103 / aerospace convention (intrinsic Z-Y-X, i.e. extrinsic x-y-z): yaw about world z, then pitch
+    about the new y, then roll about the new x.
+    """
+    a = _as_float(rpy, "rpy")
+    _check_trailing(a, (3,), "rpy", "(..., 3) [roll, pitch, yaw]")
+    cr, cp, cy = torch.cos(a).unbind(-1)
+    sr, sp, sy = torch.sin(a).unbind(-1)
+    rows = [
+        cy * cp, cy * sp * sr - sy * cr, cy * sp * cr + sy * sr,
+        sy * cp, sy * sp * sr + cy * cr, sy * sp * cr - cy * sr,
+        -sp, cp * sr, cp * cr,
+    ]  # fmt: skip
+    return torch.stack(rows, dim=-1).reshape(*a.shape[:-1], 3, 3)
+
+
+def slerp(times: ArrayLike, R: ArrayLike, at: ArrayLike) -> torch.Tensor:
+    """Rotations (N, 3, 3) keyed at increasing ``times`` (N,), interpolated at ``at`` (M,) -> (M, 3, 3).
+
+    Between two keys the rotation turns at a constant rate about a fixed axis (the shortest way):
+    ``R_i @ so3_exp(alpha * so3_log(R_i^T R_{i+1}))``. ``at`` must lie within ``[times[0], times[-1]]``.
+    Keys that are not exactly orthonormal are first projected to rotations (through their quaternions).
+    """
+    t = _as_float(times, "times").to(torch.float64)
+    r = _as_float(R, "R")
+    q = _as_float(at, "at").to(torch.float64)
+    _check_trailing(r, (3, 3), "R", "(N, 3, 3)")
+    if t.ndim != 1 or r.ndim != 3 or r.shape[0] != t.shape[0] or t.shape[0] < 2:
+        raise ValueError(f"times (N,) and R (N, 3, 3) need the same N >= 2, got {_shape_str(t.shape)} and "
+                         f"{_shape_str(r.shape)}")
+    if q.ndim != 1:
+        raise ValueError(f"at must have shape (M,), got {_shape_str(q.shape)}")
+    _check_finite(t, "times", 0)
+    _check_finite(q, "at", 0)
+    if not bool((t[1:] > t[:-1]).all()):
+        raise ValueError("times must be strictly increasing")
+    if q.numel() and (q.min() < t[0] or q.max() > t[-1]):
+        raise ValueError(f"at must lie within [{float(t[0])!r}, {float(t[-1])!r}], got [{float(q.min())!r}, "
+                         f"{float(q.max())!r}]")
+    r = quat_to_rotmat(_rotmat_to_quat_unchecked(r), check=False)
+    seg = (torch.searchsorted(t, q, right=True) - 1).clamp(0, t.shape[0] - 2)
+    alpha = ((q - t[seg]) / (t[seg + 1] - t[seg])).to(r.dtype)
+    delta = so3_log(r[:-1].transpose(-1, -2) @ r[1:])  # (N-1, 3) per-segment rotation vectors
+    return r[seg] @ so3_exp(alpha[:, None] * delta[seg])
+
+
 def se3_exp(twist: ArrayLike) -> torch.Tensor:
     """Twists (..., 6) = [v, w] (translation part first) -> rigid transforms (..., 4, 4)."""
     xi = _as_float(twist, "twist")
@@ -428,11 +484,18 @@ def _check_unit_quat(q: torch.Tensor, name: str) -> torch.Tensor:
     return q / n[..., None]
 
 
-def quat_to_rotmat(q_xyzw: ArrayLike) -> torch.Tensor:
-    """Unit quaternions (..., 4) xyzw -> rotation matrices (..., 3, 3). Near-unit inputs are normalised."""
+def quat_to_rotmat(q_xyzw: ArrayLike, *, check: bool = True) -> torch.Tensor:
+    """Unit quaternions (..., 4) xyzw -> rotation matrices (..., 3, 3). Near-unit inputs are normalised.
+
+    ``check=False`` skips the validation (no host sync: for use inside networks) and normalises any quaternion;
+    a zero quaternion then gives the identity rather than an error.
+    """
     q = _as_float(q_xyzw, "q_xyzw")
     _check_trailing(q, (4,), "q_xyzw", "(..., 4) [qx, qy, qz, qw]")
-    q = _check_unit_quat(q, "q_xyzw")
+    if check:
+        q = _check_unit_quat(q, "q_xyzw")
+    else:
+        q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-8)
     x, y, z, w = q.unbind(-1)
     rows = [
         1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),

@@ -37,6 +37,7 @@ import torch
 
 from .codecs.base import LatentCodec
 from .optional import require
+from .video import to_uint8
 
 DISTILLED_SIGMAS: tuple[float, ...] = (0.909375, 0.725, 0.421875, 0.0)
 MODES: tuple[str, ...] = ("chunk_causal", "sink_bidirectional")
@@ -130,7 +131,7 @@ class Refiner(abc.ABC):
         limit = codec.num_pixel_frames(z.shape[2]) if num_frames is None else int(num_frames)
         for i in range(0, z.shape[2], decode_chunk):
             video, state = codec.decode_chunk(z[:, :, i : i + decode_chunk], state)
-            frames = ((video[0].permute(1, 2, 3, 0).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+            frames = to_uint8(video[0].movedim(0, 1))
             frames = frames[: max(0, limit - written)]
             if len(frames):
                 writer.write(frames)

@@ -26,12 +26,13 @@ import torch.nn as nn
 import torch.utils.checkpoint
 
 from .cache import StreamCache, map_tensors
+from .camera import se3_inverse
 from .config import ModelConfig, get_config
 from .layers import stream_cpu  # noqa: F401  (registers the lean CPU streaming path with ops.dispatch)
 from .layers.attention import AttentionContext, CameraTransforms, SoftmaxChunk, retain_softmax_cache
 from .layers.block import Block, BlockState
 from .layers.common import CaptionEmbedder, FinalLayer, PatchEmbed3D, RMSNorm, TimestepEmbedder
-from .layers.positional import rope_freqs, se3_inverse_matrices, slice_rope_for_camera, ucpe_ray_matrices
+from .layers.positional import rope_freqs, slice_rope_for_camera, ucpe_ray_matrices
 from .ops import fast_path
 
 Mode = Literal["bidirectional", "chunk_causal"]
@@ -256,7 +257,7 @@ class SanaWMTransformer(nn.Module):
             )
         mats = ucpe_ray_matrices(cond.float(), grid_hw, cfg.patch_size[1:])
         transforms = CameraTransforms(
-            P=mats, P_T=mats.transpose(-1, -2), P_inv=se3_inverse_matrices(mats),
+            P=mats, P_T=mats.transpose(-1, -2), P_inv=se3_inverse(mats),
             freqs=slice_rope_for_camera(rope, cfg.head_dim),
         )
         plucker = self.plucker_embedder(pl).flatten(2, 3).to(self.dtype)

@@ -17,9 +17,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from sana_wm_env.video import from_uint8, to_uint8
 from world_model.bundles import WorldModel
 from world_model.generators import GeneratorState
+from world_model.video import from_uint8, to_uint8
 
 GENERATORS: tuple[str, ...] = ("streaming", "chunk_causal")
 

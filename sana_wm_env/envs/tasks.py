@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from scipy.spatial.transform import Rotation
 
-from world_model.camera import matrix_to_pose7
+from world_model.camera import matrix_to_pose7, rotation_angle, rpy_to_rotmat
 
 POSE_LOW = np.array([-1e4, -1e4, -1e4, -1.0, -1.0, -1.0, -1.0], dtype=np.float32)
 POSE_HIGH = -POSE_LOW
@@ -39,15 +38,10 @@ def pose7(t: np.ndarray) -> np.ndarray:
     return matrix_to_pose7(np.asarray(t, dtype=np.float64)).numpy().astype(np.float32)
 
 
-def rotation_angle(r: np.ndarray) -> float:
-    """Angle (rad) of a 3x3 rotation."""
-    return float(np.arccos(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0)))
-
-
 def yaw_body(position: np.ndarray, yaw: float) -> np.ndarray:
     """Level REP-103 body pose at ``position`` heading ``yaw`` (rad, about world z)."""
     t = np.eye(4)
-    t[:3, :3] = Rotation.from_euler("z", yaw).as_matrix()
+    t[:3, :3] = rpy_to_rotmat([0.0, 0.0, float(yaw)]).numpy()
     t[:3, 3] = position
     return t
 
@@ -118,7 +112,7 @@ class Task(abc.ABC):
 
     def goal_error(self, episode: Episode, body: np.ndarray) -> tuple[float, float]:
         g = episode.goal_body
-        return float(np.linalg.norm(body[:3, 3] - g[:3, 3])), rotation_angle(g[:3, :3].T @ body[:3, :3])
+        return float(np.linalg.norm(body[:3, 3] - g[:3, 3])), float(rotation_angle(g[:3, :3].T @ body[:3, :3]))
 
     def _visit(self, episode: Episode, body: np.ndarray) -> int:
         cell = tuple(np.floor(body[:3, 3] / self.config.cell_size).astype(int).tolist())

@@ -181,7 +181,7 @@ class TwinRenderOracle:
 
     def _render(self, c2w: torch.Tensor, k4: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         from sana_wm_env.scenes import SceneRenderer
-        from sana_wm_env.video import from_uint8
+        from world_model.video import from_uint8
 
         if hw not in self._renderers:
             self._renderers[hw] = SceneRenderer(self.scene, hw[0], hw[1], depth=False)

@@ -62,6 +62,7 @@ from sana_wm_env.evaluation.perturbations import distractor_renders, same_pose
 from sana_wm_env.evaluation.scores import Records, horizon_table, stability_stats, summarise
 from sana_wm_env.scenes import EVAL_SEEDS, FAMILIES, make_scene
 from sana_wm_env.trajectories.camera_paths import generate, min_revisit_seconds
+from world_model.video import to_uint8
 
 EVAL_TRAJ_STREAM = 0xE7A15EED  # first seed word of every evaluation path; training paths use words < 2**31
 KIND_MAIN, KIND_REVISIT, KIND_STABILITY, KIND_PERTURB, KIND_RANDOM = 0, 1, 2, 3, 4
@@ -188,8 +189,8 @@ def _generate(gen, first_rgb: np.ndarray, k4: np.ndarray, poses: np.ndarray, see
 
 def _coverage(first_rgb: np.ndarray, first_depth: np.ndarray, k4: np.ndarray, poses: np.ndarray) -> torch.Tensor:
     """``(F - 1, H, W)`` bool: the pixels of frames 1.. that frame 0's points (twin depth) reach."""
-    from world_model.video import from_uint8
     from world_model.point_cache import PointCache
+    from world_model.video import from_uint8
 
     k = torch.from_numpy(k4).float()
     c2w = torch.from_numpy(poses).float()
@@ -326,7 +327,7 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
                     scores = psnr(out[i].expand_as(renders), renders, max_db=PSNR_CAP_DB)
                     acc.action.append((ep.family, ep.motion, i, bool((scores[0] > scores[1:]).all())))
                 if ep.family not in acc.contact:
-                    acc.contact[ep.family] = _to_uint8_unit(out[[0, *contact_idx]])
+                    acc.contact[ep.family] = to_uint8(out[[0, *contact_idx]], low=0.0)
             else:
                 p = ep.loop_period
                 idx = [i for i in range(p, len(ep.poses)) if same_pose(ep.poses[i], ep.poses[i - p])]
@@ -391,7 +392,3 @@ def _episode_seed(cfg: EvalConfig, ep: Episode) -> int:
     return cfg.seed + 1000 * kind + len(FAMILIES) * ep.index + FAMILIES.index(ep.family)
 
 
-def _to_uint8_unit(frames: torch.Tensor) -> np.ndarray:
-    """float (n, 3, H, W) in [0, 1] -> uint8 (n, H, W, 3); NaN shows as 0."""
-    x = torch.nan_to_num(frames.double(), nan=0.0).clamp(0, 1)
-    return (x * 255.0).round().to(torch.uint8).movedim(-3, -1).numpy()

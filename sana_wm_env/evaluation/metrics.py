@@ -17,6 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from world_model.video import psnr
+
+__all__ = ["PSNR_CAP_DB", "frame_std", "masked_psnr", "mse", "psnr", "ssim", "to_unit"]
+
 PSNR_CAP_DB = 100.0  # PSNR of identical frames in the evaluation (MSE 1e-10)
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -48,15 +52,6 @@ def mse(a, b) -> torch.Tensor:
     """Mean squared error per image over (3, H, W)."""
     ta, tb = _pair(a, b)
     return ((ta - tb) ** 2).mean(dim=(-3, -2, -1))
-
-
-def psnr(a, b, *, max_db: float | None = None) -> torch.Tensor:
-    """Peak signal-to-noise ratio (dB, data range 1) per image; ``inf`` for identical images unless ``max_db``."""
-    err = mse(a, b)
-    out = 10.0 * torch.log10(1.0 / err)  # 1 / 0 = inf in torch: identical images give +inf
-    if max_db is not None:
-        out = out.clamp(max=float(max_db))
-    return out
 
 
 def masked_psnr(a, b, mask, *, max_db: float | None = None) -> torch.Tensor:

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.interpolate import CubicSpline
 from scipy.ndimage import gaussian_filter1d
-from scipy.spatial.transform import Rotation
 
 from sana_wm_env.scenes.scene import Scene
 from sana_wm_env.trajectories.trajectory import OPENCV_IN_REP103, Trajectory
+from world_model.camera import rpy_to_rotmat
 
 MOTIONS: tuple[str, ...] = ("drone", "ground", "handheld")
 
@@ -310,9 +310,9 @@ def generate(scene: Scene, motion: str, num_frames: int, fps: float = 16.0, seed
         pos, vel = pos[::2], vel[::2]
         heading = np.unwrap(np.arctan2(vel[:, 1], vel[:, 0]))
         yaw_n, pitch_n, roll_n = (_Noise(rng, a, period) for a in (style.yaw_amp, style.pitch_amp, style.roll_amp))
-        rpy = np.column_stack([heading + yaw_n(t), pitch0 + pitch_n(t), roll_n(t)])
+        ypr = np.column_stack([heading + yaw_n(t), pitch0 + pitch_n(t), roll_n(t)])
         poses = np.tile(np.eye(4), (num_frames, 1, 1))
-        poses[:, :3, :3] = Rotation.from_euler("ZYX", rpy).as_matrix() @ OPENCV_IN_REP103
+        poses[:, :3, :3] = rpy_to_rotmat(ypr[:, ::-1].copy()).numpy() @ OPENCV_IN_REP103
         poses[:, :3, 3] = pos
         traj = Trajectory(t, poses, convention="opencv", frame_id=f"{scene.family}_{scene.seed}",
                           child_frame_id="camera")

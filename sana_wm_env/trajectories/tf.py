@@ -33,11 +33,9 @@ def pose_matrix(pos, quat_xyzw) -> np.ndarray:
 
 def interpolate_edge(times: np.ndarray, mats: np.ndarray, at: np.ndarray) -> np.ndarray:
     """Poses (M, 4, 4) of a sampled edge at times ``at`` (M,) inside [times[0], times[-1]]."""
-    from scipy.spatial.transform import Rotation, Slerp
-
     if len(times) == 1:
         return np.repeat(mats[:1], len(at), axis=0)
-    rot = Slerp(times, Rotation.from_matrix(mats[:, :3, :3]))(at).as_matrix()
+    rot = cam.slerp(times, mats[:, :3, :3], at).numpy()
     out = np.tile(np.eye(4), (len(at), 1, 1))
     out[:, :3, :3] = rot
     for i in range(3):

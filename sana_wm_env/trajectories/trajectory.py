@@ -17,7 +17,6 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from scipy.spatial.transform import Rotation, Slerp
 
 from world_model import camera as cam
 
@@ -40,7 +39,7 @@ def camera_mount(xyz=(0.0, 0.0, 0.0), rpy=(0.0, 0.0, 0.0)) -> np.ndarray:
     if rpy.shape != (3,) or not np.isfinite(rpy).all():
         raise ValueError(f"rpy must be 3 finite angles (roll, pitch, yaw in radians), got {rpy.tolist()}")
     t = np.eye(4)
-    t[:3, :3] = Rotation.from_euler("ZYX", rpy[::-1]).as_matrix() @ OPENCV_IN_REP103
+    t[:3, :3] = cam.rpy_to_rotmat(rpy).numpy() @ OPENCV_IN_REP103
     t[:3, 3] = xyz
     return t
 
@@ -136,7 +135,7 @@ class Trajectory:
                 raise ValueError(
                     f"times must lie within the trajectory [{t0!r}, {t1!r}] s; got [{new_t.min()!r}, {new_t.max()!r}]"
                 )
-        rot = Slerp(self.timestamps, Rotation.from_matrix(self.poses[:, :3, :3]))(new_t).as_matrix()
+        rot = cam.slerp(self.timestamps, self.poses[:, :3, :3], new_t).numpy()
         pos = np.stack([np.interp(new_t, self.timestamps, self.poses[:, i, 3]) for i in range(3)], axis=1)
         poses = np.tile(np.eye(4), (len(new_t), 1, 1))
         poses[:, :3, :3], poses[:, :3, 3] = rot, pos

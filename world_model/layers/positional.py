@@ -103,16 +103,6 @@ def ucpe_ray_matrices(
     return mats.reshape(b, t, h * w, 4, 4)
 
 
-def se3_inverse_matrices(mats: torch.Tensor) -> torch.Tensor:
-    """Closed-form inverse of SE(3) matrices ``(..., 4, 4)``."""
-    rot_t = mats[..., :3, :3].transpose(-1, -2)
-    out = torch.zeros_like(mats)
-    out[..., :3, :3] = rot_t
-    out[..., :3, 3] = -torch.einsum("...ij,...j->...i", rot_t, mats[..., :3, 3])
-    out[..., 3, 3] = 1.0
-    return out
-
-
 def ucpe_apply(
     x: torch.Tensor, mats: torch.Tensor, freqs: torch.Tensor | None, *, inverse_rope: bool = False
 ) -> torch.Tensor:

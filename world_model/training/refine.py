@@ -48,6 +48,7 @@ from torch.utils.data import Dataset
 from ..camera import camera_inputs_from_world
 from ..config import ModelConfig
 from ..refiner import DISTILLED_SIGMAS, LatentLayout, WorldModelRefiner, schedule_from
+from ..video import to_uint8
 from .data import collate_clips, item_to_tensors
 from .flow_matching import flow_matching_loss, noise_latents
 from .trainer import TrainConfig, Trainer
@@ -138,7 +139,7 @@ def write_stage1_pairs(dataset: Dataset, model, folder: str | Path, *, clips: in
                             depth[:, 0].to(gen.device) if takes_depth else None)
         for j, i in enumerate(idx):
             rel = torch.linalg.inv(c2w[j, :1].double()) @ c2w[j].double()
-            rgb = ((video[j].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+            rgb = to_uint8(video[j])
             path = pair_path(folder, i)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
             extra = {} if depth is None else {"depth": depth[j].to(torch.float16).numpy()}

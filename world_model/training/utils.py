@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from pathlib import Path
@@ -36,23 +35,20 @@ def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """PSNR in dB of two videos in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.float().clamp(-1, 1) - b.float().clamp(-1, 1)).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10 * math.log10(4.0 / mse)
+    """PSNR in dB of two videos ``(F, 3, H, W)`` in [-1, 1] (clipped), pooled over the whole clip."""
+    from ..video import psnr as frames_psnr
+
+    return float(frames_psnr(a.float().clamp(-1, 1), b.float().clamp(-1, 1), data_range=2.0, pooled=True))
 
 
 def write_side_by_side(columns: list[torch.Tensor], path: Path, fps: float) -> Path:
     """Write videos ``(F, 3, H, W)`` in [-1, 1] side by side as an mp4 (imageio + ffmpeg, libx264)."""
-    import imageio.v3 as iio
+    from ..video import to_uint8, write_video
 
-    frames = torch.cat([c.float().clamp(-1, 1) for c in columns], dim=-1)  # along width
-    arr = ((frames + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    pad_h, pad_w = arr.shape[1] % 2, arr.shape[2] % 2
-    if pad_h or pad_w:
-        arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    frames = torch.cat([c.float() for c in columns], dim=-1)  # along width
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.mp4")
-    iio.imwrite(tmp, arr, plugin="FFMPEG", fps=fps, codec="libx264", macro_block_size=1)
+    write_video(to_uint8(frames), tmp, fps)
     os.replace(tmp, path)
     return path
 

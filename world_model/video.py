@@ -1,4 +1,5 @@
-"""Frames <-> files: model frames in [-1, 1] to uint8, and mp4/gif writing through imageio (mp4 also streamed)."""
+"""Frames <-> files: float frames to uint8 and back, their PSNR, and mp4/gif writing through imageio (mp4 also
+streamed). The one place for these conversions: the model, its trainers, the envs and the CLI all use it."""
 
 from __future__ import annotations
 
@@ -8,13 +9,40 @@ import numpy as np
 import torch
 
 
-def to_uint8(frames: torch.Tensor | np.ndarray) -> np.ndarray:
-    """``(..., 3, H, W)`` floats in [-1, 1] -> ``(..., H, W, 3)`` uint8 (values outside are clipped)."""
+def to_uint8(frames: torch.Tensor | np.ndarray, *, low: float = -1.0) -> np.ndarray:
+    """``(..., 3, H, W)`` floats in ``[low, 1]`` (model frames: [-1, 1]; ``low=0``: [0, 1]) -> ``(..., H, W, 3)``
+    uint8. Values outside are clipped; NaN shows as 0."""
+    if low not in (-1.0, 0.0):
+        raise ValueError(f"low must be -1 (frames in [-1, 1]) or 0 (frames in [0, 1]), got {low!r}")
     x = torch.as_tensor(frames).detach().float().cpu()
     if x.ndim < 3 or x.shape[-3] != 3:
         raise ValueError(f"frames must have shape (..., 3, H, W), got {tuple(x.shape)}")
-    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = torch.nan_to_num(x, nan=low).clamp(low, 1)
+    x = ((x + 1) * 127.5 if low == -1.0 else x * 255.0).round().to(torch.uint8)
     return x.movedim(-3, -1).numpy()
+
+
+def psnr(a, b, *, data_range: float = 1.0, max_db: float | None = None, pooled: bool = False) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB, ``10 log10(data_range^2 / MSE)``, of float frames ``(..., 3, H, W)``.
+
+    One value per image (shape ``(...)``, float64), or with ``pooled=True`` one value for the MSE of all of
+    them. Identical images give ``inf`` unless ``max_db`` caps it. ``data_range`` is 1 for frames in [0, 1]
+    and 2 for model frames in [-1, 1].
+    """
+    ta, tb = (torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x) for x in (a, b))
+    for name, t in (("a", ta), ("b", tb)):
+        if not t.is_floating_point():
+            raise ValueError(f"{name} must be float frames (..., 3, H, W), got dtype {t.dtype}")
+        if t.ndim < 3 or t.shape[-3] != 3:
+            raise ValueError(f"{name} must have shape (..., 3, H, W), got {tuple(t.shape)}")
+    if ta.shape != tb.shape:
+        raise ValueError(f"a and b must have the same shape, got {tuple(ta.shape)} and {tuple(tb.shape)}")
+    diff = ta.detach().to("cpu", torch.float64) - tb.detach().to("cpu", torch.float64)
+    err = (diff**2).mean() if pooled else (diff**2).mean(dim=(-3, -2, -1))
+    out = 10.0 * torch.log10(float(data_range) ** 2 / err)  # 1 / 0 = inf in torch: identical images give +inf
+    if max_db is not None:
+        out = out.clamp(max=float(max_db))
+    return out
 
 
 def from_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
