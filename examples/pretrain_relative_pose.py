@@ -14,7 +14,7 @@ Top to bottom:
    siamese network with a cost volume (``--correlation-radius 0`` for the early-fusion CNN).
 3. **Report**: the held-out median position and heading errors, then the network file for
    ``policies.sb3.GoalFrameExtractor(goal_pose_net=...)``.
-See ``policies/relative_pose.py`` for the details and why ImageNav needs this.
+See ``policies/relative_pose/`` for the details and why ImageNav needs this.
 """
 
 from __future__ import annotations
