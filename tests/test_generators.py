@@ -11,6 +11,7 @@ from world_model.generators import BidirectionalGenerator, ChunkCausalGenerator,
 from world_model.sampling import DISTILLED_TIMESTEPS, distilled_sigmas, flow_sigmas, shift_sigmas
 from world_model.transformer import SanaWMTransformer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 K = torch.tensor([16.0, 16.0, 8.0, 8.0])
 
 

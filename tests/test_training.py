@@ -33,6 +33,7 @@ from world_model.training import (
 from world_model.training.data import StepBatchSampler
 from world_model.training.distill import unshift_sigmas
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 CODEC = {"type": "patch", "patch_size": 2, "temporal_stride": 1}
 BOUNDS = [(0, 4), (4, 7), (7, 10)]
 
