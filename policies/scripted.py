@@ -27,18 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from sana_wm_env.envs.actions import ActionLimits
-from world_model.camera import quat_to_rotmat, so3_log
-
-
-def pose7_matrix(pose: np.ndarray) -> np.ndarray:
-    """``[x, y, z, qx, qy, qz, qw]`` -> (4, 4) rigid transform (the quaternion is normalised)."""
-    p = np.asarray(pose, dtype=np.float64)
-    if p.shape != (7,) or not np.isfinite(p).all() or np.linalg.norm(p[3:]) < 1e-9:
-        raise ValueError(f"pose must be [x, y, z, qx, qy, qz, qw] with a non-zero quaternion, got {pose!r}")
-    t = np.eye(4)
-    t[:3, :3] = quat_to_rotmat(p[3:], check=False).numpy()
-    t[:3, 3] = p[:3]
-    return t
+from world_model.camera import pose7_to_matrix, se3_inverse, so3_log
 
 
 class RandomPolicy:
@@ -85,7 +74,16 @@ class PoseController:
 
     def command(self, pose: np.ndarray, goal: np.ndarray) -> np.ndarray:
         """The action (6,) float32 that moves ``pose`` towards ``goal`` (both pose7 in the same frame)."""
-        return self.command_relative(np.linalg.inv(pose7_matrix(pose)) @ pose7_matrix(goal))
+        mats = []
+        for name, x in (("pose", pose), ("goal", goal)):
+            try:
+                if np.shape(x) != (7,):
+                    raise ValueError(f"got shape {np.shape(x)}")
+                mats.append(pose7_to_matrix(np.asarray(x, dtype=np.float64)))
+            except ValueError as exc:
+                raise ValueError(f"the {name} pose must be [x, y, z, qx, qy, qz, qw] with a unit quaternion, got {x!r} "
+                                 f"({exc})") from None
+        return self.command_relative((se3_inverse(mats[0]) @ mats[1]).numpy())
 
     def command_relative(self, rel: np.ndarray) -> np.ndarray:
         """The action (6,) float32 towards a goal at ``rel`` (4, 4), the goal pose in the current body frame."""
