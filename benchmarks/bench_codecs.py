@@ -52,6 +52,7 @@ from sana_wm_env.datasets import TwinClipDataset
 from sana_wm_env.evaluation.metrics import PSNR_CAP_DB, psnr, ssim
 from sana_wm_env.evaluation.report import versions
 from world_model.codecs import LatentCodec, LTX2Codec, PatchCodec
+from world_model.video import from_uint8
 
 DEFAULT_PATCHES = ("8:2:96", "8:2:64", "8:1:64")
 TARGET_SPATIAL, TARGET_TEMPORAL = 8, 2
@@ -129,7 +130,7 @@ def to_video(rgb: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rgb must be uint8 frames (..., T, H, W, 3) as TwinClipDataset yields, got {rgb.dtype}")
     if rgb.ndim == 4:
         rgb = rgb[None]
-    return rgb.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)
+    return from_uint8(rgb).movedim(2, 1)  # (B, T, 3, H, W) -> (B, 3, T, H, W)
 
 
 def to_unit(video: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..camera import CameraInputs, camera_inputs_from_world
 from ..codecs.base import LatentCodec
+from ..video import from_uint8
 
 _MIX = 0x9E3779B97F4A7C15
 
@@ -58,7 +59,7 @@ def item_to_tensors(item: dict, where: str = "item") -> dict[str, torch.Tensor]:
         rgb = torch.as_tensor(item["rgb"])
         if rgb.dtype != torch.uint8 or rgb.ndim != 4 or rgb.shape[-1] != 3:
             raise ValueError(f"{where}['rgb'] must be uint8 (F, H, W, 3), got {rgb.dtype} {tuple(rgb.shape)}")
-        frames = rgb.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        frames = from_uint8(rgb)
     else:
         raise ValueError(f"{where} needs 'rgb' uint8 (F, H, W, 3) or 'frames' float (F, 3, H, W); keys: {sorted(item)}")
     f = frames.shape[0]
