@@ -7,9 +7,11 @@ cameras rotate and translate, so every branch of both paths contributes to the o
 
 from __future__ import annotations
 
+import ast
 import collections
 import copy
 import dataclasses
+import inspect
 
 import numpy as np
 import pytest
@@ -293,3 +295,18 @@ def test_env_compile_option_is_checked_and_reaches_the_transformer():
         gym.make("SanaWM-TwinExplore-v0", compile="default")
     with pytest.raises(ValueError, match="mode must be one of"):
         gym.make("SanaWM-Explore-v0", compile="fastest")
+
+
+def test_the_layers_reach_the_lean_path_only_through_the_dispatch():
+    """No import cycle: the reference layers do not import stream_cpu (it imports them and registers its fast
+    paths with world_model.ops.dispatch, on import by the transformer)."""
+    import world_model.layers.attention as attention
+    import world_model.layers.block as block
+    import world_model.layers.ffn as ffn
+
+    for module in (attention, block, ffn):
+        imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(module)))
+                    if isinstance(node, ast.ImportFrom)}
+        assert not any(name and name.endswith("stream_cpu") for name in imported), module.__name__
+    assert {op for op in dispatch._FAST_PATHS if op.startswith("stream_")} == {
+        "stream_attention", "stream_begin_chunk", "stream_chunk_constant_linear", "stream_temporal_residual"}
