@@ -80,8 +80,7 @@ def scripted_path(scene, num_frames: int, fps: float, *, clearance: float = PATH
         xy = rng.uniform(lo[:2], hi[:2])
         psi = rng.uniform(0, 2 * np.pi)
         z = float(scene.ground_height(xy[None])[0]) + 0.5 * (h_lo + h_hi)
-        c, s = np.cos(psi), np.sin(psi)
-        rot = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+        rot = rpy_to_rotmat([0.0, 0.0, psi]).numpy()
         pos = np.array([xy[0], xy[1], z]) + offsets @ rot.T
         if not scene.free(pos, clearance).all():
             continue

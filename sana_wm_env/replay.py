@@ -27,6 +27,7 @@ import torch
 
 from sana_wm_env.limits import MAX_FRAMES, check_frames
 from sana_wm_env.trajectories import OPENCV_IN_REP103, Trajectory
+from world_model.camera import rpy_to_rotmat
 from world_model.generators import GeneratorState, StreamingGenerator
 
 MAX_GAP_S = 0.25  # seconds between recorded stamps interpolated without complaint
@@ -222,9 +223,8 @@ def place_in_scene(scene, rel_c2w: np.ndarray, *, clearance: float = PLACE_CLEAR
         xy = rng.uniform(lo[:2], hi[:2])
         psi = rng.uniform(0, 2 * np.pi)
         z = float(scene.ground_height(xy[None])[0]) + rng.uniform(min(heights), max(heights))
-        c, s = np.cos(psi), np.sin(psi)
         start = np.eye(4)
-        start[:3, :3] = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]]) @ OPENCV_IN_REP103
+        start[:3, :3] = rpy_to_rotmat([0.0, 0.0, psi]).numpy() @ OPENCV_IN_REP103
         start[:3, 3] = (xy[0], xy[1], z)
         world = start @ rel
         if scene.free(world[:, :3, 3], clearance).all():
