@@ -266,25 +266,26 @@ class SanaWMTransformer(nn.Module):
     def _positional_context(self, camera, b: int, t: int, grid_hw, offset: int, device, *, reuse: bool):
         """RoPE table, UCPE transforms and embedded Plücker map of a call.
 
-        With ``reuse`` (streaming inference) the result is kept for the next call with the same ``camera`` object
-        (unmodified) at the same frame offset: the denoising passes and the cache write of one chunk share it.
+        With ``reuse`` (streaming inference) the result is kept for the next call with the same ``camera`` object,
+        with the same values, at the same frame offset: the denoising passes and the cache write of one chunk share
+        it. The inputs are small (camera conditions, Plücker map, the Plücker embedder's weights): a copy of them
+        is kept and compared, so in-place edits are seen.
         """
         key = None
         inputs = [self.plucker_embedder.proj.weight, self.plucker_embedder.proj.bias]
         if camera is not None:
             inputs += [camera.conditions, camera.plucker]
-        # inference tensors (torch.inference_mode) carry no version counter: in-place edits could not be seen
-        reuse = reuse and not any(v.is_inference() for v in inputs)
         if reuse:
-            versions = tuple((v.data_ptr(), v._version) for v in inputs)
-            key = (b, t, tuple(grid_hw), offset, str(device), versions)
+            key = (b, t, tuple(grid_hw), offset, str(device))
             memo = self.__dict__.get("_context_memo")
-            if memo is not None and memo[0] is camera and memo[1] == key:
+            if memo is not None and memo[0] is camera and memo[1] == key and all(
+                    torch.equal(v, kept) for v, kept in zip(inputs, memo[3], strict=True)):
                 return memo[2]
         cfg = self.config
         rope = rope_freqs(cfg.head_dim, t, *grid_hw, frame_offset=offset, theta=cfg.rope_theta, device=device)
         result = (rope, *self._camera_context(camera, b, t, grid_hw, rope))
-        self.__dict__["_context_memo"] = (camera, key, result) if reuse else None
+        kept = tuple(v.detach().clone() for v in inputs) if reuse else None
+        self.__dict__["_context_memo"] = (camera, key, result, kept) if reuse else None
         return result
 
     def _text(self, text, text_mask, b: int):
