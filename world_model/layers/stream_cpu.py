@@ -67,7 +67,8 @@ def begin_chunk(blocks: nn.ModuleList, cache: StreamCache, camera: bool, *, comp
     """Before a streaming call on ``cache``: keep the stores of ``blocks`` if the previous call had the very same
     cache object (another pass over the same chunk), else start new ones. A ``compiled`` step reads its fused
     weights without checks: they are rebuilt here, eagerly, into the same tensors (so the graph is not
-    retraced), for the call ``camera`` or not."""
+    retraced), for the call ``camera`` or not. With classifier-free guidance the conditional and unconditional
+    caches alternate: each switch starts a new store, which is correct but forgoes the per-chunk reuse."""
     new_chunk = False
     for owner in _owners(blocks):
         store = owner.__dict__.get(_STORE)
