@@ -11,6 +11,8 @@ import torch
 from world_model.bundles import load_world_model, save_world_model, untrained_world_model
 from world_model.checkpoints import CheckpointNotFoundError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def test_bundle_round_trip_generates_identical_frames(tmp_path):
     wm = untrained_world_model("tiny-notext", seed=1, image_hw=(16, 16))

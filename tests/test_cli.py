@@ -12,6 +12,7 @@ import pytest
 
 from sana_wm_cli.main import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
 
 

@@ -44,6 +44,7 @@ def smooth_trajectory(num_frames: int) -> np.ndarray:
     return c2w
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 DIFFUSERS_TINY = {
     # head dim 48 (not a flash size: exercises the padded camera softmax scale), text on
     "text": dict(
