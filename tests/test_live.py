@@ -7,7 +7,7 @@ import pytest
 
 from sana_wm_env.live import LivePoseCamera
 from sana_wm_env.trajectories import Trajectory, camera_mount, load
-from sana_wm_env.trajectories.tf import TFBuffer, pose_matrix
+from sana_wm_env.trajectories.tf import TFBuffer, interpolate_edge, pose_matrix
 
 MOUNT = camera_mount((0.1, 0.0, 0.3), (0.0, 0.2, 0.0))
 
@@ -215,3 +215,34 @@ def test_a_geometry_guided_model_streams_from_a_first_frame_with_or_without_its_
     assert not np.array_equal(streams[0][-1].image, streams[1][-1].image)  # the depth changes what is rendered
     with pytest.raises(ValueError, match="is 4x4 \\(HxW\\) but its image is 20x24"):
         LivePoseCamera(geo, mount=MOUNT).set_first_frame(_first_frame(), depth=np.ones((4, 4), np.float32))
+
+
+def test_message_path_pose_maths_match_the_camera_module():
+    """The NumPy pose maths of the TF/pose callbacks agree with world_model.camera's torch reference."""
+    from world_model import camera as wcam
+
+    rng = np.random.default_rng(0)
+    q = rng.normal(size=(64, 4))
+    q[0] = [0, 0, 0, 1]
+    q[1] = [1, 0, 0, 1e-9]  # a half turn
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    pos = rng.normal(size=(64, 3))
+    mats = np.stack([pose_matrix(p, qq) for p, qq in zip(pos, q)])
+    np.testing.assert_allclose(mats[:, :3, :3], wcam.quat_to_rotmat(q).numpy(), atol=1e-12)
+    np.testing.assert_allclose(mats[:, :3, 3], pos)
+    # keys with near-identical, ordinary and opposite-hemisphere neighbours, sampled inside and at the ends
+    keys = mats[:8].copy()
+    keys[3] = pose_matrix(pos[3], q[2] + 1e-9)
+    times = np.cumsum(rng.uniform(0.05, 0.5, size=8))
+    at = np.concatenate([times, rng.uniform(times[0], times[-1], size=40)])
+    got = interpolate_edge(times, keys, at)
+    np.testing.assert_allclose(got[:, :3, :3], wcam.slerp(times, keys[:, :3, :3], at).numpy(), atol=1e-9)
+    for i in range(3):
+        np.testing.assert_allclose(got[:, i, 3], np.interp(at, times, keys[:, i, 3]))
+    # a chain through a common ancestor composes with the rigid inverse
+    buf = TFBuffer()
+    buf.add("map", "a", 0.0, pos[4], q[4], static=True)
+    buf.add("map", "b", 0.0, pos[5], q[5], static=True)
+    chain = buf.chain("b", "a")
+    expected = np.linalg.inv(mats[5]) @ mats[4]
+    np.testing.assert_allclose(chain.compose(lambda e: buf.static[e][None], 1)[0], expected, atol=1e-12)

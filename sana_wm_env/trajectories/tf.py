@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from world_model import camera as cam
-
 Edge = tuple[str, str]  # (parent frame, child frame)
 
 
@@ -23,10 +21,60 @@ def _frame(name: str) -> str:
     return name.lstrip("/")
 
 
+# Pose maths on the message path runs in NumPy rather than through world_model.camera's torch functions (the
+# reference they are tested against): ROS callbacks run beside the generating worker thread, every torch op
+# releases the GIL, and taking it back behind a busy worker waits up to the interpreter's switch interval (5 ms).
+# Through torch, a 1 kHz pose burst reached the live camera at about 70 poses/s.
+
+
+def _quat_to_rotmat(q: np.ndarray) -> np.ndarray:
+    """xyzw quaternions (..., 4), normalised here -> rotation matrices (..., 3, 3)."""
+    x, y, z, w = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    rows = [
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ]  # fmt: skip
+    return np.stack(rows, axis=-1).reshape(*q.shape[:-1], 3, 3)
+
+
+def _rotmat_to_quat(r: np.ndarray) -> np.ndarray:
+    """Rotation matrices (N, 3, 3) -> unit xyzw quaternions (N, 4) (Shepperd: divide by the largest component)."""
+    m = r.reshape(-1, 9)
+    m00, m01, m02, m10, m11, m12, m20, m21, m22 = m.T
+    sq = np.stack([1 + m00 + m11 + m22, 1 + m00 - m11 - m22, 1 - m00 + m11 - m22, 1 - m00 - m11 + m22], axis=-1)
+    s = 2 * np.sqrt(np.maximum(sq, 1e-12))  # 4 * |component|
+    sw, sx, sy, sz = s.T
+    cand = np.stack([
+        np.stack([(m21 - m12) / sw, (m02 - m20) / sw, (m10 - m01) / sw, sw / 4], axis=-1),
+        np.stack([sx / 4, (m01 + m10) / sx, (m02 + m20) / sx, (m21 - m12) / sx], axis=-1),
+        np.stack([(m01 + m10) / sy, sy / 4, (m12 + m21) / sy, (m02 - m20) / sy], axis=-1),
+        np.stack([(m02 + m20) / sz, (m12 + m21) / sz, sz / 4, (m10 - m01) / sz], axis=-1),
+    ], axis=1)  # (N, 4 cases, 4 xyzw)
+    q = cand[np.arange(len(m)), sq.argmax(axis=-1)]
+    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def _slerp(times: np.ndarray, rots: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Rotations (N, 3, 3) keyed at increasing ``times`` -> (M, 3, 3) at ``at``: constant rate, shortest way."""
+    q = _rotmat_to_quat(rots)
+    seg = np.clip(np.searchsorted(times, at, side="right") - 1, 0, len(times) - 2)
+    alpha = ((at - times[seg]) / (times[seg + 1] - times[seg]))[:, None]
+    q0, q1 = q[seg], q[seg + 1]
+    dot = np.sum(q0 * q1, axis=-1, keepdims=True)
+    q1, dot = np.where(dot < 0, -q1, q1), np.abs(dot)
+    theta = np.arccos(np.minimum(dot, 1.0))
+    small = theta < 1e-6  # nearly equal keys: linear blend (normalised below) is exact to rounding
+    sin = np.where(small, 1.0, np.sin(theta))
+    w0 = np.where(small, 1 - alpha, np.sin((1 - alpha) * theta) / sin)
+    w1 = np.where(small, alpha, np.sin(alpha * theta) / sin)
+    return _quat_to_rotmat(w0 * q0 + w1 * q1)
+
+
 def pose_matrix(pos, quat_xyzw) -> np.ndarray:
     """(4, 4) from a position and an xyzw quaternion (near-unit quaternions are normalised)."""
     t = np.eye(4)
-    t[:3, :3] = cam.quat_to_rotmat(np.asarray(quat_xyzw, dtype=np.float64)).numpy()
+    t[:3, :3] = _quat_to_rotmat(np.asarray(quat_xyzw, dtype=np.float64))
     t[:3, 3] = pos
     return t
 
@@ -35,9 +83,9 @@ def interpolate_edge(times: np.ndarray, mats: np.ndarray, at: np.ndarray) -> np.
     """Poses (M, 4, 4) of a sampled edge at times ``at`` (M,) inside [times[0], times[-1]]."""
     if len(times) == 1:
         return np.repeat(mats[:1], len(at), axis=0)
-    rot = cam.slerp(times, mats[:, :3, :3], at).numpy()
+    times, at = np.asarray(times, dtype=np.float64), np.asarray(at, dtype=np.float64)
     out = np.tile(np.eye(4), (len(at), 1, 1))
-    out[:, :3, :3] = rot
+    out[:, :3, :3] = _slerp(times, np.asarray(mats, dtype=np.float64)[:, :3, :3], at)
     for i in range(3):
         out[:, i, 3] = np.interp(at, times, mats[:, i, 3])
     return out
@@ -65,7 +113,11 @@ class TFChain:
                 acc = acc @ edge_at(e)
             return acc
 
-        return cam.se3_inverse(root_to(self.up_parent)).numpy() @ root_to(self.up_child)
+        up = root_to(self.up_parent)
+        inv = np.tile(np.eye(4), (n, 1, 1))  # rigid inverse [R^T, -R^T t]
+        inv[:, :3, :3] = np.swapaxes(up[:, :3, :3], -1, -2)
+        inv[:, :3, 3] = -np.einsum("nij,nj->ni", inv[:, :3, :3], up[:, :3, 3])
+        return inv @ root_to(self.up_child)
 
 
 def find_chain(parent_of: dict[str, str], parent: str, child: str, source: str = "TF") -> TFChain:
