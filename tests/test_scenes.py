@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -127,3 +131,15 @@ def test_render_outputs_and_bad_input():
         r.render(bad, (40, 40, 32, 24))
     with pytest.raises(ValueError, match="intrinsics has non-positive focal length"):
         r.render(_c2w(p, 0, 0, 0), (40, -1, 32, 24))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton (the kernels extra)")
+def test_triton_loads_after_a_twin_renders():
+    """Mesa's and Triton's LLVMs clash when Triton loads second; torch loads Triton lazily (torch._dynamo)."""
+    code = (
+        "from sana_wm_env.scenes.gl import gl_context\n"
+        "ctx = gl_context(8, 8); ctx.make_current(); ctx.free()\n"
+        "import torch._dynamo, triton; print('ok')\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
