@@ -58,3 +58,10 @@ def whole_number(text: str) -> int:
     if not math.isfinite(value) or value != int(value):
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}")
     return int(value)
+
+
+def add_ray_argument(parser) -> None:
+    """The ``--ray [ADDRESS]`` option of the commands that scale out on Ray (see :mod:`sana_wm_env.distributed`)."""
+    from sana_wm_env.distributed import ADDRESS_HELP
+
+    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help=ADDRESS_HELP)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sana_wm_env.limits import MAX_FRAMES, MAX_MEMORY_BYTES
 
-from . import whole_number
+from . import add_ray_argument, whole_number
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m = sub.add_parser("make", help="render clips into a directory (parallel, resumable)",
                        description="Render clips (frames, OpenCV camera-to-world poses, intrinsics, optional "
                                    "depth, scene seed) into OUT in the sana-wm-twin/1 format. Re-running the "
-                                   "same command resumes an interrupted run.")
+                                   "same command resumes an interrupted run. With --ray every clip is a Ray "
+                                   "task; clip i has the same bytes whichever machine renders it.")
     m.add_argument("--scenes", type=_names, default=("rooms", "city", "outdoor"),
                    help="comma-separated scene families (default: rooms,city,outdoor)")
     m.add_argument("--clips", type=whole_number, required=True, help="number of clips")
@@ -62,7 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--split", choices=("train", "eval"), default="train",
                    help="draw scene seeds from the training seeds or the reserved evaluation seeds")
     m.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    m.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1)")
+    m.add_argument("--workers", type=int, default=1, help="parallel worker processes (default 1; not with --ray)")
+    add_ray_argument(m)
     m.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     m.set_defaults(func=run_make)
     i = sub.add_parser("info", help="summarise a dataset directory and check its clips",
@@ -86,7 +88,9 @@ def run_make(args: argparse.Namespace) -> int:
         motions=args.motions, split=args.split, seed=args.seed, depth=args.depth, fov_deg=args.fov,
         revisit_fraction=args.revisit_fraction,
     )
-    stats = make_dataset(args.out, spec, workers=args.workers, progress=not args.no_progress)
+    if args.ray is not None and args.workers != 1:
+        raise ValueError("--workers: with --ray every clip is a Ray task on the cluster's cores; leave --workers out")
+    stats = make_dataset(args.out, spec, workers=args.workers, progress=not args.no_progress, ray=args.ray)
     for message in stats["damaged"].values():
         print(f"rendered again: {message}")
     print(

@@ -21,7 +21,7 @@ from world_model.checkpoints import load_transformer
 ROOT = Path(__file__).resolve().parents[1]
 # packages that only one feature needs: none of them may load with the environments and the bundled models
 OPTIONAL = ("diffusers", "transformers", "huggingface_hub", "matplotlib", "rosbags", "stable_baselines3", "pygame",
-            "skimage", "modelopt")
+            "skimage", "modelopt", "ray")
 
 
 def _run(code: str) -> str:
@@ -72,6 +72,11 @@ def test_missing_optional_packages_name_their_extra(monkeypatch, trajectory_data
     frames = np.zeros((1, 8, 8, 3), np.uint8)
     with pytest.raises(ImportError, match=r'evaluation figures needs .*pip install "sana-wm-env\[reports\]"'):
         report.contact_sheet({"frame_indices": [0], "ground_truth": {"rooms": frames}}, tmp_path / "sheet.png")
+    monkeypatch.setitem(sys.modules, "ray", None)
+    code = cli_main(["dataset", "make", "--clips", "1", "--frames", "4", "--size", "8x8", "--out",
+                     str(tmp_path / "twin"), "--no-progress", "--ray"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and 'pip install "sana-wm-env[ray]"' in err, err
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ImportError, match=r'Hugging Face repo id needs .*pip install "sana-wm-env\[ltx2\]"'):
         load_transformer("owner/not-a-local-folder")
@@ -83,7 +88,7 @@ def test_extras_keep_single_feature_packages_out_of_the_core():
     for name in ("diffusers", "transformers", "huggingface-hub", "matplotlib", "rosbags", "triton", "modelopt"):
         assert name not in core, name
     extras = project["optional-dependencies"]
-    assert {"ltx2", "refiner", "bags", "reports", "rl", "play", "kernels", "dev"} <= set(extras)
+    assert {"ltx2", "refiner", "bags", "reports", "rl", "play", "kernels", "ray", "dev"} <= set(extras)
     assert "test" not in extras
     for name, reqs in extras.items():  # exact pins only where one ROS distribution's wheels must match
         pinned = [r for r in reqs if any(s.operator in ("==", "===") for s in Requirement(r).specifier)]
@@ -91,4 +96,5 @@ def test_extras_keep_single_feature_packages_out_of_the_core():
     dev = " ".join(extras["dev"])
     for extra in ("rl", "play", "bags", "reports", "ltx2", "refiner"):
         assert extra in dev.split("[", 1)[1].split("]", 1)[0].split(","), extra
+    assert "ray" not in dev  # the scale-out extra is large and only the slow tier uses it
     assert any(r.startswith("diffusers") and "<" in r for r in extras["ltx2"])  # we import its internals

@@ -242,15 +242,43 @@ def make_clip(spec: DatasetSpec, index: int) -> dict[str, np.ndarray]:
     return out
 
 
+# Every archive member gets this timestamp (the zip format's earliest), so a clip's bytes depend only on its
+# arrays: clip i is byte-identical whenever and wherever it is rendered (np.savez stamps the current time).
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """The ``.npz`` archive of ``arrays`` (what ``np.savez`` writes, uncompressed), with fixed member timestamps."""
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_TIME)
+            info.external_attr = 0o644 << 16
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def clip_bytes(spec: DatasetSpec, index: int) -> bytes:
+    """Render clip ``index`` of ``spec``: the bytes of its ``.npz`` file (the same on every machine and run)."""
+    return npz_bytes(make_clip(spec, index))
+
+
+def store_clip(root: Path, index: int, data: bytes) -> None:
+    """Write the ``.npz`` bytes of clip ``index`` under ``root`` atomically (a temporary file, then a rename)."""
+    path = clip_path(root, index)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
 def write_clip(spec: DatasetSpec, root: Path, index: int) -> int:
     """Render and atomically write clip ``index``; returns the number of frames written (0 if it existed)."""
-    path = clip_path(root, index)
-    if path.exists():
+    if clip_path(root, index).exists():
         return 0
-    arrays = make_clip(spec, index)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    store_clip(root, index, clip_bytes(spec, index))
     return spec.frames
 
 
@@ -288,8 +316,12 @@ def _worker(args: tuple[DatasetSpec, str, int]) -> int:
     return write_clip(spec, Path(root), index)
 
 
-def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = True) -> dict:
+def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = True, ray: str | None = None) -> dict:
     """Write every missing clip of ``spec`` under ``root`` using ``workers`` processes (resumable).
+
+    With ``ray`` (an address, see :mod:`sana_wm_env.distributed`) the clips are Ray tasks instead, one per clip
+    on one core each (``workers`` is then unused): a task renders the clip and returns its ``.npz`` bytes, and
+    this process writes them (so the cluster needs no shared storage); the bytes are those a local run writes.
 
     Returns {"written": clips written now, "skipped": already present, "damaged": {index: what was wrong} of the
     clips found damaged and rendered again, "seconds": wall time, "clips_per_s", "frames_per_s"}.
@@ -302,6 +334,10 @@ def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = Tru
 
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive int, got {workers!r}")
+    if ray is not None:
+        from sana_wm_env.distributed import require_ray
+
+        require_ray()  # a missing extra is said before any folder is made
     root = Path(root)
     todo, damaged = prepare(root, spec)
     select_backend()  # probe once here; workers inherit MUJOCO_GL
@@ -309,10 +345,21 @@ def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = Tru
     frames = 0
     bar = tqdm(total=spec.clips, initial=spec.clips - len(todo), unit="clip", disable=not progress,
                desc=f"dataset {root.name}")
-    jobs = [(spec, str(root), i) for i in todo]
-    if workers == 1 or len(todo) <= 1:
-        for job in jobs:
-            frames += _worker(job)
+    if ray is not None:
+        from sana_wm_env.distributed import connect, run_tasks
+
+        def store(i: int, data: bytes) -> int:
+            store_clip(root, todo[i], data)
+            bar.update(1)
+            return spec.frames
+
+        if todo:  # a finished dataset needs no cluster
+            with connect(ray):
+                frames = sum(run_tasks(clip_bytes, [(spec, i) for i in todo], desc="clip tasks", progress=False,
+                                       on_result=store, unit="clip"))
+    elif workers == 1 or len(todo) <= 1:
+        for i in todo:
+            frames += write_clip(spec, root, i)
             bar.update(1)
     else:
         import multiprocessing as mp
@@ -320,7 +367,7 @@ def make_dataset(root, spec: DatasetSpec, workers: int = 1, progress: bool = Tru
         # Not "fork": a parent that has rendered holds a GL context, and forked children of it can hang.
         ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(workers, initializer=_ignore_sigint) as pool:
-            for n in pool.imap_unordered(_worker, jobs):
+            for n in pool.imap_unordered(_worker, [(spec, str(root), i) for i in todo]):
                 frames += n
                 bar.update(1)
     bar.close()
