@@ -64,4 +64,14 @@ def add_ray_argument(parser) -> None:
     """The ``--ray [ADDRESS]`` option of the commands that scale out on Ray (see :mod:`sana_wm_env.distributed`)."""
     from sana_wm_env.distributed import ADDRESS_HELP
 
-    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", help=ADDRESS_HELP)
+    parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS", type=_ray_address,
+                        help=ADDRESS_HELP)
+
+
+def _ray_address(text: str) -> str:
+    """argparse type of ``--ray``: auto, local or a cluster address (not empty)."""
+    import argparse
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected auto, local or a cluster address (HOST:PORT, ray://HOST:PORT)")
+    return text.strip()

@@ -13,11 +13,12 @@ See sana_wm_env/evaluation/fidelity.py for the exact protocol.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
-from . import set_torch_threads
+from . import add_ray_argument, set_torch_threads
 
 QUICK = {"episodes_per_family": 1, "frames": 33, "revisit_episodes": 1, "stability_frames": 200}
 DEFAULTS = {"episodes_per_family": 3, "frames": 129, "revisit_episodes": 3, "stability_frames": 1000}
@@ -67,6 +68,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="small smoke configuration: " + ", ".join(f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_ray_argument(p)
+    p.epilog = ("With --ray every episode and each candidate's stability rollout is a Ray task (torch on --threads "
+                "threads, default 1, one core per task, one GPU per task with --device cuda); the JSON holds the "
+                "numbers of a local run with the same --threads, timing aside.")
     p.set_defaults(func=run)
 
 
@@ -82,6 +87,35 @@ def load_model_or_explain(name: str, device: str):
             f"{err}\nhint: pass --model PATH to a bundle folder (one made by world_model.bundles.save_world_model "
             "or by `sana-wm distill`), or train one first (`sana-wm train --help`, then `sana-wm distill --help`)."
         ) from None
+
+
+def build_candidates(args: argparse.Namespace):
+    """The loaded model and the candidates that ``args`` asks for (the model, its baselines, optionally the
+    teacher and the refined model), as every process of a run builds them."""
+    from sana_wm_env.evaluation import world_model_candidates
+
+    model = load_model_or_explain(args.model, args.device)
+    model.student.eval()
+    if args.quantize is not None:
+        from world_model.quantization import quantize
+
+        quantize(model.student, args.quantize)
+    candidates = world_model_candidates(model, teacher=args.teacher, untrained=not args.no_untrained)
+    if args.refiner is not None:
+        from sana_wm_env.evaluation.candidates import generator_candidate
+        from world_model.refiner import RefinedGenerator, load_refiner
+
+        refiner = load_refiner(args.refiner, device=args.device, what="--refiner",
+                               **({} if args.strength is None else {"strength": args.strength}))
+        refined = RefinedGenerator(model.streaming_generator(), refiner, fps=model.fps)
+        candidates.append(generator_candidate("model+refiner", refined, description=f"{model.name} refined by "
+                                              f"{args.refiner}", info=refiner.describe()))
+    return model, candidates
+
+
+def task_candidates(arguments: dict):
+    """:func:`build_candidates` of the arguments ``vars(args)`` (without ``func``): what a Ray task runs."""
+    return build_candidates(argparse.Namespace(**arguments))[1]
 
 
 def build_config(args: argparse.Namespace, model):
@@ -141,7 +175,7 @@ def print_summary(results: dict, json_path: Path, figures: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from sana_wm_env.evaluation import evaluate, targets, world_model_candidates
+    from sana_wm_env.evaluation import evaluate, targets
     from sana_wm_env.evaluation.report import contact_sheet, psnr_plot, versions, write_json
     from sana_wm_env.outputs import check_output
     from world_model.optional import require
@@ -153,25 +187,17 @@ def run(args: argparse.Namespace) -> int:
     for name in ("contact", "psnr"):
         check_output(out_dir / f"{args.json.stem}_{name}.png", "--out-dir")
     require("matplotlib", extra="reports", feature="sana-wm eval's figures")  # before a long evaluation
-    model = load_model_or_explain(args.model, args.device)
+    if args.ray is not None:
+        from sana_wm_env.distributed import require_ray
+
+        require_ray()  # before the model loads
+    model, candidates = build_candidates(args)
     cfg = build_config(args, model)
-    model.student.eval()
-    if args.quantize is not None:
-        from world_model.quantization import quantize
-
-        quantize(model.student, args.quantize)
-    candidates = world_model_candidates(model, teacher=args.teacher, untrained=not args.no_untrained)
-    if args.refiner is not None:
-        from sana_wm_env.evaluation.candidates import generator_candidate
-        from world_model.refiner import RefinedGenerator, load_refiner
-
-        refiner = load_refiner(args.refiner, device=args.device, what="--refiner",
-                               **({} if args.strength is None else {"strength": args.strength}))
-        refined = RefinedGenerator(model.streaming_generator(), refiner, fps=model.fps)
-        candidates.append(generator_candidate("model+refiner", refined, description=f"{model.name} refined by "
-                                              f"{args.refiner}", info=refiner.describe()))
+    arguments = {k: v for k, v in vars(args).items() if k != "func"}
     with torch.inference_mode():
-        results = evaluate(candidates, cfg, progress=not args.no_progress)
+        results = evaluate(candidates, cfg, progress=not args.no_progress, ray=args.ray,
+                           make_candidates=functools.partial(task_candidates, arguments),
+                           threads=args.threads or 1, device=args.device)
     contact = results.pop("_contact")
     stem = args.json.stem
     title = f"{model.name}: generated vs twin-world ground truth (first main episode per family)"

@@ -16,11 +16,12 @@ examples/pretrain_relative_pose.py).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from sana_wm_env.outputs import check_output
 
-from . import set_torch_threads
+from . import add_ray_argument, set_torch_threads
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -49,6 +50,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the world model (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_ray_argument(p)
+    p.epilog = ("With --ray every episode of every world is a Ray task (torch on --threads threads, default 1, one "
+                "core per task, one GPU per task with --device cuda); the JSON holds the results of a local run "
+                "with the same --threads, timing aside. --model must name a shipped bundle or a folder every "
+                "node can read.")
     p.set_defaults(func=run)
 
 
@@ -73,15 +79,21 @@ def run(args: argparse.Namespace) -> int:
         if not args.twin_only or args.model is not None:
             raise ValueError("--image-size applies to --twin-only without --model; a world model has its own size")
         geometry["image_hw"] = parse_hw(args.image_size, "--image-size")
+    if args.ray is not None:
+        from sana_wm_env.distributed import require_ray
+
+        require_ray()  # before the model loads
     model = args.model if args.model is not None or args.twin_only else "default"
-    envs = make_eval_envs(args.task, model, twin_only=args.twin_only, device=args.device,
-                          max_steps=args.max_steps, split=args.split, **geometry)
+    make_envs = functools.partial(make_eval_envs, args.task, model, twin_only=args.twin_only, device=args.device,
+                                  max_steps=args.max_steps, split=args.split, **geometry)
+    envs = make_envs()
     planner = {"horizon": args.planner_horizon, "samples": args.planner_samples}
     if args.policy == "cem":
         planner.update(iterations=args.planner_iterations, elites=max(1, args.planner_samples // 8))
     try:
-        results = evaluate_policy(lambda env: make_policy(args.policy, env, seed=args.seed, planner=planner), envs,
-                                  episodes=args.episodes, seed=args.seed, progress=not args.no_progress)
+        results = evaluate_policy(functools.partial(make_policy, args.policy, seed=args.seed, planner=planner), envs,
+                                  episodes=args.episodes, seed=args.seed, progress=not args.no_progress,
+                                  ray=args.ray, make_envs=make_envs, threads=args.threads or 1, device=args.device)
     finally:
         for env in envs.values():
             env.close()

@@ -97,6 +97,9 @@ def test_spec_and_cli_bad_input(tmp_path, capsys):
         main(["dataset", "make", "--clips", "1", "--frames", "4", "--size", "0x8", "--out", str(out)])
     assert main(["dataset", "make", "--clips", "1", "--frames", "4", "--scenes", "moon", "--out",
                  str(tmp_path / "x")]) == 2
+    with pytest.raises(SystemExit):  # --ray takes auto, local or an address; checked before anything runs
+        main(["dataset", "make", "--clips", "1", "--frames", "4", "--out", str(tmp_path / "y"), "--ray", " "])
+    assert not (tmp_path / "y").exists()
 
 
 def test_damaged_clips_are_reported_named_and_rendered_again(tmp_path, capsys):

@@ -88,3 +88,61 @@ def test_task_errors_surface_as_themselves(ray_cluster):
 
     with pytest.raises(ValueError, match="bad clip 0"):
         run_tasks(bad, [(0,)], desc="x", progress=False)
+
+
+# ------------------------------------------------------------------------------------------ sana-wm eval
+TIMING_KEYS = {"timing", "seconds", "frames_per_second", "figures"}
+
+
+def _without_timing(value):
+    """``value`` (parsed results JSON) without wall-clock numbers, the figure paths and the output arguments."""
+    if isinstance(value, dict):
+        return {k: _without_timing(v) for k, v in value.items()
+                if k not in TIMING_KEYS and not k.startswith("streaming_frames_per_second")}
+    if isinstance(value, list):
+        return [_without_timing(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    from world_model.bundles import save_world_model, untrained_world_model
+
+    folder = tmp_path_factory.mktemp("bundle") / "tiny"
+    save_world_model(untrained_world_model("tiny-notext", image_hw=(16, 16), seed=3), folder)
+    return folder
+
+
+def test_eval_on_ray_gives_the_local_json(ray_cluster, tiny_bundle, tmp_path, one_thread):
+    import json
+
+    args = ["eval", "--model", str(tiny_bundle), "--quick", "--frames", "9", "--revisit-episodes", "0",
+            "--no-untrained", "--no-progress", "--threads", "1"]
+    assert main([*args, "--json", str(tmp_path / "local.json")]) == 0
+    assert main([*args, "--json", str(tmp_path / "ray" / "ray.json"), "--ray"]) == 0
+    local, ray = (json.loads(p.read_text()) for p in (tmp_path / "local.json", tmp_path / "ray" / "ray.json"))
+    assert ray["arguments"].pop("ray") == "auto" and local["arguments"].pop("ray") is None
+    for res in (local, ray):
+        del res["arguments"]["json"]
+    assert set(local["candidates"]) == {"model", "repeat_first_frame", "warp"}
+    assert local["candidates"]["model"]["stability"]["frames"] == 200 and len(local["episodes"]["main"]) == 3
+    assert json.dumps(_without_timing(ray), sort_keys=True) == json.dumps(_without_timing(local), sort_keys=True)
+    assert (tmp_path / "ray" / "ray_contact.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------------------ sana-wm evaluate-policy
+def test_evaluate_policy_on_ray_gives_the_local_json(ray_cluster, tiny_bundle, tmp_path, one_thread):
+    import json
+
+    # CEM plans with the world model's imagination on ImageNav (image goals): the actions depend on its frames
+    args = ["evaluate-policy", "--task", "imagenav", "--policy", "cem", "--episodes", "2", "--model", str(tiny_bundle),
+            "--max-steps", "2", "--planner-samples", "4", "--planner-horizon", "2", "--planner-iterations", "1",
+            "--seed", "3", "--threads", "1", "--no-progress"]
+    assert main([*args, "--json", str(tmp_path / "local.json")]) == 0
+    assert main([*args, "--json", str(tmp_path / "ray.json"), "--ray"]) == 0
+    local, ray = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("local", "ray"))
+    for res in (local, ray):
+        for world in res["worlds"].values():
+            assert world.pop("seconds") > 0 and world.pop("steps_per_second") > 0
+    assert [e["seed"] for e in local["worlds"]["world_model"]["episodes"]] == [3, 4]
+    assert ray == local

@@ -248,142 +248,251 @@ def run_stability(gen, first_rgb: np.ndarray, k4: np.ndarray, pose_at: Callable[
 
 
 # ------------------------------------------------------------------------------------------ the protocol
-def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool = True,
-             episodes: dict[str, list[Episode]] | None = None) -> dict[str, Any]:
-    """Run the protocol for every candidate; returns the results dict (see the module docstring).
+@dataclass
+class EpisodeScores:
+    """What one main or revisit episode adds to the results: records per candidate and the shared numbers.
 
-    ``episodes`` (from :func:`plan_episodes`) can be passed to reuse a plan; by default it is planned here.
-    Frames kept for the contact sheet are returned under ``"_contact"`` (uint8 arrays, not JSON).
+    Scores of separate episodes are independent (everything is seeded per episode), so episodes can be scored
+    in any process and merged in plan order (:func:`merge_scores`) with the numbers of one sequential run.
     """
+
+    records: dict[str, Records]  # candidate name -> this episode's records
+    key: str  # "family/motion/kindN"
+    family: str
+    coverage: np.ndarray | None = None  # main episodes: covered share per frame 1..
+    ground_truth_contact: np.ndarray | None = None  # main episodes: the twin frames of the contact sheet
+    af_skipped: int = 0
+    delta_skipped: int = 0
+    render_seconds: float = 0.0
+
+
+def score_episode(candidates: Sequence[Candidate], cfg: EvalConfig, ep: Episode) -> EpisodeScores:
+    """Render ``ep`` in its twin world, run every candidate on it and score the frames (see the module
+    docstring)."""
+    from sana_wm_env.scenes import SceneRenderer
+
+    k4 = _intrinsics(cfg)
+    contact_idx = [i for i in cfg.contact_frames if i < cfg.frames]
+    af_skipped = 0
+    scene = make_scene(ep.family, ep.scene_seed)
+    t0 = time.perf_counter()
+    with SceneRenderer(scene, *cfg.image_hw, depth=True) as renderer:
+        gt_rgb = _render_all(renderer, ep.poses, k4)
+        first_depth = renderer.render(ep.poses[0], k4)[1]
+        af: list[tuple[int, torch.Tensor]] = []
+        if ep.kind == "main":
+            for i in range(1, len(ep.poses), cfg.action_stride):
+                rng = np.random.default_rng(trajectory_seed(KIND_PERTURB, ep.family, ep.index, i, 0))
+                others = distractor_renders(renderer, scene, ep.poses[i], gt_rgb[i], rng, cfg, k4)
+                if others is None:
+                    af_skipped += 1
+                    continue
+                af.append((i, _unit_frames(np.concatenate([gt_rgb[i : i + 1], others]))))
+    out_scores = EpisodeScores(records={}, key=f"{ep.family}/{ep.motion}/{ep.kind}{ep.index}", family=ep.family,
+                               af_skipped=af_skipped, render_seconds=time.perf_counter() - t0)
+    gt = _unit_frames(gt_rgb)
+    key = out_scores.key
+    random_poses = None
+    if ep.kind == "main":
+        covered = _coverage(gt_rgb[0], first_depth, k4, ep.poses)
+        out_scores.coverage = covered.double().mean((-2, -1)).numpy()
+        out_scores.ground_truth_contact = gt_rgb[[0, *contact_idx]]
+        if cfg.delta_psnr:
+            random_poses = random_action_poses(ep, cfg)
+            out_scores.delta_skipped = int(random_poses is None)
+    for cand in candidates:
+        acc = out_scores.records[cand.name] = Records()
+        gen = cand.generator_for(scene)
+        t0 = time.perf_counter()
+        out = _generate(gen, gt_rgb[0], k4, ep.poses, seed=_episode_seed(cfg, ep), first_depth=first_depth)
+        acc.seconds += time.perf_counter() - t0
+        acc.frames += len(ep.poses) - 1
+        if ep.kind == "main":
+            frame_psnr = psnr(out[1:], gt[1:], max_db=PSNR_CAP_DB).numpy()
+            acc.psnr[key] = [frame_psnr]
+            acc.ssim[key] = [ssim(out[1:], gt[1:]).numpy()]
+            acc.psnr_covered[key] = [masked_psnr(out[1:], gt[1:], covered, max_db=PSNR_CAP_DB).numpy()]
+            acc.psnr_holes[key] = [masked_psnr(out[1:], gt[1:], ~covered, max_db=PSNR_CAP_DB).numpy()]
+            if random_poses is not None:
+                t0 = time.perf_counter()
+                wandering = _generate(gen, gt_rgb[0], k4, random_poses, seed=_episode_seed(cfg, ep),
+                                      first_depth=first_depth)
+                acc.seconds += time.perf_counter() - t0
+                acc.frames += len(ep.poses) - 1
+                acc.delta_psnr[key] = [frame_psnr - psnr(wandering[1:], gt[1:], max_db=PSNR_CAP_DB).numpy()]
+            for i, renders in af:
+                scores = psnr(out[i].expand_as(renders), renders, max_db=PSNR_CAP_DB)
+                acc.action.append((ep.family, ep.motion, i, bool((scores[0] > scores[1:]).all())))
+            acc.contact[ep.family] = to_uint8(out[[0, *contact_idx]], low=0.0)
+        else:
+            p = ep.loop_period
+            idx = [i for i in range(p, len(ep.poses)) if same_pose(ep.poses[i], ep.poses[i - p])]
+            if idx:
+                ii, jj = torch.tensor(idx), torch.tensor(idx) - p
+                acc.revisit.append({
+                    "family": ep.family, "motion": ep.motion, "loop_period": p, "frames": len(idx),
+                    "first_revisit_frame": idx[0],
+                    "psnr_vs_render": float(psnr(out[ii], gt[ii], max_db=PSNR_CAP_DB).mean()),
+                    "psnr_vs_earlier_generated": float(psnr(out[ii], out[jj], max_db=PSNR_CAP_DB).mean()),
+                    "psnr_first_visit_vs_render": float(psnr(out[jj], gt[jj], max_db=PSNR_CAP_DB).mean()),
+                })
+    return out_scores
+
+
+def merge_scores(names: Sequence[str], scores: Sequence[EpisodeScores]) -> dict[str, Any]:
+    """Pool the episodes' scores, in the given order, into one :class:`Records` per candidate and the shared
+    numbers: ``{"records", "coverage", "ground_truth_contact", "af_skipped", "delta_skipped", "render_seconds"}``
+    (a contact sheet shows the first main episode of each family)."""
+    accs = {n: Records() for n in names}
+    coverage: dict[str, list[np.ndarray]] = {}
+    gt_contact: dict[str, np.ndarray] = {}
+    for sc in scores:
+        if sc.coverage is not None:
+            coverage.setdefault(sc.key, []).append(sc.coverage)
+        if sc.ground_truth_contact is not None:
+            gt_contact.setdefault(sc.family, sc.ground_truth_contact)
+        for name in names:
+            acc, rec = accs[name], sc.records[name]
+            for table in ("psnr", "ssim", "psnr_covered", "psnr_holes", "delta_psnr"):
+                for k, values in getattr(rec, table).items():
+                    getattr(acc, table).setdefault(k, []).extend(values)
+            acc.action.extend(rec.action)
+            acc.revisit.extend(rec.revisit)
+            for family, frames in rec.contact.items():
+                acc.contact.setdefault(family, frames)
+            acc.seconds += rec.seconds
+            acc.frames += rec.frames
+    return {"records": accs, "coverage": coverage, "ground_truth_contact": gt_contact,
+            "af_skipped": sum(sc.af_skipped for sc in scores), "delta_skipped": sum(sc.delta_skipped for sc in scores),
+            "render_seconds": sum(sc.render_seconds for sc in scores)}
+
+
+def score_stability(gen, cfg: EvalConfig, ep: Episode, *, progress: bool = False, desc: str = "stability"
+                    ) -> dict[str, Any]:
+    """The stability rollout of one generator along the stability episode ``ep`` (see the module docstring)."""
     from tqdm import tqdm
 
     from sana_wm_env.scenes import SceneRenderer
 
+    if getattr(gen, "streaming", True) is False:  # offline (e.g. refined) generators do not stream
+        return {"skipped": "offline generator (no streaming rollout)"}
+    k4 = _intrinsics(cfg)
+    scene = make_scene(ep.family, ep.scene_seed)
+    period = ep.loop_period
+    with SceneRenderer(scene, *cfg.image_hw, depth=True) as renderer:
+        loop_rgb = _render_all(renderer, ep.poses[:period], k4)
+        loop_depth = renderer.render(ep.poses[0], k4)[1]
+    loop_gt = _unit_frames(loop_rgb)
+    with tqdm(total=cfg.stability_frames, initial=1, unit="frame", disable=not progress, desc=desc) as sbar:
+        st = run_stability(gen, loop_rgb[0], k4, lambda i: ep.poses[i % period], cfg.stability_frames,
+                           seed=cfg.seed, reference=lambda i: loop_gt[i % period],
+                           min_std_ratio=cfg.stability_min_std_ratio,
+                           progress=lambda d: sbar.update(d - sbar.n), first_depth=loop_depth)
+    st["path"] = f"{ep.family} scene {ep.scene_seed}, {ep.motion} loop of {period} frames, cycled"
+    return st
+
+
+def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool = True,
+             episodes: dict[str, list[Episode]] | None = None, ray: str | None = None,
+             make_candidates: Callable[[], Sequence[Candidate]] | None = None, threads: int = 1,
+             device: str = "cpu") -> dict[str, Any]:
+    """Run the protocol for every candidate; returns the results dict (see the module docstring).
+
+    ``episodes`` (from :func:`plan_episodes`) can be passed to reuse a plan; by default it is planned here.
+    Frames kept for the contact sheet are returned under ``"_contact"`` (uint8 arrays, not JSON).
+
+    With ``ray`` (an address, see :mod:`sana_wm_env.distributed`) every main and revisit episode, and each
+    candidate's stability rollout, is a Ray task: ``make_candidates()`` (picklable; it builds candidates equal
+    to ``candidates`` in the task's process) and torch on ``threads`` threads; tasks ask for a GPU when
+    ``device`` is a CUDA device and the cluster has GPUs. The results are those of a local run on as many
+    threads, timing aside.
+    """
+    from tqdm import tqdm
+
     names = [c.name for c in candidates]
     if len(set(names)) != len(names):
         raise ValueError(f"candidates must have distinct names, got {names}")
+    if ray is not None and make_candidates is None:
+        raise ValueError("evaluate with ray needs make_candidates (the candidates are built in each task)")
     t_start = time.perf_counter()
     plan = plan_episodes(cfg) if episodes is None else episodes
     t_plan = time.perf_counter() - t_start
-    k4 = _intrinsics(cfg)
-    accs = {c.name: Records() for c in candidates}
-    gt_contact: dict[str, np.ndarray] = {}
-    contact_idx = [i for i in cfg.contact_frames if i < cfg.frames]
-    render_s, af_skipped, delta_skipped = 0.0, 0, 0
-    coverage: dict[str, list[np.ndarray]] = {}
-    total = len(plan["main"]) + len(plan["revisit"])
-    bar = tqdm(total=total * len(candidates), unit="clip", desc="fidelity episodes", disable=not progress)
-    for ep in plan["main"] + plan["revisit"]:
-        scene = make_scene(ep.family, ep.scene_seed)
-        t0 = time.perf_counter()
-        with SceneRenderer(scene, *cfg.image_hw, depth=True) as renderer:
-            gt_rgb = _render_all(renderer, ep.poses, k4)
-            first_depth = renderer.render(ep.poses[0], k4)[1]
-            af: list[tuple[int, torch.Tensor]] = []
-            if ep.kind == "main":
-                for i in range(1, len(ep.poses), cfg.action_stride):
-                    rng = np.random.default_rng(trajectory_seed(KIND_PERTURB, ep.family, ep.index, i, 0))
-                    others = distractor_renders(renderer, scene, ep.poses[i], gt_rgb[i], rng, cfg, k4)
-                    if others is None:
-                        af_skipped += 1
-                        continue
-                    af.append((i, _unit_frames(np.concatenate([gt_rgb[i : i + 1], others]))))
-        render_s += time.perf_counter() - t0
-        gt = _unit_frames(gt_rgb)
-        key = f"{ep.family}/{ep.motion}/{ep.kind}{ep.index}"
-        random_poses = None
-        if ep.kind == "main":
-            covered = _coverage(gt_rgb[0], first_depth, k4, ep.poses)
-            coverage.setdefault(key, []).append(covered.double().mean((-2, -1)).numpy())
-            if cfg.delta_psnr:
-                random_poses = random_action_poses(ep, cfg)
-                delta_skipped += random_poses is None
-        if ep.kind == "main" and ep.family not in gt_contact:
-            gt_contact[ep.family] = gt_rgb[[0, *contact_idx]]
-        for cand in candidates:
-            acc = accs[cand.name]
-            gen = cand.generator_for(scene)
-            t0 = time.perf_counter()
-            out = _generate(gen, gt_rgb[0], k4, ep.poses, seed=_episode_seed(cfg, ep), first_depth=first_depth)
-            acc.seconds += time.perf_counter() - t0
-            acc.frames += len(ep.poses) - 1
-            if ep.kind == "main":
-                frame_psnr = psnr(out[1:], gt[1:], max_db=PSNR_CAP_DB).numpy()
-                acc.psnr.setdefault(key, []).append(frame_psnr)
-                acc.ssim.setdefault(key, []).append(ssim(out[1:], gt[1:]).numpy())
-                acc.psnr_covered.setdefault(key, []).append(
-                    masked_psnr(out[1:], gt[1:], covered, max_db=PSNR_CAP_DB).numpy())
-                acc.psnr_holes.setdefault(key, []).append(
-                    masked_psnr(out[1:], gt[1:], ~covered, max_db=PSNR_CAP_DB).numpy())
-                if random_poses is not None:
-                    t0 = time.perf_counter()
-                    wandering = _generate(gen, gt_rgb[0], k4, random_poses, seed=_episode_seed(cfg, ep),
-                                          first_depth=first_depth)
-                    acc.seconds += time.perf_counter() - t0
-                    acc.frames += len(ep.poses) - 1
-                    acc.delta_psnr.setdefault(key, []).append(
-                        frame_psnr - psnr(wandering[1:], gt[1:], max_db=PSNR_CAP_DB).numpy())
-                for i, renders in af:
-                    scores = psnr(out[i].expand_as(renders), renders, max_db=PSNR_CAP_DB)
-                    acc.action.append((ep.family, ep.motion, i, bool((scores[0] > scores[1:]).all())))
-                if ep.family not in acc.contact:
-                    acc.contact[ep.family] = to_uint8(out[[0, *contact_idx]], low=0.0)
-            else:
-                p = ep.loop_period
-                idx = [i for i in range(p, len(ep.poses)) if same_pose(ep.poses[i], ep.poses[i - p])]
-                if idx:
-                    ii, jj = torch.tensor(idx), torch.tensor(idx) - p
-                    acc.revisit.append({
-                        "family": ep.family, "motion": ep.motion, "loop_period": p, "frames": len(idx),
-                        "first_revisit_frame": idx[0],
-                        "psnr_vs_render": float(psnr(out[ii], gt[ii], max_db=PSNR_CAP_DB).mean()),
-                        "psnr_vs_earlier_generated": float(psnr(out[ii], out[jj], max_db=PSNR_CAP_DB).mean()),
-                        "psnr_first_visit_vs_render": float(psnr(out[jj], gt[jj], max_db=PSNR_CAP_DB).mean()),
-                    })
-            bar.update(1)
-    bar.close()
+    scored = plan["main"] + plan["revisit"]
+    stabilities: dict[str, dict[str, Any]] = {}
+    if ray is not None:
+        from sana_wm_env.distributed import connect, run_tasks, scheduling_gpus
+
+        with connect(ray):
+            gpus = scheduling_gpus(device)
+            scores = run_tasks(_score_task, [(make_candidates, cfg, ep) for ep in scored], desc="fidelity episodes",
+                               progress=progress, threads=threads, num_gpus=gpus, unit="episode")
+            for ep in plan["stability"]:
+                runs = run_tasks(_stability_task, [(make_candidates, cfg, ep, n) for n in names],
+                                 desc="stability rollouts", progress=progress, threads=threads, num_gpus=gpus,
+                                 unit="rollout")
+                stabilities = dict(zip(names, runs))
+    else:
+        scores = []
+        for ep in tqdm(scored, unit="episode", desc="fidelity episodes", disable=not progress):
+            scores.append(score_episode(candidates, cfg, ep))
+        for ep in plan["stability"]:
+            scene = make_scene(ep.family, ep.scene_seed)
+            for cand in candidates:
+                stabilities[cand.name] = score_stability(cand.generator_for(scene), cfg, ep, progress=progress,
+                                                         desc=f"stability {cand.name}")
+    merged = merge_scores(names, scores)
     results: dict[str, Any] = {}
     for cand in candidates:
-        acc = accs[cand.name]
+        acc = merged["records"][cand.name]
         r = summarise(acc, cfg)
         r["kind"], r["description"], r["info"] = cand.kind, cand.description, cand.info
-        r["action_following"]["skipped_indistinguishable_frames"] = af_skipped
+        r["action_following"]["skipped_indistinguishable_frames"] = merged["af_skipped"]
         if r["fidelity"]["delta_psnr"] is not None:
-            r["fidelity"]["delta_psnr"]["skipped_episodes_without_random_path"] = delta_skipped
+            r["fidelity"]["delta_psnr"]["skipped_episodes_without_random_path"] = merged["delta_skipped"]
         r["timing"] = {"generate_seconds": acc.seconds, "frames_generated": acc.frames,
                        "frames_per_second": acc.frames / acc.seconds if acc.seconds > 0 else None}
+        if cand.name in stabilities:
+            r["stability"] = stabilities[cand.name]
         results[cand.name] = r
-    for ep in plan["stability"]:
-        scene = make_scene(ep.family, ep.scene_seed)
-        period = ep.loop_period
-        with SceneRenderer(scene, *cfg.image_hw, depth=True) as renderer:
-            loop_rgb = _render_all(renderer, ep.poses[:period], k4)
-            loop_depth = renderer.render(ep.poses[0], k4)[1]
-        loop_gt = _unit_frames(loop_rgb)
-        for cand in candidates:
-            gen = cand.generator_for(scene)
-            if getattr(gen, "streaming", True) is False:  # offline (e.g. refined) generators do not stream
-                results[cand.name]["stability"] = {"skipped": "offline generator (no streaming rollout)"}
-                continue
-            with tqdm(total=cfg.stability_frames, initial=1, unit="frame", disable=not progress,
-                      desc=f"stability {cand.name}") as sbar:
-                st = run_stability(gen, loop_rgb[0], k4, lambda i, p=period, e=ep: e.poses[i % p],
-                                   cfg.stability_frames, seed=cfg.seed,
-                                   reference=lambda i, p=period, g=loop_gt: g[i % p],
-                                   min_std_ratio=cfg.stability_min_std_ratio,
-                                   progress=lambda d, b=sbar: b.update(d - b.n), first_depth=loop_depth)
-            st["path"] = f"{ep.family} scene {ep.scene_seed}, {ep.motion} loop of {period} frames, cycled"
-            results[cand.name]["stability"] = st
+    contact_idx = [i for i in cfg.contact_frames if i < cfg.frames]
     return {
         "protocol": __doc__,
         "config": cfg.to_json(),
         "episodes": {k: [e.describe() for e in v] for k, v in plan.items()},
-        "coverage": horizon_table(coverage, lambda k: True, cfg),
+        "coverage": horizon_table(merged["coverage"], lambda k: True, cfg),
         "candidates": results,
-        "timing": {"seconds": time.perf_counter() - t_start, "planning_seconds": t_plan, "render_seconds": render_s},
-        "_contact": {"ground_truth": gt_contact, **{n: a.contact for n, a in accs.items()},
-                     "frame_indices": [0, *contact_idx]},
+        "timing": {"seconds": time.perf_counter() - t_start, "planning_seconds": t_plan,
+                   "render_seconds": merged["render_seconds"]},
+        "_contact": {"ground_truth": merged["ground_truth_contact"],
+                     **{n: a.contact for n, a in merged["records"].items()}, "frame_indices": [0, *contact_idx]},
     }
+
+
+# ------------------------------------------------------------------------------------------ Ray tasks
+_TASK_CANDIDATES: dict[bytes, Sequence[Candidate]] = {}  # one set per worker process, built on its first task
+
+
+def _task_candidates(make_candidates: Callable[[], Sequence[Candidate]]) -> Sequence[Candidate]:
+    """``make_candidates()``, built once per worker process (a task loads the model only on a fresh worker)."""
+    from ray import cloudpickle  # these tasks run on Ray workers only
+
+    key = cloudpickle.dumps(make_candidates)
+    if key not in _TASK_CANDIDATES:
+        _TASK_CANDIDATES.clear()
+        _TASK_CANDIDATES[key] = make_candidates()
+    return _TASK_CANDIDATES[key]
+
+
+def _score_task(make_candidates: Callable[[], Sequence[Candidate]], cfg: EvalConfig, ep: Episode) -> EpisodeScores:
+    with torch.inference_mode():  # as sana-wm eval runs the local path
+        return score_episode(_task_candidates(make_candidates), cfg, ep)
+
+
+def _stability_task(make_candidates: Callable[[], Sequence[Candidate]], cfg: EvalConfig, ep: Episode,
+                    name: str) -> dict[str, Any]:
+    cand = next(c for c in _task_candidates(make_candidates) if c.name == name)
+    with torch.inference_mode():
+        return score_stability(cand.generator_for(make_scene(ep.family, ep.scene_seed)), cfg, ep)
 
 
 def _episode_seed(cfg: EvalConfig, ep: Episode) -> int:

@@ -155,13 +155,20 @@ def make_eval_envs(task: str, model=None, *, twin_only: bool = False, device: st
 
 def evaluate_policy(
     policy, envs: dict[str, Any], *, episodes: int = 10, seed: int = 0, progress: bool = True,
-    on_episode: Callable[[str, EpisodeResult], None] | None = None,
+    on_episode: Callable[[str, EpisodeResult], None] | None = None, ray: str | None = None,
+    make_envs: Callable[[], dict[str, Any]] | None = None, threads: int = 1, device: str = "cpu",
 ) -> dict[str, Any]:
     """Run ``policy`` for ``episodes`` episodes (seeds ``seed .. seed + episodes - 1``) in each env of ``envs``.
 
     ``envs`` maps world names ("world_model", "twin") to envs (see :func:`make_eval_envs`); ``policy`` is a
     policy or a callable ``env -> policy`` (called once per world). Returns a JSON-ready dict: per world the
     summary (``summarize``), seconds and the episodes; and ``gap`` (world_model - twin) when both ran.
+
+    With ``ray`` (an address, see :mod:`sana_wm_env.distributed`) every episode of every world is a Ray task:
+    ``make_envs()`` (picklable, e.g. a ``functools.partial`` of :func:`make_eval_envs`) builds the same envs in
+    the task's process, ``policy`` must be picklable, torch runs on ``threads`` threads and tasks ask for a GPU
+    when ``device`` is a CUDA device and the cluster has GPUs. Every episode re-seeds the env and the policy, so
+    the results are those of a local run on as many threads; ``seconds`` is then the episodes' own time, summed.
     """
     from tqdm.auto import tqdm
 
@@ -169,23 +176,40 @@ def evaluate_policy(
         raise ValueError(f"episodes must be an int >= 1, got {episodes!r}")
     if not envs or any(w not in WORLDS for w in envs):
         raise ValueError(f"envs must map a non-empty subset of {WORLDS} to envs, got {list(envs)}")
-    worlds: dict[str, Any] = {}
-    meta: dict[str, Any] = {}
-    for world, env in envs.items():
-        pol = policy if hasattr(policy, "act") else policy(env)
-        meta = {"policy": getattr(pol, "name", type(pol).__name__), "privileged": bool(getattr(pol, "privileged",
-                                                                                                False))}
-        results = []
-        t0 = time.perf_counter()
-        for i in tqdm(range(episodes), desc=f"{meta['policy']} in {world}", disable=not progress, leave=False):
-            r = run_episode(env, pol, seed + i)
-            results.append(r)
-            if on_episode is not None:
+    if ray is not None and make_envs is None:
+        raise ValueError("evaluate_policy with ray needs make_envs (the envs are built in each task)")
+    seeds = [seed + i for i in range(episodes)]
+    runs: dict[str, tuple[dict[str, Any], list[tuple[EpisodeResult, float]]]] = {}
+    if ray is not None:
+        from sana_wm_env.distributed import connect, run_tasks, scheduling_gpus
+
+        jobs = [(make_envs, world, policy, s) for world in envs for s in seeds]
+        with connect(ray):
+            done = run_tasks(_episode_task, jobs, desc="policy episodes", progress=progress, threads=threads,
+                             num_gpus=scheduling_gpus(device), unit="episode")
+        for world in envs:
+            mine = [d for job, d in zip(jobs, done) if job[1] == world]
+            runs[world] = (mine[0][0], [d[1:] for d in mine])
+            for _, r, _ in mine if on_episode is not None else ():
                 on_episode(world, r)
-        seconds = time.perf_counter() - t0
+    else:
+        for world, env in envs.items():
+            pol = policy if hasattr(policy, "act") else policy(env)
+            runs[world] = (_policy_meta(pol), [])
+            for s in tqdm(seeds, desc=f"{runs[world][0]['policy']} in {world}", disable=not progress, leave=False):
+                t0 = time.perf_counter()
+                r = run_episode(env, pol, s)
+                runs[world][1].append((r, time.perf_counter() - t0))
+                if on_episode is not None:
+                    on_episode(world, r)
+    worlds: dict[str, Any] = {}
+    for world, (_, timed) in runs.items():
+        results = [r for r, _ in timed]
+        seconds = sum(dt for _, dt in timed)
         steps = sum(r.steps for r in results)
         worlds[world] = {**summarize(results), "seconds": seconds, "steps_per_second": steps / max(seconds, 1e-9),
                          "episodes": [asdict(r) for r in results]}
+    meta = list(runs.values())[-1][0]  # the policy's name (that of the last world's, as they agree)
     sim = next(iter(envs.values())).unwrapped.sim
     out = {"task": sim.task.name, **meta, "episodes": episodes, "seed": seed, "split": sim.split,
            "max_steps": sim.task.config.max_steps, "image_hw": list(sim.image_hw), "worlds": worlds, "gap": None}
@@ -194,6 +218,33 @@ def evaluate_policy(
     if all(w in worlds for w in WORLDS):
         out["gap"] = {k: worlds["world_model"][k] - worlds["twin"][k] for k in GAP_KEYS}
     return out
+
+
+def _policy_meta(policy) -> dict[str, Any]:
+    return {"policy": getattr(policy, "name", type(policy).__name__),
+            "privileged": bool(getattr(policy, "privileged", False))}
+
+
+_TASK_ENVS: dict[bytes, dict[str, Any]] = {}  # one set per Ray worker process, built on its first task
+
+
+def _episode_task(make_envs: Callable[[], dict[str, Any]], world: str, policy, seed: int
+                  ) -> tuple[dict[str, Any], EpisodeResult, float]:
+    """A Ray task: one episode in ``world`` of the worker's envs (built once per process) with a fresh policy."""
+    from ray import cloudpickle  # runs on Ray workers only
+
+    key = cloudpickle.dumps(make_envs)
+    if key not in _TASK_ENVS:
+        for old in _TASK_ENVS.values():
+            for env in old.values():
+                env.close()
+        _TASK_ENVS.clear()
+        _TASK_ENVS[key] = make_envs()
+    env = _TASK_ENVS[key][world]
+    pol = policy if hasattr(policy, "act") else policy(env)
+    t0 = time.perf_counter()
+    result = run_episode(env, pol, seed)
+    return _policy_meta(pol), result, time.perf_counter() - t0
 
 
 def format_table(results: dict[str, Any]) -> str:
