@@ -27,7 +27,7 @@ import numpy as np
 
 from sana_wm_env.outputs import StagedOutputs
 
-from . import bundle_meta, set_torch_threads
+from . import add_ray_argument, bundle_meta, set_torch_threads
 
 CONVENTION_CHOICES = ("opencv", "rep103")
 
@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "replay", help="render a recorded trajectory with the world model (mp4 + TUM + JSON)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("trajectory", type=Path, help="trajectory file or ROS 2 bag")
+    p.add_argument("trajectory", type=Path, help="trajectory file or ROS 2 bag (with --ray also a folder of them "
+                                                 "or a quoted glob pattern)")
     p.add_argument("--image", type=Path, default=None, help="first frame (png/jpg); resized and centre-cropped")
     p.add_argument("--depth", type=Path, default=None,
                    help="depth map of --image for geometry-guided models (.npy metres or 16-bit .png, see "
@@ -82,7 +83,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p.add_argument("--out", type=Path, default=Path("outputs/replay.mp4"), help="mp4 path (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("outputs/replay.mp4"),
+                   help="mp4 path (default: %(default)s); with --ray a folder")
+    add_ray_argument(p)
+    p.epilog = ("With --ray, TRAJECTORY may be a folder (its trajectory files and bags) or a quoted glob pattern, "
+                "and --out is a folder: every flight is one Ray task (one core, torch on --threads threads, default "
+                "1; one GPU with --device cuda) that writes OUT/NAME.mp4, .tum and .json exactly as a local replay "
+                "of that flight would, and OUT/replay_summary.json lists every flight (exit code 1 if one failed). "
+                "The trajectories, --image and --out must be on storage every node reads and writes.")
     p.set_defaults(func=run)
 
 
@@ -134,6 +142,8 @@ def check_outputs(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        return run_flights(args)
     with StagedOutputs() as outputs:  # renamed to their final names together on success, deleted on failure
         return _run(args, outputs)
 
@@ -307,3 +317,92 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     print(f"wrote {args.out} ({stats['frames']} frames at {fps:g} fps), {tum_path} and {json_path}")
     print(json.dumps({k: summary[k] for k in ("out", "frames", "seconds", "frames_per_second")}))
     return 0
+
+
+# ------------------------------------------------------------------------------------------ many flights on Ray
+SUMMARY_NAME = "replay_summary.json"
+TRAJECTORY_SUFFIXES = (".txt", ".tum", ".csv", ".mcap", ".db3", ".bag", ".npz", ".npy")
+
+
+def find_flights(where: Path) -> list[Path]:
+    """The trajectories ``where`` names: a file, a folder's trajectory files and bags (sorted; files whose
+    format cannot be told, such as a README or KITTI's times file, are left out) or a glob pattern's matches."""
+    import glob
+
+    from sana_wm_env.trajectories import detect_format
+
+    if any(c in str(where) for c in "*?["):
+        found = [Path(p) for p in sorted(glob.glob(str(where)))]
+    elif where.is_dir() and not (where / "metadata.yaml").is_file():
+        found = sorted(p for p in where.iterdir() if p.suffix in TRAJECTORY_SUFFIXES
+                       or (p.is_dir() and (p / "metadata.yaml").is_file()))
+    elif where.exists():
+        return [where]
+    else:
+        raise FileNotFoundError(f"trajectory: no such file, folder or glob match: {where}")
+    flights = []
+    for p in found:
+        try:
+            detect_format(p)
+        except ValueError:
+            continue
+        flights.append(p)
+    if not flights:
+        raise FileNotFoundError(f"trajectory: no trajectory files in {where}")
+    return flights
+
+
+def flight_outputs(flights: list[Path], out: Path) -> list[Path]:
+    """The mp4 path under the folder ``out`` of each flight: its file name without suffix (distinct)."""
+    names = [f.stem if f.suffix in TRAJECTORY_SUFFIXES else f.name for f in flights]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"trajectory: several flights would write {', '.join(twice)}.mp4 in --out {out}; rename "
+                         "them or replay them in separate runs")
+    return [out / f"{n}.mp4" for n in names]
+
+
+def _replay_flight(args: argparse.Namespace) -> dict:
+    """A Ray task: the local replay of one flight; its JSON sidecar, or the one-line error of bad input."""
+    try:
+        run(args)
+    except (ValueError, FileNotFoundError) as err:
+        return {"trajectory": str(args.trajectory), "out": str(args.out), "error": str(err)}
+    return {"trajectory": str(args.trajectory), "out": str(args.out),
+            "summary": json.loads(sidecar_paths(args.out)[1].read_text())}
+
+
+def run_flights(args: argparse.Namespace) -> int:
+    """``sana-wm replay --ray``: every flight of TRAJECTORY as a Ray task, then one summary JSON."""
+    from sana_wm_env.distributed import connect, require_ray, run_tasks, scheduling_gpus
+    from sana_wm_env.outputs import PARTIAL_TAG, check_output, write_text_atomic
+
+    require_ray()
+    if args.out.suffix.lower() == ".mp4":
+        raise ValueError(f"--out: with --ray, a folder for the flights' outputs (not {args.out})")
+    if args.save_rollout is not None:
+        raise ValueError("--save-rollout records one flight; replay that flight without --ray")
+    out = check_output(args.out, "--out", kind="dir")
+    flights = find_flights(args.trajectory)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = []
+    for flight, mp4 in zip(flights, flight_outputs(flights, out)):
+        task_args = argparse.Namespace(**{**vars(args), "trajectory": flight, "out": mp4, "ray": None})
+        check_outputs(task_args)  # before any task runs
+        jobs.append((task_args,))
+    t0 = time.perf_counter()
+    with connect(args.ray):
+        done = run_tasks(_replay_flight, jobs, desc="flights", unit="flight", threads=args.threads or 1,
+                         num_gpus=scheduling_gpus(args.device))
+    for (task_args,) in jobs:  # temporary files of a task whose worker died (the task ran again)
+        for leftover in out.glob(f".{task_args.out.stem}{PARTIAL_TAG}*"):
+            leftover.unlink()
+    failed = [d for d in done if "error" in d]
+    summary = {"format": "sana-wm-env/replay-flights", "version": 1, "trajectory": str(args.trajectory),
+               "flights": done, "replayed": len(done) - len(failed), "failed": len(failed),
+               "seconds": round(time.perf_counter() - t0, 3)}
+    path = write_text_atomic(out / SUMMARY_NAME, json.dumps(summary, indent=2) + "\n")
+    for d in failed:
+        print(f"sana-wm replay: {d['trajectory']}: error: {d['error']}")
+    print(f"replayed {summary['replayed']} of {len(done)} flight(s) into {out}; summary {path}")
+    return 1 if failed else 0

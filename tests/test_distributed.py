@@ -146,3 +146,49 @@ def test_evaluate_policy_on_ray_gives_the_local_json(ray_cluster, tiny_bundle, t
             assert world.pop("seconds") > 0 and world.pop("steps_per_second") > 0
     assert [e["seed"] for e in local["worlds"]["world_model"]["episodes"]] == [3, 4]
     assert ray == local
+
+
+# ------------------------------------------------------------------------------------------ sana-wm replay
+def test_replay_on_ray_writes_each_flight_as_a_local_replay(ray_cluster, tiny_bundle, trajectory_data, tmp_path,
+                                                            one_thread, capsys):
+    import json
+
+    # two flights (two segments of the EuRoC recording) and a file that is no trajectory
+    flights = tmp_path / "flights"
+    flights.mkdir()
+    rows = (trajectory_data / "V102_groundtruth.csv").read_text().splitlines(keepends=True)
+    (flights / "early.csv").write_text("".join(rows[:400]))
+    (flights / "late.csv").write_text("".join(rows[:1] + rows[4000:4400]))
+    (flights / "notes.txt").write_text("not a trajectory\n")
+    example = Path(__file__).resolve().parents[1] / "examples" / "first_frame.png"
+    opts = ["--image", str(example), "--duration", "0.5", "--model", str(tiny_bundle), "--threads", "1"]
+    for name in ("early", "late"):
+        local_out = tmp_path / "local" / f"{name}.mp4"
+        assert main(["replay", str(flights / f"{name}.csv"), *opts, "--out", str(local_out)]) == 0
+    assert main(["replay", str(flights), *opts, "--out", str(tmp_path / "ray"), "--ray"]) == 0
+    summary = json.loads((tmp_path / "ray" / "replay_summary.json").read_text())
+    assert summary["replayed"] == 2 and summary["failed"] == 0
+    assert [Path(f["trajectory"]).name for f in summary["flights"]] == ["early.csv", "late.csv"]
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [
+        "early.json", "early.mp4", "early.tum", "late.json", "late.mp4", "late.tum", "replay_summary.json"]
+    for name, flight in zip(("early", "late"), summary["flights"]):
+        for suffix in (".mp4", ".tum"):
+            ray_bytes, local_bytes = ((tmp_path / d / f"{name}{suffix}").read_bytes() for d in ("ray", "local"))
+            assert ray_bytes == local_bytes
+        local, ray = (json.loads((tmp_path / d / f"{name}.json").read_text()) for d in ("local", "ray"))
+        assert ray == flight["summary"] and ray["frames"] == 9
+        for res in (local, ray):
+            for key in ("out", "tum", "seconds", "frames_per_second"):
+                del res[key]
+        assert ray == local
+    # one summary JSON also when a flight fails (exit code 1), the others still replayed
+    (flights / "broken.csv").write_text(rows[0] + "1403715524907143168,0.5,nan,0.9,1,0,0,0\n")
+    capsys.readouterr()
+    assert main(["replay", str(flights / "*.csv"), *opts, "--out", str(tmp_path / "ray2"), "--ray"]) == 1
+    summary = json.loads((tmp_path / "ray2" / "replay_summary.json").read_text())
+    assert summary["replayed"] == 2 and summary["failed"] == 1 and "broken.csv: error" in capsys.readouterr().out
+    # bad input: one line, exit code 2, before any task
+    assert main(["replay", str(flights), *opts, "--out", str(tmp_path / "one.mp4"), "--ray"]) == 2
+    assert main(["replay", str(tmp_path / "none" / "*.csv"), *opts, "--out", str(tmp_path / "ray3"), "--ray"]) == 2
+    err = capsys.readouterr().err
+    assert "--out: with --ray, a folder" in err and "no trajectory files" in err and err.count("\n") == 2
