@@ -65,6 +65,8 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Ite
     if ray.is_initialized():
         yield ray
         return
+    if address not in (None, "local"):
+        _check_reachable(address)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
     if num_cpus is not None and address in (None, "local"):
         kwargs["num_cpus"] = num_cpus
@@ -76,6 +78,21 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Ite
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail at once (ValueError) when nothing accepts connections at a ``HOST:PORT`` or ``ray://HOST:PORT``
+    address, instead of waiting minutes for Ray's own connection timeout."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--ray {address}: expected auto, local, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ValueError(f"--ray {address}: no Ray cluster answers there ({err}); start one with `ray start --head` "
+                         "or pass its head's address") from None
 
 
 def scheduling_gpus(device: str | None = None) -> float:

@@ -25,6 +25,17 @@ def ray_cluster():
     ray.shutdown()
 
 
+def test_a_wrong_address_fails_at_once_with_one_line():
+    pytest.importorskip("ray")
+    from sana_wm_env.distributed import connect
+
+    for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
+        with pytest.raises(ValueError, match="no Ray cluster answers there"), connect(address):
+            pass
+    with pytest.raises(ValueError, match="expected auto, local, HOST:PORT"), connect("headnode"):
+        pass
+
+
 def _clips(root: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((root / "clips").iterdir())}
 
