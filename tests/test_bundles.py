@@ -82,3 +82,12 @@ def test_the_shipped_bundle_has_student_and_teacher_within_25_mb():
     # distilled: the student is not the teacher
     assert any(not torch.equal(a, b) for a, b in zip(wm.student.state_dict().values(),
                                                       wm.teacher.state_dict().values()))
+
+
+def test_generator_options_in_the_bundle_apply_and_keywords_override_them(one_thread):
+    wm = load_world_model("default")
+    assert wm.streaming.get("show_cache") and wm.teacher_sampler.get("show_cache")
+    assert wm.streaming_generator().show_cache and wm.teacher_generator().show_cache
+    assert not wm.streaming_generator(show_cache=False).show_cache
+    assert not wm.teacher_generator(show_cache=False).show_cache
+    assert wm.streaming == load_world_model("default").streaming  # settings are not consumed by building

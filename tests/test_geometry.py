@@ -130,6 +130,48 @@ def test_generators_keep_a_cache_of_generated_rgbd_frames(kind, one_thread):
         gen.start(image(), K, depth=torch.full((2, H), 2.0))
 
 
+@pytest.mark.parametrize("kind", ["streaming", "teacher"])
+def test_show_cache_shows_the_render_where_it_covers_and_the_model_in_the_holes(kind, one_thread):
+    model, codec = geo_model(), rgbd_codec()
+    make = {"streaming": lambda **kw: StreamingGenerator(model, codec, **kw),
+            "teacher": lambda **kw: ChunkCausalGenerator(model, codec, num_steps=3, **kw)}[kind]
+    plain, shown = make(), make(show_cache=True)
+    first = image()
+    depth = torch.full((2, H, W), 2.0)
+    depth[:, :, : W // 4] = 0.0  # sky on the left: covered at any pose
+    s_plain = plain.start(first, K, depth=depth, seed=[1, 2])
+    s_shown = shown.start(first, K, depth=depth, seed=[1, 2])
+    done, saw_holes = 1, False
+    for _ in range(3):
+        n = plain.frames_per_step(s_plain)
+        poses = path(2, n, done)
+        render = s_shown.geometry.render(poses, K, (H, W))
+        exact = s_shown.geometry.first_frame().render(poses, K, (H, W))
+        a, s_plain = plain.step(s_plain, poses)
+        b, s_shown = shown.step(s_shown, poses)
+        covered = render.mask[:, :, None].expand_as(a)
+        first = exact.mask[:, :, None].expand_as(a)
+        assert first.any() and (covered & ~first).any() == (done > 1)  # generated points show from step 2 on
+        torch.testing.assert_close(b[first], exact.rgb.clamp(-1, 1)[first])  # the first frame's points win
+        torch.testing.assert_close(b[covered & ~first], render.rgb.clamp(-1, 1)[covered & ~first])
+        assert torch.equal(b[~covered], a[~covered])  # the holes are the model's frame
+        saw_holes |= bool((~covered).any())
+        # what goes into the cache is the model's either way
+        assert torch.equal(s_plain.geometry.xyzw, s_shown.geometry.xyzw)
+        assert torch.equal(s_plain.geometry.colors, s_shown.geometry.colors)
+        done += n
+    assert saw_holes
+    with pytest.raises(ValueError, match="show_cache must be True or False"):
+        make(show_cache=1)
+
+
+def test_show_cache_needs_a_geometry_guided_model():
+    cfg = PRESETS["tiny-notext"].replace(plucker_channels=12, chunk_size=1, first_chunk_size=2)
+    codec = PatchCodec(patch_size=4, temporal_stride=2, latent_channels=cfg.in_channels)
+    with pytest.raises(ValueError, match="needs a geometry-guided model"):
+        StreamingGenerator(SanaWMTransformer(cfg), codec, show_cache=True)
+
+
 def test_same_seed_same_frames_and_forks_do_not_touch_the_original(one_thread):
     model, codec = geo_model(), rgbd_codec()
     gen = StreamingGenerator(model, codec)

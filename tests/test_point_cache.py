@@ -164,6 +164,20 @@ def test_a_new_frame_supersedes_what_it_sees_again_or_sees_past():
     assert added.num_points == 2 * H * W and torch.equal(added.render(pose()[None], K, (H, W)).rgb, rgb_b)
 
 
+def test_first_frame_keeps_only_the_points_the_first_frame_added():
+    rgb_a, rgb_b = texture(b=2, seed=1), texture(b=2, seed=2)
+    wall = torch.full((2, H, W), 2.0)
+    c2w = pose()[None].repeat(2, 1, 1)
+    added = PointCache.from_frame(rgb_a, wall, c2w, K).add(rgb_b, wall, c2w, K, supersede=False)
+    first = added.first_frame()
+    assert added.num_points == 4 * H * W and first.counts().tolist() == [H * W, H * W]
+    assert (first.stamp == 0).all() and first.batch_size == 2
+    assert torch.equal(first.render(c2w, K, (H, W)).rgb, rgb_a)  # the newer frame wins in the full cache
+    assert torch.equal(added.render(c2w, K, (H, W)).rgb, rgb_b)
+    # a frame that sees past the first frame's points supersedes them all
+    assert added.add(rgb_b, 2 * wall, c2w, K).first_frame().num_points == 0
+
+
 def test_revisiting_keeps_memory_flat_and_capacity_keeps_the_newest():
     depth = torch.full((1, 8, 8), 2.0)
     k = torch.tensor([4.0, 4.0, 4.0, 4.0])

@@ -11,7 +11,9 @@ Layout (format ``sana-wm-env/world-model``, version 1)::
     MODEL_CARD.md          data, steps, compute, metrics (free text)
 
 ``streaming`` / ``teacher`` hold sampler settings: ``{"timesteps": [1000, 960, 889, 727]}`` or
-``{"num_steps": 20, "shift": 8.0}``. Models shipped inside the package live in ``world_model/bundled/<name>``.
+``{"num_steps": 20, "shift": 8.0}``, plus generator options such as ``"show_cache": true`` (geometry-guided
+models: frames show the 3D cache where it covers them). Models shipped inside the package live in
+``world_model/bundled/<name>``.
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ class WorldModel:
     path: Path | None = None
 
     def streaming_generator(self, **kwargs) -> StreamingGenerator:
-        sigmas = kwargs.pop("sigmas", None)
+        """The student's generator with the bundle's ``streaming`` settings (``kwargs`` override them)."""
+        settings = {k: v for k, v in self.streaming.items() if k != "timesteps"}
+        settings.update(kwargs)
+        sigmas = settings.pop("sigmas", None)
         if sigmas is None and "timesteps" in self.streaming:
             sigmas = sigmas_from_timesteps(self.streaming["timesteps"])
-        return StreamingGenerator(self.student, self.codec, sigmas=sigmas, **kwargs)
+        return StreamingGenerator(self.student, self.codec, sigmas=sigmas, **settings)
 
     def teacher_generator(self, **kwargs) -> ChunkCausalGenerator:
         if self.teacher is None:

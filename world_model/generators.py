@@ -41,7 +41,7 @@ from .cache import StreamCache, map_tensors
 from .camera import CameraInputs, camera_inputs_from_world, validate_c2w, validate_intrinsics
 from .codecs.base import DecodeStreamState, LatentCodec
 from .geometry import geometry_channels, geometry_inputs
-from .point_cache import PointCache
+from .point_cache import CacheRender, PointCache
 from .sampling import distilled_sigmas, euler_step, flow_sigmas, guide, seeded_noise
 from .transformer import SanaWMTransformer
 
@@ -130,6 +130,15 @@ def _check_first_depth(depth, shape: tuple[int, int, int]) -> torch.Tensor:
     if not bool(torch.isfinite(depth).all()) or bool((depth < 0).any()):
         raise ValueError("depth must be finite and >= 0 (metres; 0 marks sky / no surface)")
     return depth.float()
+
+
+def _check_show_cache(show_cache, gen: _Generator) -> bool:
+    if not isinstance(show_cache, bool):
+        raise ValueError(f"show_cache must be True or False, got {show_cache!r}")
+    if show_cache and not gen.takes_depth:
+        raise ValueError("show_cache needs a geometry-guided model (ModelConfig.geometry_channels > 0); this model "
+                         "keeps no 3D cache")
+    return show_cache
 
 
 class _Generator(abc.ABC):
@@ -279,22 +288,22 @@ class _Generator(abc.ABC):
     @staticmethod
     def _image_render(image: torch.Tensor, depth: torch.Tensor):
         """A one-view cache render of the image itself (every pixel covered)."""
-        from .point_cache import CacheRender
-
         mask = torch.ones_like(depth, dtype=torch.bool)
         return CacheRender(image[:, None], depth[:, None], mask[:, None], (depth == 0)[:, None])
 
     def _geometry_camera(self, state: GeneratorState, camera: CameraInputs, poses: torch.Tensor, first: bool
-                         ) -> tuple[CameraInputs, torch.Tensor | None]:
-        """``camera`` with the cache's render at this chunk's frame poses attached, and which pixels of each new
-        frame the cache covers, ``(B, n, H, W)`` (geometry-guided models; else ``camera`` and None)."""
+                         ) -> tuple[CameraInputs, CacheRender | None]:
+        """``camera`` with the cache's render at this chunk's frame poses attached, and that render of the new
+        frames (leading dims ``(B, n)``; geometry-guided models; else ``camera`` and None)."""
         if not self.takes_depth:
             return camera, None
         if first:
             poses = torch.cat([state.reference_c2w[:, None], poses], dim=1)
         render = state.geometry.render(poses.to(self.device), state.intrinsics.to(self.device), state.image_hw)
         geometry = geometry_inputs(render, self.codec, first=first).to(camera.plucker.dtype)
-        return camera.with_geometry(geometry), render.mask[:, 1:] if first else render.mask
+        if first:
+            render = CacheRender(*(t[:, 1:] for t in (render.rgb, render.depth, render.mask, render.sky)))
+        return camera.with_geometry(geometry), render
 
     def _init_state(self, state: GeneratorState) -> GeneratorState:
         return state
@@ -379,6 +388,9 @@ class _CausalGenerator(_Generator):
     """Chunk-by-chunk sampling on the streaming transformer (shared by the teacher and the student)."""
 
     window_chunks: int | None | str = "config"
+    # show_cache: the pixels the 3D cache covers show its render (the first frame's points first), the model's
+    # frame fills the holes (geometry-guided models; what enters the cache is the model's frame either way)
+    show_cache: bool = False
 
     def _init_state(self, state: GeneratorState) -> GeneratorState:
         cache = self.transformer.new_cache(window_chunks=self.window_chunks)
@@ -392,7 +404,8 @@ class _CausalGenerator(_Generator):
             raise ValueError("state must come from this generator's start() or step()")
         poses = self._check_step_poses(state, c2w)
         first = state.chunk_index == 0
-        camera, covered = self._geometry_camera(state, self._camera(state, poses, first), poses, first)
+        camera, render = self._geometry_camera(state, self._camera(state, poses, first), poses, first)
+        covered = None if render is None else render.mask
         model, dtype = self.transformer, self.transformer.dtype
         b, t = state.batch_size, camera.num_frames
         x = seeded_noise((b, model.config.in_channels, t, *state.latent_hw), state.seeds, state.chunk_index,
@@ -431,6 +444,8 @@ class _CausalGenerator(_Generator):
         if first:
             video = video[:, :, 1:]  # frame 0 is the given image
         frames = video.permute(0, 2, 1, 3, 4)
+        if self.show_cache and render is not None:
+            frames = self._show_cache(frames, render, state, poses)
         coverage = None
         if depth is not None:
             # The new frames fill the cache's holes only: what it showed stays as it was (frame 0 is exact, a
@@ -449,6 +464,16 @@ class _CausalGenerator(_Generator):
         return frames, new_state
 
 
+    def _show_cache(self, frames: torch.Tensor, render: CacheRender, state: GeneratorState, poses: torch.Tensor
+                    ) -> torch.Tensor:
+        """``frames (B, n, 3, H, W)`` with the cache shown where it covers them: the first frame's points where
+        they land (exact when its depth was measured), then the generated frames' points, the model in the holes."""
+        exact = state.geometry.first_frame().render(poses.to(self.device), state.intrinsics.to(self.device),
+                                                    state.image_hw)
+        out = torch.where(render.mask[:, :, None], render.rgb.to(frames.dtype).clamp(-1, 1), frames)
+        return torch.where(exact.mask[:, :, None], exact.rgb.to(frames.dtype).clamp(-1, 1), out)
+
+
 class StreamingGenerator(_CausalGenerator):
     """Distilled few-step streaming generator (constant memory in video length)."""
 
@@ -462,13 +487,17 @@ class StreamingGenerator(_CausalGenerator):
         window_chunks: int | None | str = "config",
         compile: str | None = None,
         compile_backend: str = "inductor",
+        show_cache: bool = False,
     ) -> None:
         """``compile``: a ``torch.compile`` mode (e.g. ``"reduce-overhead"`` = CUDA graphs) for the transformer's
         streaming step, see :meth:`SanaWMTransformer.compile_streaming` (it applies to the transformer, so to
-        every generator sharing it); ``None`` leaves the transformer as it is."""
+        every generator sharing it); ``None`` leaves the transformer as it is. ``show_cache``: output frames show
+        the 3D cache's render wherever it covers them (the first frame's points before generated ones) and the
+        model's frame in the holes (geometry-guided models)."""
         super().__init__(transformer, codec, sigmas=distilled_sigmas() if sigmas is None else sigmas,
                          guidance_scale=guidance_scale)
         self.window_chunks = window_chunks
+        self.show_cache = _check_show_cache(show_cache, self)
         if compile is not None:
             transformer.compile_streaming(compile, backend=compile_backend)
 
@@ -484,9 +513,12 @@ class ChunkCausalGenerator(_CausalGenerator):
         num_steps: int = 50,
         shift: float = 8.0,
         guidance_scale: float | None = None,
+        show_cache: bool = False,
     ) -> None:
+        """``show_cache``: as :class:`StreamingGenerator`'s."""
         super().__init__(transformer, codec, sigmas=flow_sigmas(num_steps, shift), guidance_scale=guidance_scale)
         self.window_chunks = None
+        self.show_cache = _check_show_cache(show_cache, self)
 
 
 class BidirectionalGenerator(_Generator):

@@ -157,6 +157,12 @@ class PointCache:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.xyzw, self.colors, self.radius, self.batch, self.stamp))
 
+    def first_frame(self) -> PointCache:
+        """The points of the first frame added (stamp 0) that the cache still holds: its exact part when that frame
+        came with measured depth, the rest being generated frames' points."""
+        keep = self.stamp == 0
+        return self._with(self.xyzw[keep], self.colors[keep], self.radius[keep], self.batch[keep], self.stamp[keep])
+
     # ------------------------------------------------------------------------------------------- batching
     def select(self, indices) -> PointCache:
         """The caches of batch elements ``indices`` (a sequence of ints, repeats allowed), in that order."""

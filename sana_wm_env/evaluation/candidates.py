@@ -269,12 +269,16 @@ def untrained_like(model, *, seed: int = 0):
 
 def world_model_candidates(model, *, teacher: bool = False, untrained: bool = True,
                            untrained_seed: int = 0) -> list[Candidate]:
-    """Candidates for a loaded ``WorldModel``: its streaming student ("model"), optionally its teacher,
-    then the baselines (repeat the first frame; frame 0 warped with its depth; the untrained model, streaming
-    generator, same sampler)."""
+    """Candidates for a loaded ``WorldModel``: its streaming student ("model"; also "model_frames", the
+    student's own frames, when the bundle shows its cache), optionally its teacher, then the baselines (repeat
+    the first frame; frame 0 warped with its depth; the untrained model, streaming generator, same sampler)."""
     out = [generator_candidate("model", model.streaming_generator(), kind="model",
                                description=f"{model.name}: streaming student, sampler {model.streaming}",
                                info={"name": model.name, "sampler": model.streaming})]
+    if model.streaming.get("show_cache"):  # what the transformer itself generates, the cache not shown
+        out.append(generator_candidate("model_frames", model.streaming_generator(show_cache=False), kind="model",
+                                       description=f"{model.name}: streaming student, its own frames only "
+                                                   "(show_cache off)", info={"name": model.name}))
     if teacher:
         if model.teacher is None:
             raise ValueError(f"--teacher: world model {model.name!r} ships no teacher")
