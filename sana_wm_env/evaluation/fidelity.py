@@ -46,6 +46,7 @@ the padded frames are generated and discarded. Everything is seeded: the same co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -422,15 +423,14 @@ def evaluate(candidates: Sequence[Candidate], cfg: EvalConfig, *, progress: bool
     if ray is not None:
         from sana_wm_env.distributed import connect, run_tasks, scheduling_gpus
 
+        # one submission, so the long stability rollouts run beside the episodes
+        jobs = [(make_candidates, cfg, ep, None) for ep in scored]
+        jobs += [(make_candidates, cfg, ep, n) for ep in plan["stability"] for n in names]
         with connect(ray):
-            gpus = scheduling_gpus(device)
-            scores = run_tasks(_score_task, [(make_candidates, cfg, ep) for ep in scored], desc="fidelity episodes",
-                               progress=progress, threads=threads, num_gpus=gpus, unit="episode")
-            for ep in plan["stability"]:
-                runs = run_tasks(_stability_task, [(make_candidates, cfg, ep, n) for n in names],
-                                 desc="stability rollouts", progress=progress, threads=threads, num_gpus=gpus,
-                                 unit="rollout")
-                stabilities = dict(zip(names, runs))
+            done = run_tasks(_eval_task, jobs, desc="fidelity tasks", progress=progress, threads=threads,
+                             num_gpus=scheduling_gpus(device))
+        scores = done[: len(scored)]
+        stabilities = {job[3]: d for job, d in zip(jobs[len(scored) :], done[len(scored) :])}
     else:
         scores = []
         for ep in tqdm(scored, unit="episode", desc="fidelity episodes", disable=not progress):
@@ -483,15 +483,16 @@ def _task_candidates(make_candidates: Callable[[], Sequence[Candidate]]) -> Sequ
     return _TASK_CANDIDATES[key]
 
 
-def _score_task(make_candidates: Callable[[], Sequence[Candidate]], cfg: EvalConfig, ep: Episode) -> EpisodeScores:
+def _eval_task(make_candidates: Callable[[], Sequence[Candidate]], cfg: EvalConfig, ep: Episode,
+               stability_of: str | None) -> EpisodeScores | dict[str, Any]:
+    """A Ray task: score episode ``ep`` (``stability_of`` None) or run candidate ``stability_of``'s stability
+    rollout along it, with the worker's candidates."""
+    candidates = _task_candidates(make_candidates)
+    ep = dataclasses.replace(ep, poses=np.array(ep.poses))  # Ray hands NumPy arguments over read-only
     with torch.inference_mode():  # as sana-wm eval runs the local path
-        return score_episode(_task_candidates(make_candidates), cfg, ep)
-
-
-def _stability_task(make_candidates: Callable[[], Sequence[Candidate]], cfg: EvalConfig, ep: Episode,
-                    name: str) -> dict[str, Any]:
-    cand = next(c for c in _task_candidates(make_candidates) if c.name == name)
-    with torch.inference_mode():
+        if stability_of is None:
+            return score_episode(candidates, cfg, ep)
+        cand = next(c for c in candidates if c.name == stability_of)
         return score_stability(cand.generator_for(make_scene(ep.family, ep.scene_seed)), cfg, ep)
 
 
