@@ -1,8 +1,10 @@
 """Scale out on Ray: connect to a cluster (or start one here) and run independent tasks on it.
 
-Every ``--ray`` command goes through this module: :func:`connect` joins or starts the cluster, :func:`run_tasks`
-runs one function over a list of argument tuples as Ray tasks (a progress bar, results in submission order,
-tasks retried when their worker dies) and :func:`scheduling_gpus` says whether tasks should ask for a GPU.
+Every ``--ray`` command goes through this module: :func:`connect` joins or starts the cluster (:func:`attach`
+for a connection that outlives a ``with`` block, as :class:`~sana_wm_env.envs.ray_vector.RayVectorEnv` keeps);
+:func:`run_tasks` runs one function over a list of argument tuples as Ray tasks (a progress bar, results in
+submission order, tasks retried when their worker dies) and :func:`scheduling_gpus` says whether tasks should
+ask for a GPU.
 Ray is an optional extra (``pip install "sana-wm-env[ray]"``); nothing imports it until a ``--ray`` run starts.
 
 Addresses (``--ray [ADDRESS]``):
@@ -28,7 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
-__all__ = ["ADDRESS_HELP", "MAX_RETRIES", "connect", "require_ray", "run_tasks", "scheduling_gpus"]
+__all__ = ["ADDRESS_HELP", "MAX_RETRIES", "attach", "connect", "require_ray", "run_tasks", "scheduling_gpus"]
 
 MAX_RETRIES = 3  # a task whose worker process dies (killed, out of memory, node lost) runs again up to this often
 ADDRESS_HELP = ("run on a Ray cluster (needs pip install \"sana-wm-env[ray]\"): --ray alone or --ray auto joins "
@@ -53,18 +55,16 @@ def _init_address(address: str | None) -> str | None:
     return address.strip()
 
 
-@contextlib.contextmanager
-def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Iterator[ModuleType]:
-    """Connect to Ray for the duration of a ``with`` block and yield the ``ray`` module.
+def attach(address: str | None = "auto", *, num_cpus: int | None = None) -> tuple[ModuleType, bool]:
+    """Connect this process to Ray unless it is connected already; returns ``(ray, started)``, ``started``
+    telling whether this call made the connection (its caller then shuts it down with ``ray.shutdown()``).
 
-    A connection that exists already (``ray.init`` called by the caller) is used as it is and left open;
-    one made here is shut down at the end. ``num_cpus`` caps a local instance started here (default: all cores).
+    ``num_cpus`` caps a local instance started here (default: all cores).
     """
     address = _init_address(address)
     ray = require_ray()
     if ray.is_initialized():
-        yield ray
-        return
+        return ray, False
     if address not in (None, "local"):
         _check_reachable(address)
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
@@ -74,10 +74,22 @@ def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Ite
         ray.init(address=address, **kwargs)
     except ConnectionError as err:  # no cluster at that address
         raise ValueError(f"--ray {address}: cannot connect ({err})") from None
+    return ray, True
+
+
+@contextlib.contextmanager
+def connect(address: str | None = "auto", *, num_cpus: int | None = None) -> Iterator[ModuleType]:
+    """Connect to Ray for the duration of a ``with`` block and yield the ``ray`` module (see :func:`attach`).
+
+    A connection that exists already (``ray.init`` called by the caller) is used as it is and left open;
+    one made here is shut down at the end.
+    """
+    ray, started = attach(address, num_cpus=num_cpus)
     try:
         yield ray
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:

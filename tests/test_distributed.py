@@ -25,9 +25,14 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_a_wrong_address_fails_at_once_with_one_line():
-    pytest.importorskip("ray")
+def test_connect_starts_and_ends_a_local_instance_and_a_wrong_address_fails_at_once():
+    ray = pytest.importorskip("ray")
     from sana_wm_env.distributed import connect
+
+    assert not ray.is_initialized()  # runs before the module's cluster starts
+    with connect("local", num_cpus=1) as started:
+        assert started.is_initialized() and started.cluster_resources()["CPU"] == 1
+    assert not ray.is_initialized()
 
     for address in ("127.0.0.1:1", "ray://127.0.0.1:1"):
         with pytest.raises(ValueError, match="no Ray cluster answers there"), connect(address):
@@ -203,3 +208,55 @@ def test_replay_on_ray_writes_each_flight_as_a_local_replay(ray_cluster, tiny_bu
     assert main(["replay", str(tmp_path / "none" / "*.csv"), *opts, "--out", str(tmp_path / "ray3"), "--ray"]) == 2
     err = capsys.readouterr().err
     assert "--out: with --ray, a folder" in err and "no trajectory files" in err and err.count("\n") == 2
+
+
+# ------------------------------------------------------------------------------------------ Ray-actor vector env
+def _rollout(venv, actions, seed):
+    obs, _ = venv.reset(seed=seed)
+    out = [(obs, None, None, None)]
+    for a in actions:
+        obs, rew, term, trunc, _ = venv.step(a)
+        out.append((obs, rew, term, trunc))
+    return out
+
+
+def test_ray_vector_env_matches_the_local_vector_env(ray_cluster, tiny_bundle, one_thread):
+    import gymnasium as gym
+    import numpy as np
+
+    from sana_wm_env.envs.ray_vector import RayVectorEnv
+
+    actions = np.random.default_rng(1).uniform(-1, 1, (3, 2, 6)).astype(np.float32)
+    # the twin renders exactly: the same observations, rewards and ends as the local vector env, through an
+    # autoreset (max_steps 2: the third step resets both sub-envs)
+    kw = {"image_hw": (16, 16), "task_config": {"max_steps": 2}}
+    remote = RayVectorEnv("SanaWM-TwinNav-v0", 2, **kw)
+    assert remote.observation_space == gym.make_vec("SanaWM-TwinNav-v0", num_envs=2,
+                                                    vectorization_mode="vector_entry_point", **kw).observation_space
+    got = _rollout(remote, actions, seed=7)
+    want = _rollout(gym.make_vec("SanaWM-TwinNav-v0", num_envs=2, vectorization_mode="vector_entry_point", **kw),
+                    actions, seed=7)
+    assert got[2][3].tolist() == [True, True] and got[3][1].tolist() == [0.0, 0.0]
+    for g, w in zip(got, want):
+        for key in w[0]:
+            np.testing.assert_array_equal(g[0][key], w[0][key])
+        for a, b in zip(g[1:], w[1:]):
+            assert (a is None and b is None) or a.tolist() == b.tolist()
+    remote.close()
+    # the world model: sub-env i is the single env seeded 7 + i, frame for frame; the local vector env generates
+    # its sub-envs in one batch, equal up to float reassociation (as tests/test_envs_vector.py checks)
+    remote = RayVectorEnv("SanaWM-Nav-v0", 2, model=str(tiny_bundle))
+    got = _rollout(remote, actions[:2], seed=7)
+    remote.close()
+    for i in range(2):
+        single = gym.make("SanaWM-Nav-v0", model=str(tiny_bundle))
+        obs, _ = single.reset(seed=7 + i)
+        np.testing.assert_array_equal(got[0][0]["image"][i], obs["image"])
+        for t, a in enumerate(actions[:2]):
+            obs, *_ = single.step(a[i])
+            np.testing.assert_array_equal(got[t + 1][0]["image"][i], obs["image"])
+    local = _rollout(gym.make_vec("SanaWM-Nav-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                                  model=str(tiny_bundle)), actions[:2], seed=7)
+    for g, w in zip(got, local):
+        diff = np.abs(g[0]["image"].astype(int) - w[0]["image"].astype(int))
+        assert diff.max() <= 1 and (diff > 0).mean() < 0.01
