@@ -90,7 +90,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                 "and --out is a folder: every flight is one Ray task (one core, torch on --threads threads, default "
                 "1; one GPU with --device cuda) that writes OUT/NAME.mp4, .tum and .json exactly as a local replay "
                 "of that flight would, and OUT/replay_summary.json lists every flight (exit code 1 if one failed). "
-                "The trajectories, --image and --out must be on storage every node reads and writes.")
+                "The trajectories, --image and --out must be on storage every node reads and writes. Put --ray "
+                "after TRAJECTORY (or give it a value): `--ray flights/` reads the folder as the address.")
     p.set_defaults(func=run)
 
 

@@ -139,3 +139,38 @@ def test_no_import_cycles_between_modules(package):
     """Two modules that import each other (even lazily, inside a function) are one module in two files."""
     found = cycles(module_graph(package))
     assert not found, f"import cycles in {package}: " + "; ".join(" <-> ".join(c) for c in found)
+
+
+def import_time_packages(source: str) -> list[tuple[int, str]]:
+    """``(line, top-level package)`` of the absolute imports that run when a module is imported: those outside
+    function bodies (module level, class bodies, ``if``/``try`` blocks)."""
+    found = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            return
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(source))
+    return found
+
+
+def test_import_time_packages_skips_function_bodies():
+    source = ("import a\nclass B:\n    import c\ndef d():\n    import e\n"
+              "try:\n    from f import g\nexcept ImportError:\n    pass\n")
+    assert import_time_packages(source) == [(1, "a"), (3, "c"), (7, "f")]
+
+
+@pytest.mark.parametrize("package", sorted(PACKAGES))
+def test_ray_loads_only_when_a_ray_run_starts(package):
+    """Ray is the optional ``ray`` extra: no module imports it at import time, only inside the functions of a
+    ``--ray`` run (through ``sana_wm_env.distributed.require_ray``, which names the extra when it is missing)."""
+    violations = [f"{path.relative_to(ROOT)}:{line}"
+                  for path in sorted(PACKAGES[package].rglob("*.py"))
+                  for line, name in import_time_packages(path.read_text(encoding="utf-8")) if name == "ray"]
+    assert not violations, "ray imported at import time:\n" + "\n".join(violations)
