@@ -20,7 +20,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def ray_cluster():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # one logical GPU (Ray's resources are declared, not probed): GPU-aware scheduling runs on a CPU machine too
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
@@ -94,6 +95,19 @@ def test_a_killed_worker_is_retried_and_nothing_is_lost_or_duplicated(ray_cluste
     assert sorted(p.name.split("-")[0] for p in marks.iterdir()) == ["0", "1", "1", "2"]  # clip 1 ran twice
     make_dataset(tmp_path / "local", spec, progress=False)
     assert _clips(root) == _clips(tmp_path / "local")  # only the three whole clips, no leftovers
+
+
+def test_tasks_ask_for_a_gpu_only_for_a_cuda_device_on_a_cluster_with_gpus(ray_cluster):
+    from sana_wm_env.distributed import run_tasks, scheduling_gpus
+
+    assert scheduling_gpus("cuda") == scheduling_gpus("cuda:0") == scheduling_gpus(None) == 1
+    assert scheduling_gpus("cpu") == 0
+
+    def gpu_ids(i: int) -> list:
+        return ray_cluster.get_gpu_ids()
+
+    assert run_tasks(gpu_ids, [(0,), (1,)], desc="x", progress=False, num_gpus=1) == [[0], [0]]
+    assert run_tasks(gpu_ids, [(0,)], desc="x", progress=False) == [[]]
 
 
 def test_task_errors_surface_as_themselves(ray_cluster):
