@@ -7,6 +7,7 @@
   ``scripted.PrivilegedPoseController``, labelled ``privileged`` in results;
 * ``cem`` / ``mppi`` - ``planners.PlannerPolicy`` (pose-goal cost on Nav, image-goal cost on ImageNav);
 * ``ppo:PATH.zip`` (or ``sac:``, ``td3:``, ...) - ``sb3.SB3Policy``, a saved Stable-Baselines3 model;
+* ``rllib:DIR`` - ``rllib.RLlibPolicy``, a saved RLlib module folder (needs the ``rllib`` extra);
 * ``servo:PATH.pt`` - ImageNav: ``relative_pose.VisualServoPolicy``, the pose controller on a pretrained
   relative-pose network's estimate of the goal (observation-only).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-POLICY_SPECS: tuple[str, ...] = ("random", "scripted", "cem", "mppi", "ppo:PATH.zip", "servo:PATH.pt")
+POLICY_SPECS: tuple[str, ...] = ("random", "scripted", "cem", "mppi", "ppo:PATH.zip", "rllib:DIR", "servo:PATH.pt")
 
 
 def check_policy_spec(spec: str) -> None:
@@ -32,6 +33,10 @@ def check_policy_spec(spec: str) -> None:
         from policies.relative_pose import load_relative_pose_net
 
         load_relative_pose_net(path)
+    elif algo == "rllib":
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"policy {spec!r}: no RLlib module folder at {path} (RLModule.save_to_path, or a "
+                                    "checkpoint's learner_group/learner/rl_module/default_policy)")
     elif not Path(path).is_file():
         raise FileNotFoundError(f"policy {spec!r}: no SB3 model zip at {path}")
 
@@ -57,6 +62,13 @@ def make_policy(spec: str, env, *, seed: int = 0, planner: dict[str, Any] | None
         from policies.relative_pose import VisualServoPolicy
 
         return VisualServoPolicy(path)
+    if algo == "rllib" and path:
+        try:
+            from policies.rllib import RLlibPolicy
+        except ImportError as exc:
+            raise ImportError(f"policy {spec!r} needs RLlib: pip install 'sana-wm-env[rllib]' (in its own "
+                              "environment: ray[rllib] pins its own gymnasium)") from exc
+        return RLlibPolicy(path)
     if sep and path:
         from policies.sb3 import SB3Policy
 

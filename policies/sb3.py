@@ -21,8 +21,8 @@ from stable_baselines3.common.torch_layers import BaseFeaturesExtractor, Combine
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvWrapper
 
 import sana_wm_env  # noqa: F401  (registers the ids)
+from policies.features import goal_in_body_frame
 from sana_wm_env.envs.vector import WorldModelVectorEnv
-from world_model.camera import quat_to_rotmat
 
 
 class SB3VecEnv(VecEnv):
@@ -199,18 +199,6 @@ class GoalTrackerVecEnv(VecEnvWrapper):
             t.add(preds[i], weights[i])
         estimates = np.stack([t.estimate_vector() for t in self.trackers])
         return {**obs, GOAL_ESTIMATE_KEY: estimates}, rewards, dones, infos
-
-
-def goal_in_body_frame(pose: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """The goal seen from the current body: ``(N, 10)`` = position (3, m, REP-103 body axes), distance (1) and the
-    first two columns of the relative rotation ``R_pose^T R_goal`` (6, a continuous rotation code).
-
-    ``pose`` and ``goal`` are ``(N, 7)`` [x, y, z, qx, qy, qz, qw] in one frame (the env's start frame).
-    """
-    r_pose, r_goal = quat_to_rotmat(pose[:, 3:], check=False), quat_to_rotmat(goal[:, 3:], check=False)
-    rel_pos = torch.einsum("nji,nj->ni", r_pose, goal[:, :3] - pose[:, :3])
-    rel_rot = r_pose.transpose(1, 2) @ r_goal
-    return torch.cat([rel_pos, rel_pos.norm(dim=-1, keepdim=True), rel_rot[:, :, 0], rel_rot[:, :, 1]], dim=-1)
 
 
 class _Frozen(torch.nn.Module):

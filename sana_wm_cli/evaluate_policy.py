@@ -9,8 +9,8 @@ table, writes a JSON.
 Policies: random | scripted (proportional pose controller; on ImageNav, which observes no pose, a privileged
 oracle reading the env's pose, labelled so) | cem | mppi (planners over env.imagine: pose-goal cost on Nav,
 image-goal cost on ImageNav) | ppo:PATH.zip (a saved Stable-Baselines3 model; any ALGO:PATH works) |
-servo:PATH.pt (ImageNav: the pose controller on a pretrained relative-pose network's goal estimate; see
-examples/pretrain_relative_pose.py).
+rllib:DIR (a saved RLlib module folder; needs the rllib extra) | servo:PATH.pt (ImageNav: the pose controller
+on a pretrained relative-pose network's goal estimate; see examples/pretrain_relative_pose.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", choices=("nav", "imagenav"), default="nav", help="task (default: %(default)s)")
     p.add_argument("--policy", default="scripted",
-                   help="random | scripted | cem | mppi | ppo:PATH.zip | servo:PATH.pt (default: %(default)s)")
+                   help="random | scripted | cem | mppi | ppo:PATH.zip | rllib:DIR | servo:PATH.pt "
+                        "(default: %(default)s)")
     p.add_argument("--episodes", type=int, default=20, help="episodes per world (default: %(default)s)")
     p.add_argument("--model", default=None,
                    help="world-model bundle name or path (default: the bundled model; with --twin-only optional: "

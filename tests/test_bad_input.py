@@ -129,6 +129,10 @@ def test_servo_policy_with_a_garbage_file_names_it_and_loads_nothing(tmp_path, c
         assert "pretrain_relative_pose" in line and "weights_only" not in line, line
     line = _one_line_error(["evaluate-policy", "--policy", f"servo:{tmp_path / 'none.pt'}", "--twin-only"], capsys)
     assert "no relative-pose network at" in line
+    # an RLlib module is a folder: a file or a missing path is named before any env is built
+    for target in (tmp_path / "text.pt", tmp_path / "no_module"):
+        line = _one_line_error(["evaluate-policy", "--policy", f"rllib:{target}", "--twin-only"], capsys)
+        assert f"no RLlib module folder at {target}" in line, line
 
 
 def test_generate_fps_is_checked_before_the_model(tmp_path, capsys, monkeypatch):

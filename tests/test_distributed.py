@@ -274,3 +274,44 @@ def test_ray_vector_env_matches_the_local_vector_env(ray_cluster, tiny_bundle, o
     for g, w in zip(got, local):
         diff = np.abs(g[0]["image"].astype(int) - w[0]["image"].astype(int))
         assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+    # two sub-envs batched in each of two actors: each actor is the local vector env of two, seeded 7 and 9, exactly
+    remote = RayVectorEnv("SanaWM-Nav-v0", 4, envs_per_actor=2, model=str(tiny_bundle))
+    assert len(remote.actors) == 2
+    acts4 = np.concatenate([actions[:2], actions[:2] * -0.5], axis=1)
+    got = _rollout(remote, acts4, seed=7)
+    remote.close()
+    for j in range(2):
+        local = _rollout(gym.make_vec("SanaWM-Nav-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                                      model=str(tiny_bundle)), acts4[:, 2 * j:2 * j + 2], seed=7 + 2 * j)
+        for g, w in zip(got, local):
+            for key in w[0]:
+                np.testing.assert_array_equal(g[0][key][2 * j:2 * j + 2], w[0][key])
+            assert g[1] is None or g[1][2 * j:2 * j + 2].tolist() == w[1].tolist()
+
+
+def test_ray_vector_env_batches_sub_envs_per_actor_through_an_autoreset(ray_cluster):
+    import gymnasium as gym
+    import numpy as np
+
+    from sana_wm_env.envs.ray_vector import RayVectorEnv
+
+    kw = {"image_hw": (16, 16), "task_config": {"max_steps": 2}}
+    actions = np.random.default_rng(2).uniform(-1, 1, (3, 4, 6)).astype(np.float32)
+    remote = RayVectorEnv("SanaWM-TwinNav-v0", 4, envs_per_actor=2, **kw)
+    got = _rollout(remote, actions, seed=3)
+    infos = remote.step(actions[0])[-1]
+    assert len(remote.render()) == 4
+    remote.close()
+    want = _rollout(gym.make_vec("SanaWM-TwinNav-v0", num_envs=4, vectorization_mode="vector_entry_point", **kw),
+                    actions, seed=3)
+    assert got[2][3].tolist() == [True] * 4 and got[3][1].tolist() == [0.0] * 4
+    for g, w in zip(got, want):
+        for key in w[0]:
+            np.testing.assert_array_equal(g[0][key], w[0][key])
+        for a, b in zip(g[1:], w[1:]):
+            assert (a is None and b is None) or a.tolist() == b.tolist()
+    assert all(len(v) == 4 for k, v in infos.items() if not isinstance(v, dict))
+    with pytest.raises(ValueError, match="multiple of envs_per_actor"):
+        RayVectorEnv("SanaWM-TwinNav-v0", 3, envs_per_actor=2, **kw)
+    with pytest.raises(ValueError, match="envs_per_actor must be a positive int"):
+        RayVectorEnv("SanaWM-TwinNav-v0", 2, envs_per_actor=0, **kw)

@@ -90,6 +90,19 @@ def test_twin_vector_env_has_same_spaces_and_rewards(wm):
     assert len(c.render()) == 2
 
 
+def test_reset_takes_one_seed_per_sub_env():
+    """``reset(seed=[a, b])``: sub-env i starts as a single env seeded with the i-th seed."""
+    kw = {"image_hw": (16, 16)}
+    venv = make_vec("SanaWM-TwinNav-v0", 2, **kw)
+    obs, _ = venv.reset(seed=[5, 9])
+    for i, s in enumerate((5, 9)):
+        single, _ = gym.make("SanaWM-TwinNav-v0", **kw).reset(seed=s)
+        for key in single:
+            np.testing.assert_array_equal(obs[key][i], single[key])
+    with pytest.raises(ValueError, match="list of 2 ints"):
+        venv.reset(seed=[1, 2, 3])
+
+
 def test_sb3_adapter_same_step_reset_and_ppo_smoke():
     from stable_baselines3 import PPO
 

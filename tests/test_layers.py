@@ -141,18 +141,24 @@ def test_no_import_cycles_between_modules(package):
     assert not found, f"import cycles in {package}: " + "; ".join(" <-> ".join(c) for c in found)
 
 
-def import_time_packages(source: str) -> list[tuple[int, str]]:
+def import_time_packages(source: str, full: bool = False) -> list[tuple[int, str]]:
     """``(line, top-level package)`` of the absolute imports that run when a module is imported: those outside
-    function bodies (module level, class bodies, ``if``/``try`` blocks)."""
+    function bodies (module level, class bodies, ``if``/``try`` blocks). ``full``: the full module names instead,
+    and for ``from a import b`` also ``a.b`` (b may be a module)."""
     found = []
+
+    def name(module: str) -> str:
+        return module if full else module.split(".")[0]
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             return
         if isinstance(node, ast.Import):
-            found.extend((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+            found.extend((node.lineno, name(alias.name)) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module.split(".")[0]))
+            found.append((node.lineno, name(node.module)))
+            if full:
+                found.extend((node.lineno, f"{node.module}.{alias.name}") for alias in node.names)
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -164,13 +170,20 @@ def test_import_time_packages_skips_function_bodies():
     source = ("import a\nclass B:\n    import c\ndef d():\n    import e\n"
               "try:\n    from f import g\nexcept ImportError:\n    pass\n")
     assert import_time_packages(source) == [(1, "a"), (3, "c"), (7, "f")]
+    assert import_time_packages("from p import q\nimport r.s\n", full=True) == [(1, "p"), (1, "p.q"), (2, "r.s")]
 
 
 @pytest.mark.parametrize("package", sorted(PACKAGES))
 def test_ray_loads_only_when_a_ray_run_starts(package):
     """Ray is the optional ``ray`` extra: no module imports it at import time, only inside the functions of a
-    ``--ray`` run (through ``sana_wm_env.distributed.require_ray``, which names the extra when it is missing)."""
+    ``--ray`` run (through ``sana_wm_env.distributed.require_ray``, which names the extra when it is missing).
+    ``policies/rllib.py`` is the exception: RLlib's own integration module, imported only by RLlib users (as
+    ``policies/sb3.py`` imports Stable-Baselines3), and no other module imports it."""
     violations = [f"{path.relative_to(ROOT)}:{line}"
-                  for path in sorted(PACKAGES[package].rglob("*.py"))
+                  for path in sorted(PACKAGES[package].rglob("*.py")) if path != ROOT / "policies" / "rllib.py"
                   for line, name in import_time_packages(path.read_text(encoding="utf-8")) if name == "ray"]
     assert not violations, "ray imported at import time:\n" + "\n".join(violations)
+    importers = [f"{path.relative_to(ROOT)}:{line}" for path in sorted(PACKAGES[package].rglob("*.py"))
+                 for line, name in import_time_packages(path.read_text(encoding="utf-8"), full=True)
+                 if name == "policies.rllib"]
+    assert not importers, "policies.rllib imported at import time:\n" + "\n".join(importers)

@@ -15,7 +15,7 @@ visual encoder; here the twin gives exact labels for free, so the encoder is pre
 * **Network** (:class:`RelativePoseNet`): early fusion (the two images stacked channel-wise through four
   strided convolutions) or, with ``correlation_radius > 0``, a siamese encoder plus a local cost volume
   (:func:`local_correlation`); then a linear layer and a linear head predicting the 10 numbers of
-  :func:`policies.sb3.goal_in_body_frame` (goal position in REP-103 body axes, m; its distance; the first two
+  :func:`policies.features.goal_in_body_frame` (goal position in REP-103 body axes, m; its distance; the first two
   columns of the relative rotation).
 * **Use**: :class:`GoalTracker` fuses its estimates over an episode by odometry; :class:`VisualServoPolicy`
   (``servo:PATH``) steers the pose controller by the tracked goal; :class:`policies.sb3.GoalFrameExtractor` with

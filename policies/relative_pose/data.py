@@ -77,7 +77,8 @@ def collect_pairs(
 
 
 def relative_goal_target(body: np.ndarray, goal: np.ndarray) -> np.ndarray:
-    """World body poses (4, 4) -> the goal in the body frame, in :func:`policies.sb3.goal_in_body_frame`'s layout."""
+    """World body poses (4, 4) -> the goal in the body frame, in :func:`policies.features.goal_in_body_frame`'s
+    layout."""
     rel = np.linalg.inv(body) @ goal
     p = rel[:3, 3]
     return np.concatenate([p, [np.linalg.norm(p)], rel[:3, 0], rel[:3, 1]]).astype(np.float32)

@@ -12,7 +12,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-TARGET_DIM = 10  # the layout of policies.sb3.goal_in_body_frame
+from policies.features import GOAL_FRAME_DIM
+
+TARGET_DIM = GOAL_FRAME_DIM  # the layout of policies.features.goal_in_body_frame
 
 
 @dataclass(frozen=True)

@@ -150,5 +150,5 @@ class GoalTracker:
         return np.linalg.inv(self.body) @ self.goal_in_start
 
     def estimate_vector(self) -> np.ndarray:
-        """:attr:`estimate` in :func:`policies.sb3.goal_in_body_frame`'s 10-number layout (float32)."""
+        """:attr:`estimate` in :func:`policies.features.goal_in_body_frame`'s 10-number layout (float32)."""
         return relative_goal_target(np.eye(4), self.estimate)

@@ -147,7 +147,9 @@ class WorldModelVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        super().reset(seed=seed)
+        if seed is not None and not isinstance(seed, int | np.integer):
+            seed = [int(s) for s in seed]  # one per sub-env: the base class keeps the first for its own np_random
+        super().reset(seed=seed if seed is None or isinstance(seed, int | np.integer) else seed[0])
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be a dict or None, got {type(options).__name__}")
         if seed is not None:
