@@ -79,8 +79,7 @@ class SubEnvs:
             return self._split(*self.env.reset(seed=seeds[0], options=options))
         if any(s is None for s in seeds) and not all(s is None for s in seeds):
             raise ValueError(f"seed: the sub-envs of one actor are seeded together, all ints or all None; got {seeds}")
-        seed = None if seeds[0] is None else [int(s) for s in seeds]
-        return self._split(*self.env.reset(seed=seed, options=options))
+        return self._split(*self.env.reset(seed=None if seeds[0] is None else seeds, options=options))
 
     def step(self, actions) -> list[tuple]:
         if self.num_envs > 1:

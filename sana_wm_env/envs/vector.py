@@ -147,9 +147,9 @@ class WorldModelVectorEnv(VectorEnv):
 
     # ------------------------------------------------------------------------------------------ Gymnasium API
     def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
-        if seed is not None and not isinstance(seed, int | np.integer):
-            seed = [int(s) for s in seed]  # one per sub-env: the base class keeps the first for its own np_random
-        super().reset(seed=seed if seed is None or isinstance(seed, int | np.integer) else seed[0])
+        # a list holds one seed per sub-env (make_rngs checks it): the base class seeds its np_random with the first
+        first = seed if seed is None or isinstance(seed, int | np.integer) else next(iter(seed), None)
+        super().reset(seed=None if first is None else int(first))
         if options is not None and not isinstance(options, dict):
             raise ValueError(f"options must be a dict or None, got {type(options).__name__}")
         if seed is not None:
