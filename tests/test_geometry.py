@@ -156,6 +156,17 @@ def test_show_cache_shows_the_render_where_it_covers_and_the_model_in_the_holes(
         torch.testing.assert_close(b[covered & ~first], render.rgb.clamp(-1, 1)[covered & ~first])
         assert torch.equal(b[~covered], a[~covered])  # the holes are the model's frame
         saw_holes |= bool((~covered).any())
+        # the state's latents are those of the frames shown (colour and depth), for refiners and recordings
+        shown_depth = torch.where(render.mask, render.depth, s_plain.last_depth)
+        shown_depth = torch.where(exact.mask, exact.depth, shown_depth)
+        video = b.permute(0, 2, 1, 3, 4)
+        expect = codec.encode(torch.cat([video[:, :, :1], video], 2),
+                              torch.cat([shown_depth[:, :1], shown_depth], 1))[:, :, 1:]
+        torch.testing.assert_close(s_shown.latents[:, :, -expect.shape[2]:], expect)
+        if done == 1:  # the first chunk's latents start with frame 0's, as without show_cache
+            torch.testing.assert_close(s_shown.latents[:, :, :1], s_plain.latents[:, :, :1])
+        assert s_shown.latents.shape == s_plain.latents.shape
+        assert not torch.allclose(s_shown.latents, s_plain.latents)
         # what goes into the cache is the model's either way
         assert torch.equal(s_plain.geometry.xyzw, s_shown.geometry.xyzw)
         assert torch.equal(s_plain.geometry.colors, s_shown.geometry.colors)

@@ -69,7 +69,9 @@ class GeneratorState:
     frames_done: int = 1  # pixel frames so far, frame 0 included
     last_c2w: torch.Tensor | None = None  # (B, 4, 4) world pose of the last frame
     history_c2w: torch.Tensor | None = None  # bidirectional only: all poses so far (B, F, 4, 4)
-    latents: torch.Tensor | None = None  # causal: the last step's clean latents (B, C, t, h, w) (chunk 0: frame 0 too)
+    # causal: the last step's clean latents (B, C, t, h, w) (chunk 0: frame 0 too); with show_cache, the latents of
+    # the frames shown (cache render where it covers them), so that refiners and recorded rollouts start from them
+    latents: torch.Tensor | None = None
     geometry: PointCache | None = None  # geometry-guided models: frame 0 and every generated frame, with depth
     last_depth: torch.Tensor | None = None  # geometry-guided models: depth (B, n, H, W) metres of the last frames
     last_coverage: torch.Tensor | None = None  # geometry-guided models: share (B, n) of those frames' pixels the
@@ -444,8 +446,10 @@ class _CausalGenerator(_Generator):
         if first:
             video = video[:, :, 1:]  # frame 0 is the given image
         frames = video.permute(0, 2, 1, 3, 4)
+        latents = x.detach()
         if self.show_cache and render is not None:
-            frames = self._show_cache(frames, render, state, poses)
+            frames, shown_depth = self._show_cache(frames, depth, render, state, poses)
+            latents = self._shown_latents(frames, shown_depth, state, first).to(x.dtype)
         coverage = None
         if depth is not None:
             # The new frames fill the cache's holes only: what it showed stays as it was (frame 0 is exact, a
@@ -458,20 +462,34 @@ class _CausalGenerator(_Generator):
                                         supersede=False)
         new_state = dataclasses.replace(
             state, cache=cache, uncond_cache=uncond_cache, decode=decode, chunk_index=state.chunk_index + 1,
-            frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(), latents=x.detach(),
+            frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(), latents=latents,
             geometry=geometry, last_depth=depth, last_coverage=coverage,
         )
         return frames, new_state
 
 
-    def _show_cache(self, frames: torch.Tensor, render: CacheRender, state: GeneratorState, poses: torch.Tensor
-                    ) -> torch.Tensor:
-        """``frames (B, n, 3, H, W)`` with the cache shown where it covers them: the first frame's points where
-        they land (exact when its depth was measured), then the generated frames' points, the model in the holes."""
+    def _show_cache(self, frames: torch.Tensor, depth: torch.Tensor, render: CacheRender, state: GeneratorState,
+                    poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``frames (B, n, 3, H, W)`` and their ``depth (B, n, H, W)`` with the cache shown where it covers them:
+        the first frame's points where they land (exact when its depth was measured), then the generated frames'
+        points, the model in the holes."""
         exact = state.geometry.first_frame().render(poses.to(self.device), state.intrinsics.to(self.device),
                                                     state.image_hw)
         out = torch.where(render.mask[:, :, None], render.rgb.to(frames.dtype).clamp(-1, 1), frames)
-        return torch.where(exact.mask[:, :, None], exact.rgb.to(frames.dtype).clamp(-1, 1), out)
+        out = torch.where(exact.mask[:, :, None], exact.rgb.to(frames.dtype).clamp(-1, 1), out)
+        shown_depth = torch.where(render.mask, render.depth.to(depth.dtype), depth)
+        return out, torch.where(exact.mask, exact.depth.to(depth.dtype), shown_depth)
+
+    def _shown_latents(self, frames: torch.Tensor, depth: torch.Tensor, state: GeneratorState, first: bool
+                       ) -> torch.Tensor:
+        """The latents ``(B, C, t, h, w)`` of the frames shown (what a refiner or a recorded rollout should start
+        from, not the transformer's own latents). The chunk is encoded after a copy of its first frame, which the
+        codec takes alone, and that latent is dropped: exact for the patch codec, whose latent frames are
+        independent of each other."""
+        video = frames.permute(0, 2, 1, 3, 4).float()
+        z = self.codec.encode(torch.cat([video[:, :, :1], video], dim=2),
+                              torch.cat([depth[:, :1], depth], dim=1).float())[:, :, 1:]
+        return torch.cat([state.first_latent.to(z.dtype), z], dim=2) if first else z
 
 
 class StreamingGenerator(_CausalGenerator):
