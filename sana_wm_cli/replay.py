@@ -212,7 +212,7 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     refiner = None
     if args.refine is not None:
         from sana_wm_cli.refine import bundled_refiner_path
-        from world_model.refiner import load_refiner
+        from world_model.refiner import kept_pixels_of, load_refiner
 
         where = bundled_refiner_path({"model": model.name, "model_path": str(model.path) if model.path else None}) \
             if args.refine == "bundled" else args.refine
@@ -225,6 +225,8 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     if refiner is None:
         outputs.stale.append(stage1_path)  # an earlier run's, which this run's JSON would not describe
     latents: list[torch.Tensor] = []
+    shown: list[torch.Tensor | None] = []  # show_cache models: stage-1 frames and where they show frame 0's points
+    shown_frames: list[torch.Tensor] = []
     psnr_sum, psnr_n = 0.0, 0
     scale = max(1, 256 // h)
     writer = VideoWriter(outputs.stage(stage1_out), fps)
@@ -251,6 +253,9 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
             u8 = to_uint8(frames)
             if refiner is not None and first > 0:
                 latents.append(state.latents.cpu())
+                shown_frames.append(frames.float().cpu()[None])
+                mask = getattr(state, "last_shown_first", None)
+                shown.append(None if mask is None else mask[:1, : len(frames)].cpu())
             if recorder is not None:
                 recorder.add_frames(u8, path.c2w[first : first + len(u8)],
                                     path.source_times[first : first + len(u8)] - path.source_times[0])
@@ -289,9 +294,10 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
         full = model.codec.num_pixel_frames(z.shape[2])  # the held poses of a padded tail included
         c2w = np.concatenate([path.c2w, np.repeat(path.c2w[-1:], full - len(path), axis=0)])
         with VideoWriter(outputs.stage(args.out), fps) as refined_writer:
+            keep = kept_pixels_of(shown_frames, shown, image)  # frame 0's points stay as shown
             n = refiner.write_refined(z, model.codec, refined_writer, num_frames=len(path), fps=fps,
                                       prompt=args.prompt, seed=args.seed, c2w=torch.from_numpy(c2w)[None],
-                                      intrinsics=k4)
+                                      intrinsics=k4, keep=keep)
         refine_info = {"refiner": refiner.describe(), "seconds": round(time.perf_counter() - t1, 3),
                        "frames": n, "stage1_video": str(stage1_out)}
     save(path.trajectory(), outputs.stage(tum_path), format="tum")

@@ -166,6 +166,7 @@ def test_show_cache_shows_the_render_where_it_covers_and_the_model_in_the_holes(
         if done == 1:  # the first chunk's latents start with frame 0's, as without show_cache
             torch.testing.assert_close(s_shown.latents[:, :, :1], s_plain.latents[:, :, :1])
         assert s_shown.latents.shape == s_plain.latents.shape
+        assert torch.equal(s_shown.last_shown_first, exact.mask) and s_plain.last_shown_first is None
         assert not torch.allclose(s_shown.latents, s_plain.latents)
         # what goes into the cache is the model's either way
         assert torch.equal(s_plain.geometry.xyzw, s_shown.geometry.xyzw)

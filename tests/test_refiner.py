@@ -443,12 +443,52 @@ def test_eval_and_replay_refine_a_geometry_guided_model_from_the_twin_depth(tmp_
     assert video.is_file() and video.with_name("r_stage1.mp4").is_file() and meta["refine"]["frames"] == 9
 
 
-def test_the_bundled_refiner_fits_its_bundled_model_and_is_small():
+def test_refining_a_show_cache_model_keeps_the_pixels_that_show_frame_0s_points():
+    from world_model.bundles import untrained_world_model
+    from world_model.refiner import KeptPixels, RefinedGenerator
+
+    geo = untrained_world_model("tiny-geo", image_hw=(16, 16))
+    shown_gen = geo.streaming_generator(show_cache=True)
+    refiner = _geo_refiner(geo)
+    f = shown_gen.valid_num_frames(3)
+    item = _geo_items(1, f)[0]
+    image, depth, path = _image(item), item["depth"][:1], _path(f)
+    z1, keep = RefinedGenerator(shown_gen, refiner, fps=16).stage1_clip(image, K16, path, seed=3, depth=depth)
+    assert keep is not None and keep.mask[:, 0].all() and keep.mask[:, 1:].any() and not keep.mask[:, 1:].all()
+    # the kept frames are what stage 1 streamed, frame 0 first
+    state, frames = shown_gen.start(image, K16, c2w=path[:, 0], seed=3, depth=depth), [image[:, None]]
+    while sum(x.shape[1] for x in frames) < f:
+        out, state = shown_gen.step(state, path[:, sum(x.shape[1] for x in frames):][:, : shown_gen.frames_per_step(
+            state)])
+        frames.append(out)
+    torch.testing.assert_close(keep.frames, torch.cat(frames, 1))
+    refined = RefinedGenerator(shown_gen, refiner, fps=16).generate(image, K16, path, seed=3, depth=depth)
+    plain = geo.codec.decode(refiner.refine(z1, seed=3, c2w=path, intrinsics=K16)).permute(0, 2, 1, 3, 4)
+    m = keep.mask[:, 1:, None].expand(-1, -1, 3, -1, -1)
+    torch.testing.assert_close(refined[:, 1:][m], keep.frames[:, 1:][m])  # frame 0's points, as shown
+    torch.testing.assert_close(refined[:, 1:][~m], plain[:, 1:][~m])  # the refiner's in the holes
+    # a model that does not show its cache keeps nothing: the refined clip is the refiner's throughout
+    assert RefinedGenerator(geo.streaming_generator(), refiner, fps=16).stage1_clip(image, K16, path, seed=3,
+                                                                                     depth=depth)[1] is None
+    # apply() covers the frames it holds, in clip order, and leaves later ones alone
+    video = torch.zeros(1, 4, 3, 2, 2)
+    kp = KeptPixels(torch.ones(1, 3, 3, 2, 2), torch.tensor([[[[True, False], [False, False]]] * 3]))
+    out = kp.apply(video, 1)
+    assert out[0, 0, :, 0, 0].tolist() == [1, 1, 1] and out[0, 1, :, 0, 0].tolist() == [1, 1, 1]
+    assert out[0, 2:].abs().sum() == 0 and out[0, :, :, 1].abs().sum() == 0
+    with pytest.raises(ValueError, match="KeptPixels.mask must be a bool tensor"):
+        KeptPixels(torch.ones(1, 3, 3, 2, 2), torch.ones(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="KeptPixels.frames must be a float tensor"):
+        KeptPixels(torch.ones(1, 3, 2, 2), torch.ones(1, 3, 2, 2, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("name", ["sana-wm-twin-g", "sana-wm-twin-s"])
+def test_the_bundled_refiner_fits_its_bundled_model_and_is_small(name):
     from sana_wm_cli.refine import bundled_refiner_path
     from world_model.bundles import load_world_model
     from world_model.refiner import WorldModelRefiner
 
-    model = load_world_model("sana-wm-twin-s")  # the one model a refiner ships for
+    model = load_world_model(name)  # both bundled models ship a refiner
     folder = bundled_refiner_path({"model": model.name, "model_path": str(model.path)})
     assert folder.name == f"{model.name}-refiner"
     assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 10_000_000
@@ -456,5 +496,5 @@ def test_the_bundled_refiner_fits_its_bundled_model_and_is_small():
     assert isinstance(ref, WorldModelRefiner) and ref.fps == model.fps and tuple(ref.image_hw) == model.image_hw
     ref.check_compatible(model.codec)
     with pytest.raises(FileNotFoundError, match="no refiner ships with model 'other'.*refiners ship with "
-                       r"sana-wm-twin-s\)"):
+                       r"sana-wm-twin-g, sana-wm-twin-s\)"):
         bundled_refiner_path({"model": "other", "model_path": None})

@@ -76,6 +76,8 @@ class GeneratorState:
     last_depth: torch.Tensor | None = None  # geometry-guided models: depth (B, n, H, W) metres of the last frames
     last_coverage: torch.Tensor | None = None  # geometry-guided models: share (B, n) of those frames' pixels the
     # cache covered before they were generated
+    # show_cache: (B, n, H, W) True where those frames show frame 0's own points (exact where its depth was measured)
+    last_shown_first: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -446,9 +448,9 @@ class _CausalGenerator(_Generator):
         if first:
             video = video[:, :, 1:]  # frame 0 is the given image
         frames = video.permute(0, 2, 1, 3, 4)
-        latents = x.detach()
+        latents, shown = x.detach(), None
         if self.show_cache and render is not None:
-            frames, shown_depth = self._show_cache(frames, depth, render, state, poses)
+            frames, shown_depth, shown = self._show_cache(frames, depth, render, state, poses)
             latents = self._shown_latents(frames, shown_depth, state, first).to(x.dtype)
         coverage = None
         if depth is not None:
@@ -463,22 +465,22 @@ class _CausalGenerator(_Generator):
         new_state = dataclasses.replace(
             state, cache=cache, uncond_cache=uncond_cache, decode=decode, chunk_index=state.chunk_index + 1,
             frames_done=state.frames_done + frames.shape[1], last_c2w=poses[:, -1].clone(), latents=latents,
-            geometry=geometry, last_depth=depth, last_coverage=coverage,
+            geometry=geometry, last_depth=depth, last_coverage=coverage, last_shown_first=shown,
         )
         return frames, new_state
 
 
     def _show_cache(self, frames: torch.Tensor, depth: torch.Tensor, render: CacheRender, state: GeneratorState,
-                    poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                    poses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``frames (B, n, 3, H, W)`` and their ``depth (B, n, H, W)`` with the cache shown where it covers them:
         the first frame's points where they land (exact when its depth was measured), then the generated frames'
-        points, the model in the holes."""
+        points, the model in the holes; plus the mask ``(B, n, H, W)`` of the pixels that show frame 0's points."""
         exact = state.geometry.first_frame().render(poses.to(self.device), state.intrinsics.to(self.device),
                                                     state.image_hw)
         out = torch.where(render.mask[:, :, None], render.rgb.to(frames.dtype).clamp(-1, 1), frames)
         out = torch.where(exact.mask[:, :, None], exact.rgb.to(frames.dtype).clamp(-1, 1), out)
         shown_depth = torch.where(render.mask, render.depth.to(depth.dtype), depth)
-        return out, torch.where(exact.mask, exact.depth.to(depth.dtype), shown_depth)
+        return out, torch.where(exact.mask, exact.depth.to(depth.dtype), shown_depth), exact.mask
 
     def _shown_latents(self, frames: torch.Tensor, depth: torch.Tensor, state: GeneratorState, first: bool
                        ) -> torch.Tensor:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,54 @@ class LatentLayout:
                 if getattr(self, name) != getattr(other, name)]
 
 
+@dataclass(frozen=True)
+class KeptPixels:
+    """Stage-1 pixels a refinement keeps: ``frames (B, F, 3, H, W)`` in [-1, 1] and ``mask (B, F, H, W)``, True
+    where the refined clip shows ``frames`` instead of its own pixels (frame ``i`` of the clip is row ``i``).
+
+    For a generator that shows its 3D cache (``show_cache``) these are its frames and ``state.last_shown_first``,
+    the pixels that show frame 0's own points: exact where frame 0's depth was measured, and a refiner, which
+    decodes through the codec, would only blur them. Everything else (the model's frames and what the cache shows
+    of them) is the refiner's, where it helps (see :func:`kept_pixels_of`)."""
+
+    frames: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        f, m = self.frames, self.mask
+        if not isinstance(f, torch.Tensor) or f.ndim != 5 or f.shape[2] != 3 or not f.is_floating_point():
+            raise ValueError(f"KeptPixels.frames must be a float tensor (B, F, 3, H, W) in [-1, 1], got "
+                             f"{tuple(getattr(f, 'shape', ())) or type(f).__name__}")
+        want = (f.shape[0], f.shape[1], f.shape[3], f.shape[4])
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or tuple(m.shape) != want:
+            raise ValueError(f"KeptPixels.mask must be a bool tensor {want} (frames' B, F, H, W), got "
+                             f"{getattr(m, 'dtype', type(m).__name__)} {tuple(getattr(m, 'shape', ()))}")
+
+    def apply(self, video: torch.Tensor, first: int) -> torch.Tensor:
+        """``video (B, n, 3, H, W)``, frames ``first .. first + n - 1`` of the clip, with the kept pixels put back
+        (frames past the kept ones are returned as they are)."""
+        n = max(0, min(video.shape[1], self.frames.shape[1] - first))
+        if n == 0:
+            return video
+        frames = self.frames[:, first : first + n].to(video.device, video.dtype)
+        mask = self.mask[:, first : first + n, None].to(video.device)
+        return torch.cat([torch.where(mask, frames, video[:, :n]), video[:, n:]], dim=1)
+
+
+def kept_pixels_of(frames: Sequence[torch.Tensor], shown: Sequence[torch.Tensor | None], first_image: torch.Tensor
+                   ) -> KeptPixels | None:
+    """:class:`KeptPixels` of a streamed clip: the first image (kept whole), then each step's ``frames (B, n, 3, H,
+    W)`` and its ``state.last_shown_first (B, n, H, W)``; ``None`` when no step showed the cache."""
+    if not frames or all(m is None for m in shown):
+        return None
+    b, _, h, w = first_image.shape
+    masks = [torch.ones(b, 1, h, w, dtype=torch.bool)]
+    masks += [torch.zeros(f.shape[:2] + f.shape[-2:], dtype=torch.bool) if m is None else m.cpu().bool()
+              for f, m in zip(frames, shown)]
+    video = torch.cat([first_image.float().cpu()[:, None], *(f.float().cpu() for f in frames)], dim=1)
+    return KeptPixels(video, torch.cat(masks, dim=1))
+
+
 class Refiner(abc.ABC):
     """One interface for stage-2 refiners (see module docstring)."""
 
@@ -113,17 +162,21 @@ class Refiner(abc.ABC):
         return {"type": type(self).__name__, "latent_layout": vars(self.latent_layout)}
 
     @torch.no_grad()
-    def refine_video(self, latents: torch.Tensor, codec: LatentCodec, **kwargs) -> torch.Tensor:
-        """Refine and decode with ``codec``: ``(B, F, 3, H, W)`` in [-1, 1] (F = codec's pixel frames for T)."""
+    def refine_video(self, latents: torch.Tensor, codec: LatentCodec, *, keep: KeptPixels | None = None,
+                     **kwargs) -> torch.Tensor:
+        """Refine and decode with ``codec``: ``(B, F, 3, H, W)`` in [-1, 1] (F = codec's pixel frames for T).
+        ``keep``: stage-1 pixels that stay as they were (:class:`KeptPixels`)."""
         self.check_compatible(codec)
-        return codec.decode(self.refine(latents, **kwargs).float()).permute(0, 2, 1, 3, 4)
+        video = codec.decode(self.refine(latents, **kwargs).float()).permute(0, 2, 1, 3, 4)
+        return video if keep is None else keep.apply(video, 0)
 
     @torch.no_grad()
     def write_refined(self, latents: torch.Tensor, codec: LatentCodec, writer, *, num_frames: int | None = None,
-                      decode_chunk: int = 3, **kwargs) -> int:
+                      decode_chunk: int = 3, keep: KeptPixels | None = None, **kwargs) -> int:
         """Refine, then decode chunk by chunk (constant decode memory) into ``writer.write(uint8 (n, H, W, 3))``.
 
         Writes the first ``num_frames`` pixel frames of batch element 0 (all if None); returns how many.
+        ``keep``: stage-1 pixels that stay as they were (:class:`KeptPixels`).
         """
         self.check_compatible(codec)
         z = self.refine(latents, **kwargs).float()
@@ -131,6 +184,8 @@ class Refiner(abc.ABC):
         limit = codec.num_pixel_frames(z.shape[2]) if num_frames is None else int(num_frames)
         for i in range(0, z.shape[2], decode_chunk):
             video, state = codec.decode_chunk(z[:, :, i : i + decode_chunk], state)
+            if keep is not None:
+                video = keep.apply(video.movedim(1, 2), written).movedim(1, 2)
             frames = to_uint8(video[0].movedim(0, 1))
             frames = frames[: max(0, limit - written)]
             if len(frames):
@@ -508,16 +563,25 @@ class RefinedGenerator:
                        depth: torch.Tensor | None = None) -> torch.Tensor:
         """The stage-1 latents ``(B, C, T, h, w)`` of a clip (latent frame 0 = the encoded image); ``depth``:
         frame 0's ``(B, H, W)`` metres for a stage-1 generator that takes it."""
+        return self.stage1_clip(image, intrinsics, c2w, seed=seed, depth=depth)[0]
+
+    @torch.no_grad()
+    def stage1_clip(self, image: torch.Tensor, intrinsics, c2w, *, seed=0, depth: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, KeptPixels | None]:
+        """The stage-1 latents and the pixels a refinement keeps (where a ``show_cache`` generator showed frame 0's
+        points; ``None`` for other generators)."""
         poses = self.stage1._check_clip_poses(c2w)
         extra = {} if depth is None else {"depth": depth}
         state = self.stage1.start(image, intrinsics, c2w=poses[:, 0], seed=seed, **extra)
-        chunks, done = [], 1
+        chunks, frames, shown, done = [], [], [], 1
         while done < poses.shape[1]:
             n = self.stage1.frames_per_step(state)
-            _, state = self.stage1.step(state, poses[:, done : done + n])
+            out, state = self.stage1.step(state, poses[:, done : done + n])
             chunks.append(state.latents.float())
+            frames.append(out)
+            shown.append(state.last_shown_first)
             done += n
-        return torch.cat(chunks, dim=2)
+        return torch.cat(chunks, dim=2), kept_pixels_of(frames, shown, image)
 
     @torch.no_grad()
     def generate(self, image: torch.Tensor, intrinsics, c2w, *, seed: int = 0, progress=None,
@@ -526,11 +590,10 @@ class RefinedGenerator:
         (``depth``: its depth, for a stage-1 generator that takes it)."""
         if not isinstance(seed, int):
             raise ValueError(f"seed must be an int (one refinement seed for the batch), got {seed!r}")
-        z1 = self.stage1_latents(image, intrinsics, c2w, seed=seed, depth=depth)
+        z1, keep = self.stage1_clip(image, intrinsics, c2w, seed=seed, depth=depth)
         k = torch.as_tensor(intrinsics, dtype=torch.float32)
-        z = self.refiner.refine(z1, fps=self.fps, seed=seed, c2w=torch.as_tensor(c2w, dtype=torch.float32),
-                                intrinsics=k)
-        video = self.codec.decode(z.float()).permute(0, 2, 1, 3, 4).cpu()
+        video = self.refiner.refine_video(z1, self.codec, keep=keep, fps=self.fps, seed=seed,
+                                          c2w=torch.as_tensor(c2w, dtype=torch.float32), intrinsics=k).cpu()
         return torch.cat([image.float().clamp(-1, 1)[:, None].cpu(), video[:, 1:]], dim=1)
 
     def start(self, *args, **kwargs):
