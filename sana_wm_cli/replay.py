@@ -251,16 +251,19 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
         def on_chunk(frames, first, state):
             nonlocal psnr_sum, psnr_n
             u8 = to_uint8(frames)
+            mask = getattr(state, "last_shown_first", None) if first > 0 else None
+            mask = None if mask is None else mask[0, : len(frames)].cpu()  # where frame 0's points show
             if refiner is not None and first > 0:
                 latents.append(state.latents.cpu())
                 shown_frames.append(frames.float().cpu()[None])
-                mask = getattr(state, "last_shown_first", None)
-                shown.append(None if mask is None else mask[:1, : len(frames)].cpu())
+                shown.append(None if mask is None else mask[None])
             if recorder is not None:
                 recorder.add_frames(u8, path.c2w[first : first + len(u8)],
                                     path.source_times[first : first + len(u8)] - path.source_times[0])
                 if first > 0:
                     recorder.add_latents(state.latents)
+                    if mask is not None:
+                        recorder.add_shown_first(mask.numpy())
             if renderer is None:
                 writer.write(u8)
                 return

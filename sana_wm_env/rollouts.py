@@ -12,6 +12,9 @@ A rollout is a folder::
     latents.npy         float32 (T, C, h, w)   the model's latents, latent frame by latent frame (optional);
                                                stage-1 latents, or refined ones in a refined rollout
     stage1_latents.npy  float32 (T, C, h, w)   refined rollouts only: the stage-1 latents they came from
+    shown_first.npy     bool (N, H, W)         optional, models that show their 3D cache: True where the frame
+                                               shows frame 0's own points (frame 0: everywhere); refining keeps
+                                               those pixels as they are
     actions.npy         float32 (S, A)         env episodes only: the action of each step
     rewards.npy         float32 (S,)           env episodes only: the reward of each step
     step_frames.npy     int64 (S,)             env episodes only: index of the last frame each step produced
@@ -33,7 +36,9 @@ rollouts unless ``allow_partial=True``. The frame/latent layout follows the code
 latent frame 0 is frame 0 alone, latent frame ``j >= 1`` holds frames ``stride * (j - 1) + 1 .. stride * j``.
 
 Refining (``sana-wm refine IN --out OUT``, :func:`refine_rollout`) writes a rollout of the same format with
-``refined: true``, the refined latents and frames, and the stage-1 latents kept next to them.
+``refined: true``, the refined latents and frames, and the stage-1 latents kept next to them; where the stage-1
+rollout holds ``shown_first.npy``, those pixels keep their stage-1 values (exact where frame 0's depth was
+measured; a refiner decodes through the codec and would only blur them).
 :class:`RefineEpisodeWrapper` records each episode of a :class:`~sana_wm_env.envs.WorldModelEnv` and refines it
 when it ends.
 """
@@ -60,7 +65,7 @@ FORMAT = "sana-wm-rollout/1"
 KINDS = ("env", "generation", "replay")
 MANIFEST = "rollout.json"
 FILES = ("frames.npy", "video.mp4", "c2w.npy", "timestamps.npy", "latents.npy", "stage1_latents.npy", "actions.npy",
-         "rewards.npy", "step_frames.npy", MANIFEST, "comparison.mp4")
+         "rewards.npy", "step_frames.npy", "shown_first.npy", MANIFEST, "comparison.mp4")
 _HEADER_BYTES = 256  # fixed .npy header (v1.0) so the shape can be filled in on close
 
 
@@ -107,6 +112,7 @@ class Rollout:
     actions: np.ndarray | None = None
     rewards: np.ndarray | None = None
     step_frames: np.ndarray | None = None
+    shown_first: np.ndarray | None = None  # (N, H, W) bool
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -140,7 +146,8 @@ class RolloutWriter:
     """Stream a rollout to ``folder`` (see the module docstring). Use as a context manager or call :meth:`close`.
 
     ``add_frames(uint8 (n, H, W, 3), c2w (n, 4, 4), timestamps=None)`` (default stamps ``i / fps``),
-    ``add_latents((C, t, h, w) or (1, C, t, h, w))``, ``add_step(action, reward, last_frame=None)``.
+    ``add_latents((C, t, h, w) or (1, C, t, h, w))``, ``add_step(action, reward, last_frame=None)``,
+    ``add_shown_first(bool (n, H, W))`` after the frames it belongs to.
     ``codec``: config of the latents' codec (``LatentCodec.to_config()``), required with latents.
     A recording that fails or is interrupted is closed with :meth:`abort` (the context manager does it when an
     exception leaves the block): its manifest says ``partial: true`` and readers refuse it. A partial rollout
@@ -181,6 +188,7 @@ class RolloutWriter:
         self._stamps = NpyAppender(self.folder / "timestamps.npy", np.float64, ())
         self._latents: dict[str, NpyAppender] = {}
         self._steps: dict[str, NpyAppender] = {}
+        self._shown_first: NpyAppender | None = None
         self._video = None
         if video:
             from world_model.video import VideoWriter
@@ -231,6 +239,22 @@ class RolloutWriter:
             self._latents[name] = NpyAppender(self.folder / f"{name}.npy", np.float32, rows.shape[1:])
         self._latents[name].append(rows, name)
 
+    def add_shown_first(self, mask) -> None:
+        """Where the frames just added show frame 0's own points: bool ``(n, H, W)`` (a model that shows its 3D
+        cache: ``state.last_shown_first``). The first call also marks frame 0, the start image, as kept whole."""
+        m = np.asarray(mask)
+        h, w = self.manifest["image_hw"]
+        if m.dtype != np.bool_ or m.ndim != 3 or m.shape[1:] != (h, w):
+            raise ValueError(f"shown_first must be bool (n, {h}, {w}), got {m.dtype} {m.shape}")
+        have = 1 if self._shown_first is None else self._shown_first.rows  # frame 0's mask comes first
+        if have + len(m) != self._frames.rows:
+            raise ValueError(f"shown_first: one mask per frame, after add_frames: {self._frames.rows} frames, "
+                             f"{have} masks so far (frame 0 included), {len(m)} given")
+        if self._shown_first is None:
+            self._shown_first = NpyAppender(self.folder / "shown_first.npy", np.bool_, (h, w))
+            self._shown_first.append(np.ones((1, h, w), np.bool_), "shown_first")
+        self._shown_first.append(m, "shown_first")
+
     def add_step(self, action, reward: float, last_frame: int | None = None) -> None:
         a = np.asarray(action, dtype=np.float32).reshape(-1)
         if not np.isfinite(a).all() or not np.isfinite(float(reward)):
@@ -251,7 +275,8 @@ class RolloutWriter:
         validation error raised."""
         if self.closed:
             return self.manifest
-        for app in (self._frames, self._c2w, self._stamps, *self._latents.values(), *self._steps.values()):
+        for app in (self._frames, self._c2w, self._stamps, *self._latents.values(), *self._steps.values(),
+                    *([self._shown_first] if self._shown_first is not None else [])):
             app.close()
         if self._video is not None:
             self._video.close()
@@ -274,7 +299,7 @@ class RolloutWriter:
         elif isinstance(reason, BaseException):
             reason = f"failed: {type(reason).__name__}: {reason}"
         for part in (self._frames, self._c2w, self._stamps, *self._latents.values(), *self._steps.values(),
-                     self._video):
+                     self._shown_first, self._video):
             try:
                 if part is not None:
                     part.close()
@@ -403,6 +428,8 @@ def validate_rollout(folder: str | Path, allow_partial: bool = False) -> dict[st
             need("stage1_latents.npy", shape, np.float32)
     elif m["refined"]:
         raise ValueError(f"rollout: {mpath} is marked refined but holds no latents")
+    if (folder / "shown_first.npy").is_file() and not m.get("partial"):  # a partial one may stop between the two
+        need("shown_first.npy", (n, h, w), np.bool_)
     s = int(m["steps"])
     if s:
         need("actions.npy", (s, int(m["action_dim"])), np.float32)
@@ -424,7 +451,8 @@ def read_rollout(folder: str | Path, allow_partial: bool = False) -> Rollout:
     return Rollout(folder, m, np.load(folder / "frames.npy", mmap_mode="r"), np.load(folder / "c2w.npy"),
                    np.load(folder / "timestamps.npy"), latents,
                    opt("stage1_latents.npy") if m["refined"] else None,
-                   *(opt(f) if m["steps"] else None for f in ("actions.npy", "rewards.npy", "step_frames.npy")))
+                   *(opt(f) if m["steps"] else None for f in ("actions.npy", "rewards.npy", "step_frames.npy")),
+                   opt("shown_first.npy"))
 
 
 # ------------------------------------------------------------------------------------------------ refining
@@ -478,6 +506,9 @@ def refine_rollout(source: str | Path | Rollout, out: str | Path, refiner, *, se
             refined = _u8(b[0, :, :k])
             if done == 0:
                 refined[0] = ro.frames[0]  # frame 0 is the given image (the sink is unchanged)
+            if ro.shown_first is not None:  # frame 0's points stay as stage 1 showed them
+                keep = np.asarray(ro.shown_first[done : done + k])[..., None]
+                refined = np.where(keep, ro.frames[done : done + k], refined)
             writer.add_frames(refined, ro.c2w[done : done + k], ro.timestamps[done : done + k])
             if side is not None:
                 side.write(np.concatenate([_u8(a[0, :, :k]) if done else np.concatenate(
@@ -563,6 +594,9 @@ class RefineEpisodeWrapper(gym.Wrapper):
         z, _ = self.sim.backend.element_latents(0)
         self._writer.add_frames(sub.frames, info["frames_c2w"], info["timestamps"])
         self._writer.add_latents(z)
+        shown = self.sim.backend.element_shown_first(0)
+        if shown is not None:
+            self._writer.add_shown_first(shown)
         self._writer.add_step(action, reward)
         if terminated or truncated:
             self._writer.close(terminated=bool(terminated), truncated=bool(truncated), finished=True)

@@ -277,3 +277,32 @@ def test_refining_into_nan_surfaces_the_error_and_leaves_a_partial_folder(tmp_pa
     assert main(["refine", str(tmp_path / "in"), "--out", str(tmp_path / "in"), "--overwrite", "--refiner",
                  str(tmp_path / "ref")]) == 2
     assert "--out" in capsys.readouterr().err and read_rollout(tmp_path / "in")
+
+
+def test_refined_rollouts_of_a_show_cache_model_keep_frame_0s_points(tmp_path):
+    from test_refiner import _geo_refiner
+
+    from sana_wm_env.envs.world_model_env import WorldModelEnv
+    from world_model.bundles import untrained_world_model
+
+    geo = untrained_world_model("tiny-geo", image_hw=(16, 16))
+    geo.streaming["show_cache"] = True
+    env = RefineEpisodeWrapper(WorldModelEnv("nav", geo, task_config={"max_steps": 3}), _geo_refiner(geo),
+                               tmp_path / "eps")
+    env.reset(seed=11)
+    for a in np.random.default_rng(1).uniform(-1, 1, (3, 6)).astype(np.float32):
+        *_, info = env.step(a)
+    env.close()
+    stage1, refined = read_rollout(tmp_path / "eps" / "episode_00000_stage1"), read_rollout(info["refined_rollout"])
+    shown = stage1.shown_first
+    assert shown is not None and shown.shape == (len(stage1), 16, 16) and shown.dtype == np.bool_
+    assert shown[0].all() and shown[1:].any() and not shown[1:].all()
+    keep = np.repeat(shown[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(refined.frames[keep], stage1.frames[keep])  # frame 0's points, as shown
+    assert (refined.frames[~keep] != stage1.frames[~keep]).any()  # the rest is the refiner's
+    with RolloutWriter(tmp_path / "bad", fps=16, intrinsics=K4, image_hw=(16, 16)) as w:
+        w.add_frames(np.zeros((2, 16, 16, 3), np.uint8), path_poses(2))
+        with pytest.raises(ValueError, match="shown_first must be bool"):
+            w.add_shown_first(np.ones((1, 16, 16)))
+        with pytest.raises(ValueError, match="one mask per frame"):
+            w.add_shown_first(np.ones((2, 16, 16), bool))

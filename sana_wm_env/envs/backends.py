@@ -96,6 +96,15 @@ class WorldModelBackend:
                 return z, int(state.seeds[row])
         raise ValueError(f"element {element} has not been started")
 
+    def element_shown_first(self, element: int) -> np.ndarray | None:
+        """Bool ``(n, H, W)``: where the element's last frames show frame 0's own points (models that show their 3D
+        cache; ``None`` otherwise or before the first step)."""
+        for members, state in self.groups:
+            if element in members:
+                mask = getattr(state, "last_shown_first", None)
+                return None if mask is None else mask[members.index(element)].detach().cpu().numpy()
+        raise ValueError(f"element {element} has not been started")
+
     def step(self, idx: Sequence[int], c2w: np.ndarray) -> np.ndarray:
         """uint8 frames (b, n, H, W, 3) of elements ``idx`` for their next ``n`` poses ``c2w`` (b, n, 4, 4)."""
         pos = {m: p for p, m in enumerate(idx)}
