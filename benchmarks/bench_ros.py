@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--testdata", default=str(REPO / "tests" / "data"))
     ap.add_argument("--max-lag", type=float, default=2.0)
+    ap.add_argument("--executor", choices=("single", "multi"), default="single",
+                    help="rclpy executor spinning the node and the probe (default: %(default)s, as sana-wm-ros)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     domain = random.randint(100, 200)
@@ -39,7 +41,7 @@ def main() -> None:
 
     import rclpy
     from nav_msgs.msg import Odometry
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
     from rclpy.parameter import Parameter
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rosbags.highlevel import AnyReader
@@ -68,7 +70,8 @@ def main() -> None:
                               lambda m: received.append((stamp_to_sec(m.header.stamp), time.perf_counter())),
                               QoSProfile(depth=500, reliability=ReliabilityPolicy.BEST_EFFORT))
     pub = probe.create_publisher(Odometry, "/odom", 1000)
-    ex = MultiThreadedExecutor(num_threads=3, context=ctx)
+    ex = SingleThreadedExecutor(context=ctx) if args.executor == "single" else \
+        MultiThreadedExecutor(num_threads=3, context=ctx)
     ex.add_node(node)
     ex.add_node(probe)
     spin = threading.Thread(target=ex.spin, daemon=True)

@@ -19,7 +19,7 @@ rclpy = pytest.importorskip("rclpy")
 from geometry_msgs.msg import PoseStamped, PoseWithCovarianceStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from nav_msgs.msg import Path as PathMsg  # noqa: E402
-from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.parameter import Parameter  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -60,7 +60,7 @@ class Harness:
         from diagnostic_msgs.msg import DiagnosticArray
 
         self.probe.create_subscription(DiagnosticArray, "/diagnostics", self.diags.append, 10)
-        self.executor = MultiThreadedExecutor(num_threads=3, context=ctx)
+        self.executor = SingleThreadedExecutor(context=ctx)  # as sana-wm-ros: see its main()
         self.executor.add_node(self.node)
         self.executor.add_node(self.probe)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -690,7 +690,7 @@ def test_main_treats_a_wait_set_error_after_sigint_as_shutdown(monkeypatch, caps
         raise RuntimeError("failed to initialize wait set: the given context is not valid")
 
     monkeypatch.setattr(node_module, "SanaWMNode", _StubNode)
-    monkeypatch.setattr(node_module.MultiThreadedExecutor, "spin", spin)
+    monkeypatch.setattr(node_module.SingleThreadedExecutor, "spin", spin)
     code = node_module.main(["sana-wm-ros"])
     err = capsys.readouterr().err
     assert not rclpy.ok()  # main always leaves the default context shut down

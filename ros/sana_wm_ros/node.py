@@ -35,7 +35,7 @@ try:
     from nav_msgs.msg import Odometry
     from nav_msgs.msg import Path as PathMsg
     from rcl_interfaces.msg import ParameterDescriptor
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rclpy.expand_topic_name import expand_topic_name
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -564,7 +564,10 @@ def main(argv: list[str] | None = None) -> int:
     node = executor = None
     try:
         # The executor first: a SIGINT inside its constructor would leave a half-built one whose __del__ fails.
-        executor = MultiThreadedExecutor(num_threads=2)
+        # One executor thread: the callbacks only queue work for the generator thread, and rclpy's
+        # MultiThreadedExecutor loops in Python, starving the generator of the GIL (the default model's many small
+        # ops then ran at 2 frames/s instead of 16 on 2 cores; benchmarks/bench_ros.py --executor multi).
+        executor = SingleThreadedExecutor()
         node = SanaWMNode()
         executor.add_node(node)
         executor.spin()
