@@ -225,7 +225,7 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
     if refiner is None:
         outputs.stale.append(stage1_path)  # an earlier run's, which this run's JSON would not describe
     latents: list[torch.Tensor] = []
-    shown: list[torch.Tensor | None] = []  # show_cache models: stage-1 frames and where they show frame 0's points
+    shown: list[torch.Tensor] = []  # show_cache models: stage-1 frames and where they show frame 0's points
     shown_frames: list[torch.Tensor] = []
     psnr_sum, psnr_n = 0.0, 0
     scale = max(1, 256 // h)
@@ -255,8 +255,9 @@ def _run(args: argparse.Namespace, outputs: StagedOutputs) -> int:
             mask = None if mask is None else mask[0, : len(frames)].cpu()  # where frame 0's points show
             if refiner is not None and first > 0:
                 latents.append(state.latents.cpu())
-                shown_frames.append(frames.float().cpu()[None])
-                shown.append(None if mask is None else mask[None])
+                if mask is not None:
+                    shown_frames.append(frames.float().cpu()[None])
+                    shown.append(mask[None])
             if recorder is not None:
                 recorder.add_frames(u8, path.c2w[first : first + len(u8)],
                                     path.source_times[first : first + len(u8)] - path.source_times[0])

@@ -485,12 +485,8 @@ class _CausalGenerator(_Generator):
     def _shown_latents(self, frames: torch.Tensor, depth: torch.Tensor, state: GeneratorState, first: bool
                        ) -> torch.Tensor:
         """The latents ``(B, C, t, h, w)`` of the frames shown (what a refiner or a recorded rollout should start
-        from, not the transformer's own latents). The chunk is encoded after a copy of its first frame, which the
-        codec takes alone, and that latent is dropped: exact for the patch codec, whose latent frames are
-        independent of each other."""
-        video = frames.permute(0, 2, 1, 3, 4).float()
-        z = self.codec.encode(torch.cat([video[:, :, :1], video], dim=2),
-                              torch.cat([depth[:, :1], depth], dim=1).float())[:, :, 1:]
+        from, not the transformer's own latents)."""
+        z = self.codec.encode_continuation(frames.permute(0, 2, 1, 3, 4).float(), depth.float())
         return torch.cat([state.first_latent.to(z.dtype), z], dim=2) if first else z
 
 

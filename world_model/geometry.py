@@ -48,13 +48,9 @@ def geometry_inputs(render: CacheRender, codec: LatentCodec, *, first: bool) -> 
     video = rgb.clamp(-1, 1).permute(0, 2, 1, 3, 4)
     depth = depth.clamp_min(0)
     covered = mask.to(rgb.dtype)
-    if not first:  # the codec packs clips that start with a lone frame 0: lead with one and drop its latent
-        video = torch.cat([video[:, :, :1], video], dim=2)
-        depth = torch.cat([depth[:, :1], depth], dim=1)
+    depth = depth if codec.depth_channels else None
     with torch.no_grad():
-        latents = codec.encode(video, depth if codec.depth_channels else None)
-    if not first:
-        latents = latents[:, :, 1:]
+        latents = codec.encode(video, depth) if first else codec.encode_continuation(video, depth)
     t = latents.shape[2]
     hh, ww = latents.shape[-2:]
     # coverage per token and frame of the group; frame 0 of a first chunk fills its whole group, as in the codec

@@ -78,32 +78,30 @@ class WorldModelBackend:
             raise ValueError("this world model generates no depth (it has no geometry cache)")
         depth, coverage = [], []
         for e in idx:
-            members, state = next(((m, s) for m, s in self.groups if e in m), (None, None))
-            if state is None:
-                raise ValueError(f"element {e} has not been started")
-            row = members.index(e)
+            state, row = self._state_of(e)
             depth.append(state.last_depth[row].detach().cpu().float().numpy())
             coverage.append(None if state.last_coverage is None else state.last_coverage[row].cpu().float().numpy())
         cover = None if any(c is None for c in coverage) else np.stack(coverage)
         return np.stack(depth), cover
 
-    def element_latents(self, element: int) -> tuple[torch.Tensor | None, int]:
-        """(last step's latents ``(1, C, t, h, w)`` or None before the first step, generation seed) of an element."""
+    def _state_of(self, element: int):
+        """``(generator state, row)`` of a started element."""
         for members, state in self.groups:
             if element in members:
-                row = members.index(element)
-                z = None if state.latents is None else state.latents[row : row + 1].detach().cpu()
-                return z, int(state.seeds[row])
+                return state, members.index(element)
         raise ValueError(f"element {element} has not been started")
+
+    def element_latents(self, element: int) -> tuple[torch.Tensor | None, int]:
+        """(last step's latents ``(1, C, t, h, w)`` or None before the first step, generation seed) of an element."""
+        state, row = self._state_of(element)
+        z = None if state.latents is None else state.latents[row : row + 1].detach().cpu()
+        return z, int(state.seeds[row])
 
     def element_shown_first(self, element: int) -> np.ndarray | None:
         """Bool ``(n, H, W)``: where the element's last frames show frame 0's own points (models that show their 3D
         cache; ``None`` otherwise or before the first step)."""
-        for members, state in self.groups:
-            if element in members:
-                mask = getattr(state, "last_shown_first", None)
-                return None if mask is None else mask[members.index(element)].detach().cpu().numpy()
-        raise ValueError(f"element {element} has not been started")
+        state, row = self._state_of(element)
+        return None if state.last_shown_first is None else state.last_shown_first[row].detach().cpu().numpy()
 
     def step(self, idx: Sequence[int], c2w: np.ndarray) -> np.ndarray:
         """uint8 frames (b, n, H, W, 3) of elements ``idx`` for their next ``n`` poses ``c2w`` (b, n, 4, 4)."""

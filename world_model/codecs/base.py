@@ -190,6 +190,14 @@ class LatentCodec(nn.Module, abc.ABC):
         self._check_latents(latents, "latents")
         return self._split_depth(self._decode(latents), clamp, with_depth)
 
+    def encode_continuation(self, video: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (B, C, k, h, w) of frames that continue a clip: ``video (B, 3, s*k, H, W)`` (and ``depth (B, s*k,
+        H, W)`` for RGB-D codecs). The codec packs clips that start with a lone frame 0, so the chunk is encoded
+        after a copy of its first frame and that latent dropped: exact for the patch codec, whose latent frames are
+        independent of each other."""
+        lead = None if depth is None else torch.cat([depth[:, :1], depth], dim=1)
+        return self.encode(torch.cat([video[:, :, :1], video], dim=2), lead)[:, :, 1:]
+
     def encode_image(self, image: torch.Tensor, depth: torch.Tensor | None = None) -> torch.Tensor:
         """Encode images (B, 3, H, W) in [-1, 1] (RGB-D codecs: and ``depth (B, H, W)`` metres) as one-frame
         videos: latents (B, C, 1, h, w)."""
